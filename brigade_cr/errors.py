@@ -1,0 +1,55 @@
+"""
+Domain errors.
+
+Every layer raises these; ``web.py`` maps them to HTTP statuses in exactly one
+place.
+"""
+
+from __future__ import annotations
+
+
+class BadRequest(Exception):
+    """
+    The delivery itself is unacceptable (malformed body, wrong shape).
+
+    ``args[0]`` is a short, fixed explanation safe to return to the sender: it
+    never echoes request content.
+    """
+
+    @property
+    def message(self) -> str:
+        return str(self.args[0]) if self.args else "Malformed body"
+
+
+class ProjectNotFound(Exception):
+    """
+    No Brigade project answers to the reference.
+
+    Raised for a missing Secret and for a ``brigade-*`` Secret that is not of
+    type ``brigade.sh/project``: both look the same to a sender.
+    """
+
+
+class BackendUnavailable(Exception):
+    """
+    The place builds are stored (Kubernetes, a directory) could not be reached
+    or failed in a way that may pass: the delivery should be retried.
+
+    ``retry_after`` is the number of seconds a sender should wait, when known.
+    """
+
+    def __init__(self, reason: str, retry_after: int | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.retry_after = retry_after
+
+
+class BackendRejected(Exception):
+    """
+    The store refused the build for a reason that retrying will not fix
+    (Kubernetes 400/403/404/422, or a name taken by different content).
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason

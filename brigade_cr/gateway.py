@@ -1,0 +1,167 @@
+"""
+The use case: one delivery in, one Brigade build (or a reasoned no) out.
+
+It knows nothing of HTTP or Kubernetes: it is handed an ``IProjects``, an
+``IBuilds``, a clock and a source of randomness.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Callable, Sequence
+
+import attrs
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from .brigade import encode_ulid, project_id
+from .interfaces import IBuilds, IPayloadFormat, IProjects
+from .payload import decode_document
+from .registries import FORMATS, recognise
+from .values import (
+    CHART,
+    DELETE,
+    OTHER,
+    PUSH,
+    QUARANTINE,
+    Build,
+    Delivery,
+    Receipt,
+    RegistryEvent,
+)
+
+BUILDABLE = frozenset({PUSH, DELETE, QUARANTINE})
+TITLE_LIMIT = 1024
+
+
+@attrs.frozen
+class Accepted:
+    """The delivery became ``build``; the store answered ``receipt``."""
+
+    build: Build
+    receipt: Receipt
+
+
+@attrs.frozen
+class Ignored:
+    """
+    The delivery was understood and deliberately not built (a ping, an
+    untagged push, ...): answered 2xx so the sender does not retry.
+    """
+
+    project_id: str
+    event_provider: str
+    reason: str
+
+
+def event_type(event: RegistryEvent) -> str:
+    """The Brigade event type a buildable event becomes."""
+    if event.action == DELETE:
+        return "chart_delete" if event.artifact_class == CHART else "image_delete"
+    if event.action == QUARANTINE:
+        return "image_quarantine"
+    if event.artifact_class == CHART:
+        return "chart_push"
+    if event.artifact_class == OTHER:
+        return "artifact_push"
+    return "image_push"
+
+
+def _reference(event: RegistryEvent) -> str:
+    name = event.repository or "unknown repository"
+    if event.host:
+        name = f"{event.host}/{name}"
+    if event.tag:
+        name += f":{event.tag}"
+    return name
+
+
+def titles(events: Sequence[RegistryEvent], kind: str) -> tuple[str, str]:
+    """
+    ``short_title`` and ``long_title`` for a build, so that ``brig`` and
+    dashboards show what happened: registry, repository, tag, digest.
+    """
+    first = events[0]
+    if first.repository is None:
+        short = f"{kind} from a {first.registry} webhook"
+        return short, short
+    references = [_reference(event) for event in events]
+    short = f"{kind} {references[0]}"
+    if len(references) > 1:
+        short += f" (+{len(references) - 1} more)"
+    details = []
+    for event, reference in zip(events, references, strict=True):
+        detail = reference
+        if event.digest:
+            detail += f"@{event.digest}"
+        if event.actor:
+            detail += f" by {event.actor}"
+        details.append(detail)
+    long = f"{first.registry} {kind}: " + ", ".join(details)
+    return short[:TITLE_LIMIT], long[:TITLE_LIMIT]
+
+
+@attrs.define
+class Gateway:
+    """
+    Turns deliveries into builds.
+
+    ``entropy(n)`` returns ``n`` random bytes for build IDs; ``default_ref``
+    is the commit ref used when the URL names none, since an empty ref breaks
+    a project's git sidecar.
+    """
+
+    projects: IProjects
+    builds: IBuilds
+    clock: IReactorTime
+    default_ref: str = "master"
+    formats: Sequence[IPayloadFormat] = FORMATS
+    entropy: Callable[[int], bytes] = os.urandom
+
+    log = Logger()
+
+    async def receive(self, delivery: Delivery) -> Accepted | Ignored:
+        """
+        Handle one delivery.
+
+        Raises ``ProjectNotFound``, ``BadRequest``, ``BackendUnavailable`` or
+        ``BackendRejected``; the web layer maps each to a status.
+        """
+        pid = project_id(delivery.project_ref)
+        await self.projects.get(pid)
+        document = decode_document(delivery.body)
+        sender = recognise(dict(delivery.headers), document, self.formats)
+        events = list(sender.parse(delivery, document))
+        buildable = [event for event in events if event.action in BUILDABLE]
+        self.log.info(
+            "Delivery for {project_id}: format {payload_format}, {count} event(s), {buildable} buildable",
+            project_id=pid,
+            payload_format=sender.name,
+            count=len(events),
+            buildable=len(buildable),
+        )
+        if not buildable:
+            reasons = sorted({event.reason or event.action for event in events})
+            return Ignored(pid, sender.name, ", ".join(reasons) or "no events")
+        kind = event_type(buildable[0])
+        short, long = titles(buildable, kind)
+        build = Build(
+            project_id=pid,
+            ulid=encode_ulid(int(self.clock.seconds() * 1000), self.entropy(10)),
+            event_type=kind,
+            event_provider=sender.name,
+            commit_ref=delivery.commit or self.default_ref,
+            payload=delivery.body,
+            short_title=short,
+            long_title=long,
+        )
+        receipt = await self.builds.submit(build)
+        self.log.info(
+            "Build {build_name} for {project_id}: {event_type} from {payload_format}{duplicate}",
+            build_name=receipt.build_name,
+            project_id=pid,
+            event_type=kind,
+            payload_format=sender.name,
+            duplicate=" (duplicate)" if receipt.duplicate else "",
+        )
+        return Accepted(build, receipt)

@@ -1,0 +1,73 @@
+"""
+The seams of brigade-cr.
+
+The use case (``gateway.py``) is written against these interfaces only; each
+has a Kubernetes implementation, a directory implementation and an in-memory
+one, all checked by one shared contract suite.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+from zope.interface import Attribute, Interface
+
+
+class IProjects(Interface):
+    """Where Brigade projects are looked up."""
+
+    def get(project_id: str) -> Any:
+        """
+        Look up the project whose ID (``brigade-...``) is ``project_id``.
+
+        Returns a Deferred that fires with a ``Project``. It fails with
+        ``ProjectNotFound`` when there is no such project, or when the Secret
+        of that name is not of type ``brigade.sh/project``; with
+        ``BackendUnavailable`` when the store could not answer.
+        """
+
+
+class IBuilds(Interface):
+    """Where builds are submitted."""
+
+    def submit(build: Any) -> Any:
+        """
+        Store ``build`` (a ``Build``) as a Brigade v1 build Secret.
+
+        Returns a Deferred that fires with a ``Receipt`` once the build
+        exists. A build's Secret name is its idempotency key: if a Secret of
+        that name already holds the same build, the Receipt says
+        ``duplicate=True``. Fails with ``BackendUnavailable`` for failures
+        that may pass (the caller may retry) and ``BackendRejected`` for
+        permanent ones (including the name being taken by a different build).
+        """
+
+
+class IPayloadFormat(Interface):
+    """
+    One registry's webhook format: how to recognise it and what it means.
+
+    Implementations are pure: no I/O, no clock (the receive time comes with
+    the delivery).
+    """
+
+    name = Attribute(
+        "The format's name, also the build's ``event_provider`` and a metric "
+        "label: ``dockerhub``, ``acr``, ``generic``, ..."
+    )
+
+    def recognise(headers: Mapping[str, str], document: Mapping[str, Any]) -> bool:
+        """
+        True when a delivery with these headers (lower-cased names) and this
+        parsed JSON object is in this format.
+        """
+
+    def parse(delivery: Any, document: Mapping[str, Any]) -> Sequence[Any]:
+        """
+        The ``RegistryEvent`` values a recognised delivery reports, in order.
+
+        Events that must not become builds (pings, untagged pushes, ...) are
+        returned with action ``ping`` or ``ignored`` and a ``reason``, so the
+        delivery is answered 2xx without a build. Raises ``BadRequest`` when a
+        document this format recognised is missing what it requires.
+        """

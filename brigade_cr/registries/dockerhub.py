@@ -1,0 +1,48 @@
+"""Docker Hub repository webhooks (registries.md section 4.1)."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+from zope.interface import implementer
+
+from ..interfaces import IPayloadFormat
+from ..values import IGNORED, PUSH, Delivery, RegistryEvent
+from ._common import artifact_class, obj, parse_time, text
+
+
+@implementer(IPayloadFormat)
+class DockerHubFormat:
+    """
+    Docker Hub fires only on push and carries no digest and no event id.
+
+    ``callback_url`` is a dead capability URL: it is never read, called or
+    logged.
+    """
+
+    name = "dockerhub"
+
+    def recognise(self, headers: Mapping[str, str], document: Mapping[str, Any]) -> bool:
+        return isinstance(document.get("push_data"), Mapping) and (
+            text(document, "repository", "repo_name") is not None
+        )
+
+    def parse(self, delivery: Delivery, document: Mapping[str, Any]) -> Sequence[RegistryEvent]:
+        push = obj(document, "push_data")
+        media_type = text(push, "media_type")
+        tag = text(push, "tag") or None
+        return [
+            RegistryEvent(
+                registry=self.name,
+                # Very old payloads have no tag: never assume "latest".
+                action=PUSH if tag else IGNORED,
+                reason=None if tag else "untagged",
+                time=parse_time(push.get("pushed_at"), delivery.received),
+                host="docker.io",
+                repository=text(document, "repository", "repo_name"),
+                tag=tag,
+                media_type=media_type,
+                artifact_class=artifact_class(media_type),
+                actor=text(push, "pusher"),
+            )
+        ]

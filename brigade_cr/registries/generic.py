@@ -1,0 +1,26 @@
+"""Any other JSON object: accepted as an image push, as the old gateway did."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+from zope.interface import implementer
+
+from ..interfaces import IPayloadFormat
+from ..values import PUSH, Delivery, RegistryEvent
+
+
+@implementer(IPayloadFormat)
+class GenericFormat:
+    """
+    The fallback: recognises every object and reports one push with nothing
+    known about it. Exotic registries and hand-written scripts rely on this.
+    """
+
+    name = "generic"
+
+    def recognise(self, headers: Mapping[str, str], document: Mapping[str, Any]) -> bool:
+        return True
+
+    def parse(self, delivery: Delivery, document: Mapping[str, Any]) -> Sequence[RegistryEvent]:
+        return [RegistryEvent(registry=self.name, action=PUSH, time=delivery.received)]

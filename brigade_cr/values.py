@@ -1,0 +1,143 @@
+"""
+The values that flow through the gateway: frozen, comparable, free of I/O.
+
+Fields that hold secrets are excluded from ``repr`` so that a value can never
+leak one into a log line or a traceback.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Mapping, Sequence
+
+import attrs
+
+# Event actions a parser can report (registries.md section 6.1).
+PUSH = "push"
+DELETE = "delete"
+QUARANTINE = "quarantine"
+PING = "ping"
+IGNORED = "ignored"
+
+# Artifact classes (registries.md section 3).
+IMAGE = "image"
+CHART = "chart"
+OTHER = "other"
+UNKNOWN = "unknown"
+
+
+def _headers(value: Mapping[str, str] | Sequence[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
+    items = value.items() if isinstance(value, Mapping) else value
+    return tuple((name.lower(), text) for name, text in items)
+
+
+@attrs.frozen
+class Delivery:
+    """
+    One webhook request, as the HTTP edge received it.
+
+    ``project_ref`` is the project name or ID taken from the path; ``commit``
+    is the commit ref from the URL (query wins over path), or ``""``.
+    Header names are lower-cased; ``body`` is the raw request body.
+    """
+
+    project_ref: str
+    commit: str
+    body: bytes = attrs.field(repr=False)
+    received: datetime
+    headers: tuple[tuple[str, str], ...] = attrs.field(
+        default=(), converter=_headers, repr=False
+    )
+    source: str = ""
+
+    def header(self, name: str) -> str | None:
+        """The last value of the header ``name`` (case-insensitive), or None."""
+        wanted = name.lower()
+        found = None
+        for key, value in self.headers:
+            if key == wanted:
+                found = value
+        return found
+
+
+@attrs.frozen
+class RegistryEvent:
+    """
+    One event a registry reported, normalised (registries.md section 6.1).
+
+    ``action`` is one of ``push``, ``delete``, ``quarantine``, ``ping`` or
+    ``ignored`` (then ``reason`` says why: ``untagged``, ``pull``, ...).
+    ``event_id`` is the sender's own id prefixed ``registry:``, or ``None``
+    where the sender has none.
+    """
+
+    registry: str
+    action: str
+    time: datetime
+    host: str | None = None
+    repository: str | None = None
+    tag: str | None = None
+    digest: str | None = None
+    media_type: str | None = None
+    artifact_class: str = UNKNOWN
+    event_id: str | None = None
+    event_id_source: str = "derived"
+    actor: str | None = None
+    reason: str | None = None
+
+
+@attrs.frozen
+class Project:
+    """
+    A Brigade project, as much of it as a gateway needs.
+
+    ``cr_gateway_secret`` is the project's ``crGatewaySecret``; it never
+    appears in ``repr``.
+    """
+
+    id: str
+    name: str
+    repository: str = ""
+    clone_url: str = ""
+    cr_gateway_secret: bytes | None = attrs.field(default=None, repr=False)
+
+
+@attrs.frozen
+class Build:
+    """
+    A Brigade v1 build, before it becomes a build Secret.
+
+    ``ulid`` is the lowercase ULID; the Secret is named ``name``.
+    ``payload`` is the sender's body, byte for byte.
+    """
+
+    project_id: str
+    ulid: str
+    event_type: str
+    event_provider: str
+    commit_ref: str
+    payload: bytes = attrs.field(repr=False)
+    short_title: str = ""
+    long_title: str = ""
+    commit_id: str = ""
+    clone_url: str = ""
+    log_level: str = ""
+    script: str = ""
+    config: str = ""
+
+    @property
+    def name(self) -> str:
+        """The build Secret's name, which is also its ``build_id``."""
+        return "brigade-worker-" + self.ulid
+
+
+@attrs.frozen
+class Receipt:
+    """
+    What a store says after ``submit``: the build exists under ``build_name``.
+
+    ``duplicate`` is true when the same build was already there.
+    """
+
+    build_name: str
+    duplicate: bool = False

@@ -1,0 +1,174 @@
+"""
+The HTTP surface: Brigade v1's webhook routes and the health check.
+
+Domain errors become HTTP statuses here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from typing import Any
+
+import attrs
+from klein import Klein
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.iweb import IRequest
+from werkzeug.exceptions import MethodNotAllowed, NotFound
+
+from .errors import BackendRejected, BackendUnavailable, BadRequest, ProjectNotFound
+from .gateway import Accepted, Gateway, Ignored
+from .values import Delivery
+
+WEBHOOK_PREFIX = "/events/webhook/"
+DEFAULT_RETRY_AFTER = 10
+
+
+def split_webhook_path(rest: str) -> tuple[str, str] | None:
+    """
+    The project reference and path commit of ``/events/webhook/<rest>``, or
+    None when ``rest`` is not one of the three forms Brigade v1 serves:
+    ``a`` (a project ID or a slash-less name), ``a/b`` (the name ``a/b``) and
+    ``a/b/c`` (the name ``a/b``, commit ``c``).
+    """
+    segments = rest.split("/")
+    if not 1 <= len(segments) <= 3 or not all(segments):
+        return None
+    if len(segments) == 3:
+        return "/".join(segments[:2]), segments[2]
+    return "/".join(segments), ""
+
+
+def _json(request: IRequest, code: int, body: dict[str, Any]) -> bytes:
+    request.setResponseCode(code)
+    request.setHeader(b"content-type", b"application/json")
+    request.setHeader(b"cache-control", b"no-store")
+    return json.dumps(body, sort_keys=False).encode("utf-8") + b"\n"
+
+
+def _query_value(request: IRequest, name: bytes) -> str:
+    values: list[bytes] = request.args.get(name) or [b""]
+    return values[-1].decode("utf-8", "replace")
+
+
+@attrs.define
+class WebhookSite:
+    """
+    The Klein application: ``POST /events/webhook/...`` and ``GET /healthz``.
+
+    ``clock`` stamps each delivery's receive time.
+    """
+
+    gateway: Gateway
+    clock: IReactorTime
+    app = Klein()
+    log = Logger()
+
+    def resource(self) -> Any:
+        """The ``twisted.web`` resource serving this application."""
+        return self.app.resource()
+
+    @app.route("/healthz", methods=["GET", "HEAD"])
+    def healthz(self, request: IRequest) -> bytes:
+        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+        return b"OK"
+
+    @app.route(WEBHOOK_PREFIX + "<path:rest>", methods=["POST"])
+    async def webhook(self, request: IRequest, rest: str) -> bytes:
+        parts = split_webhook_path(rest)
+        if parts is None:
+            return self._not_found(request)
+        project_ref, path_commit = parts
+        commit = _query_value(request, b"commit") or path_commit
+        body = request.content.read() if request.content is not None else b""
+        peer = request.getClientAddress()
+        delivery = Delivery(
+            project_ref=project_ref,
+            commit=commit,
+            body=body,
+            received=datetime.fromtimestamp(self.clock.seconds(), tz=timezone.utc),
+            headers=[
+                (name.decode("latin-1"), value.decode("latin-1"))
+                for name, values in request.requestHeaders.getAllRawHeaders()
+                for value in values
+            ],
+            source=getattr(peer, "host", ""),
+        )
+        try:
+            outcome = await self.gateway.receive(delivery)
+        except Exception:
+            return self._error(request, Failure(), project_ref)
+        if isinstance(outcome, Ignored):
+            return _json(
+                request,
+                200,
+                {
+                    "status": "Success",
+                    "project_id": outcome.project_id,
+                    "event_provider": outcome.event_provider,
+                    "ignored": outcome.reason,
+                },
+            )
+        assert isinstance(outcome, Accepted)
+        build = outcome.build
+        return _json(
+            request,
+            200,
+            {
+                "status": "Success",
+                "build_id": outcome.receipt.build_name,
+                "build": build.ulid,
+                "project_id": build.project_id,
+                "event_type": build.event_type,
+                "event_provider": build.event_provider,
+                "commit_ref": build.commit_ref,
+                "duplicate": outcome.receipt.duplicate,
+            },
+        )
+
+    def _error(self, request: IRequest, failure: Failure, project_ref: str) -> bytes:
+        """The one place a domain error becomes an HTTP answer."""
+        error = failure.value
+        if isinstance(error, BadRequest):
+            self.log.info(
+                "Refused a malformed body for {project_ref!r}: {reason}",
+                project_ref=project_ref,
+                reason=error.message,
+            )
+            return _json(request, 400, {"status": "Malformed body", "reason": error.message})
+        if isinstance(error, ProjectNotFound):
+            self.log.info(
+                "Refused a delivery for {project_ref!r}: project not found", project_ref=project_ref
+            )
+            return _json(request, 400, {"status": "project not found"})
+        if isinstance(error, BackendUnavailable):
+            retry_after = error.retry_after or DEFAULT_RETRY_AFTER
+            self.log.warn(
+                "Build store unavailable, asked the sender to retry in {retry_after}s: {reason}",
+                retry_after=retry_after,
+                reason=error.reason,
+            )
+            request.setHeader(b"retry-after", str(retry_after).encode("ascii"))
+            return _json(request, 503, {"status": "Service Unavailable"})
+        if isinstance(error, BackendRejected):
+            self.log.error("Build store refused a build: {reason}", reason=error.reason)
+            return _json(request, 502, {"status": "Build refused by Kubernetes"})
+        self.log.failure("Unexpected error handling a delivery", failure)
+        return _json(request, 500, {"status": "Internal Server Error"})
+
+    def _not_found(self, request: IRequest) -> bytes:
+        return _json(request, 404, {"status": "Not Found"})
+
+    @app.handle_errors(NotFound, MethodNotAllowed)
+    def not_found(self, request: IRequest, failure: Failure) -> bytes:
+        # The old gateway answered 404 for unknown paths and wrong methods;
+        # Klein would say 405 for the latter.
+        return self._not_found(request)
+
+
+def make_site_resource(gateway: Gateway, clock: IReactorTime) -> Any:
+    """The root resource for ``gateway``."""
+    return WebhookSite(gateway, clock).resource()
+

@@ -1,0 +1,31 @@
+"""Small helpers for tests of Deferreds that fire without a running reactor."""
+
+from __future__ import annotations
+
+from typing import Any, Coroutine, TypeVar
+
+from twisted.internet.defer import Deferred
+from twisted.python.failure import Failure
+
+T = TypeVar("T")
+
+
+def result_of(value: Deferred[T] | Coroutine[Any, Any, T]) -> T:
+    """The result a Deferred (or coroutine) has already produced; fails the test otherwise."""
+    deferred = Deferred.fromCoroutine(value) if not isinstance(value, Deferred) else value
+    results: list[Any] = []
+    deferred.addBoth(results.append)
+    assert results, "the Deferred has not fired"
+    if isinstance(results[0], Failure):
+        results[0].raiseException()
+    return results[0]  # type: ignore[no-any-return]
+
+
+def failure_of(value: Deferred[Any] | Coroutine[Any, Any, Any]) -> BaseException:
+    """The exception a Deferred (or coroutine) has already failed with."""
+    deferred = Deferred.fromCoroutine(value) if not isinstance(value, Deferred) else value
+    results: list[Any] = []
+    deferred.addBoth(results.append)
+    assert results, "the Deferred has not fired"
+    assert isinstance(results[0], Failure), f"expected a failure, got {results[0]!r}"
+    return results[0].value

@@ -1,0 +1,206 @@
+"""The use case: deliveries in, builds or reasoned refusals out (no I/O, no reactor)."""
+
+from __future__ import annotations
+
+import base64
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+from twisted.internet.task import Clock
+
+from brigade_cr.brigade import decode_ulid_time, is_ulid, project_id
+from brigade_cr.errors import BackendUnavailable, BadRequest, ProjectNotFound
+from brigade_cr.gateway import Accepted, Gateway, Ignored, event_type, titles
+from brigade_cr.memory import MemoryBuilds, MemoryProjects
+from brigade_cr.values import Delivery, RegistryEvent
+from tests.backend_contract import project_secret
+from tests.helpers import failure_of, result_of
+
+PAYLOADS = Path(__file__).parent / "payloads"
+NOW = datetime(2026, 11, 26, 12, 0, tzinfo=timezone.utc)
+
+
+def make_gateway(**kwargs: object) -> tuple[Gateway, MemoryProjects, MemoryBuilds]:
+    projects = MemoryProjects()
+    projects.add(project_secret("acme/webapp"))
+    builds = MemoryBuilds()
+    clock = Clock()
+    clock.advance(NOW.timestamp())
+    counter = iter(range(1, 1000))
+    gateway = Gateway(
+        projects,
+        builds,
+        clock,
+        entropy=lambda n: next(counter).to_bytes(n, "big"),
+        **kwargs,  # type: ignore[arg-type]
+    )
+    return gateway, projects, builds
+
+
+def delivery(body: bytes, ref: str = "acme/webapp", commit: str = "") -> Delivery:
+    return Delivery(project_ref=ref, commit=commit, body=body, received=NOW)
+
+
+def test_dockerhub_push_becomes_build() -> None:
+    """A Docker Hub push creates one image_push build carrying the body byte for byte."""
+    gateway, _, builds = make_gateway()
+    body = (PAYLOADS / "dockerhub_push.json").read_bytes()
+    outcome = result_of(gateway.receive(delivery(body)))
+    assert isinstance(outcome, Accepted)
+    build = outcome.build
+    assert build.project_id == project_id("acme/webapp")
+    assert build.event_type == "image_push"
+    assert build.event_provider == "dockerhub"
+    assert build.commit_ref == "master"
+    assert build.payload == body
+    assert build.short_title == "image_push docker.io/acme/webapp:v1.4.2"
+    assert build.long_title == "dockerhub image_push: docker.io/acme/webapp:v1.4.2 by acme-ci"
+    assert is_ulid(build.ulid)
+    assert decode_ulid_time(build.ulid) == int(NOW.timestamp() * 1000)
+    assert list(builds.secrets) == [build.name]
+    stored = builds.secrets[build.name]
+    assert base64.b64decode(stored["data"]["payload"]) == body
+
+
+@pytest.mark.parametrize(
+    ("sample", "kind"),
+    [
+        ("acr_push.json", "image_push"),
+        ("acr_delete.json", "image_delete"),
+        ("acr_quarantine.json", "image_quarantine"),
+        ("acr_chart_push.json", "chart_push"),
+        ("acr_chart_delete.json", "chart_delete"),
+    ],
+)
+def test_acr_event_types(sample: str, kind: str) -> None:
+    """Each ACR action becomes its Brigade event type with provider acr."""
+    gateway, _, builds = make_gateway()
+    outcome = result_of(gateway.receive(delivery((PAYLOADS / sample).read_bytes())))
+    assert isinstance(outcome, Accepted)
+    assert (outcome.build.event_type, outcome.build.event_provider) == (kind, "acr")
+    assert len(builds.secrets) == 1
+
+
+def test_acr_titles_name_digest() -> None:
+    """ACR titles carry host, repository, tag and digest."""
+    gateway, _, _ = make_gateway()
+    outcome = result_of(gateway.receive(delivery((PAYLOADS / "acr_push.json").read_bytes())))
+    assert isinstance(outcome, Accepted)
+    assert outcome.build.short_title == "image_push acmeregistry.azurecr.io/team/webapp:v1.4.2"
+    assert outcome.build.long_title == (
+        "acr image_push: acmeregistry.azurecr.io/team/webapp:v1.4.2"
+        "@sha256:9f74e4efee8db5b6f712ce92b9d23d665400532944ca73333d6d5db561268006"
+    )
+
+
+def test_ping_makes_no_build() -> None:
+    """An ACR ping is answered as ignored and creates nothing."""
+    gateway, _, builds = make_gateway()
+    outcome = result_of(gateway.receive(delivery((PAYLOADS / "acr_ping.json").read_bytes())))
+    assert outcome == Ignored(project_id("acme/webapp"), "acr", "ping")
+    assert builds.secrets == {}
+
+
+def test_generic_object_is_image_push() -> None:
+    """Any other JSON object is an image_push from provider generic."""
+    gateway, _, _ = make_gateway()
+    outcome = result_of(gateway.receive(delivery(b'{"anything": [1, 2]}')))
+    assert isinstance(outcome, Accepted)
+    assert (outcome.build.event_type, outcome.build.event_provider) == ("image_push", "generic")
+    assert outcome.build.short_title == "image_push from a generic webhook"
+
+
+def test_commit_and_default_ref() -> None:
+    """The URL's commit becomes commit_ref; without one the configured default is used."""
+    gateway, _, _ = make_gateway(default_ref="main")
+    with_commit = result_of(gateway.receive(delivery(b"{}", commit="abc123")))
+    without = result_of(gateway.receive(delivery(b"{}")))
+    assert isinstance(with_commit, Accepted) and isinstance(without, Accepted)
+    assert with_commit.build.commit_ref == "abc123"
+    assert without.build.commit_ref == "main"
+
+
+def test_project_id_reference() -> None:
+    """A delivery may name its project by ID."""
+    gateway, _, _ = make_gateway()
+    outcome = result_of(gateway.receive(delivery(b"{}", ref=project_id("acme/webapp"))))
+    assert isinstance(outcome, Accepted)
+
+
+def test_unknown_project() -> None:
+    """An unknown project fails with ProjectNotFound and creates nothing."""
+    gateway, _, builds = make_gateway()
+    assert isinstance(failure_of(gateway.receive(delivery(b"{}", ref="nope"))), ProjectNotFound)
+    assert builds.secrets == {}
+
+
+def test_malformed_body() -> None:
+    """A body that is not a JSON object fails with BadRequest and creates nothing."""
+    gateway, _, builds = make_gateway()
+    error = failure_of(gateway.receive(delivery(b"[1]")))
+    assert isinstance(error, BadRequest)
+    assert error.message == "body is not a JSON object"
+    assert builds.secrets == {}
+
+
+def test_store_down() -> None:
+    """A store outage surfaces as BackendUnavailable, never as success."""
+    gateway, _, builds = make_gateway()
+    builds.down = True
+    assert isinstance(failure_of(gateway.receive(delivery(b"{}"))), BackendUnavailable)
+    assert builds.secrets == {}
+
+
+def test_projects_down() -> None:
+    """A project lookup outage surfaces as BackendUnavailable."""
+    gateway, projects, _ = make_gateway()
+    projects.down = True
+    assert isinstance(failure_of(gateway.receive(delivery(b"{}"))), BackendUnavailable)
+
+
+def test_each_delivery_gets_its_own_build() -> None:
+    """Two deliveries make two builds with distinct IDs."""
+    gateway, _, builds = make_gateway()
+    first = result_of(gateway.receive(delivery(b"{}")))
+    second = result_of(gateway.receive(delivery(b"{}")))
+    assert isinstance(first, Accepted) and isinstance(second, Accepted)
+    assert first.build.ulid != second.build.ulid
+    assert sorted(builds.secrets) == sorted([first.build.name, second.build.name])
+
+
+def test_event_type_mapping() -> None:
+    """Actions and artifact classes map to Brigade event types."""
+    base = RegistryEvent(registry="x", action="push", time=NOW)
+    cases = {
+        ("push", "image"): "image_push",
+        ("push", "unknown"): "image_push",
+        ("push", "chart"): "chart_push",
+        ("push", "other"): "artifact_push",
+        ("delete", "image"): "image_delete",
+        ("delete", "chart"): "chart_delete",
+        ("quarantine", "image"): "image_quarantine",
+    }
+    for (action, klass), expected in cases.items():
+        event = RegistryEvent(registry="x", action=action, time=NOW, artifact_class=klass)
+        assert event_type(event) == expected
+    assert event_type(base) == "image_push"
+
+
+def test_titles_for_several_events() -> None:
+    """A delivery of several events names them all in the long title."""
+    events = [
+        RegistryEvent(registry="distribution", action="push", time=NOW, host="r.example", repository="a/b", tag="1"),
+        RegistryEvent(registry="distribution", action="push", time=NOW, host="r.example", repository="a/b", tag="2"),
+    ]
+    assert titles(events, "image_push") == (
+        "image_push r.example/a/b:1 (+1 more)",
+        "distribution image_push: r.example/a/b:1, r.example/a/b:2",
+    )
+
+
+def test_titles_are_bounded() -> None:
+    """Titles never exceed 1024 characters."""
+    events = [RegistryEvent(registry="x", action="push", time=NOW, repository="r" * 5000, tag="t")]
+    short, long = titles(events, "image_push")
+    assert len(short) == 1024 and len(long) == 1024

@@ -1,0 +1,247 @@
+"""The HTTP surface, driven in memory through the real Klein app and twisted.web."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import attrs
+import pytest
+from treq.testing import StubTreq
+from twisted.internet.defer import Deferred, fail
+from twisted.internet.task import Clock
+from zope.interface import implementer
+
+from brigade_cr.brigade import project_id
+from brigade_cr.errors import BackendRejected, BackendUnavailable
+from brigade_cr.gateway import Gateway
+from brigade_cr.interfaces import IBuilds
+from brigade_cr.memory import MemoryBuilds, MemoryProjects
+from brigade_cr.values import Build, Receipt
+from brigade_cr.web import make_site_resource, split_webhook_path
+from tests.backend_contract import project_secret
+from tests.helpers import result_of
+
+PAYLOADS = Path(__file__).parent / "payloads"
+NOW = datetime(2026, 11, 26, 12, 0, tzinfo=timezone.utc)
+
+
+class Harness:
+    """A gateway over memory stores, served by the real site resource through StubTreq."""
+
+    def __init__(self) -> None:
+        self.projects = MemoryProjects()
+        for name in ("acme/webapp", "solo"):
+            self.projects.add(project_secret(name))
+        self.builds = MemoryBuilds()
+        clock = Clock()
+        clock.advance(NOW.timestamp())
+        counter = iter(range(1, 10000))
+        self.gateway = Gateway(
+            self.projects, self.builds, clock, entropy=lambda n: next(counter).to_bytes(n, "big")
+        )
+        self.treq = StubTreq(make_site_resource(self.gateway, clock))
+
+    def request(
+        self, method: str, path: str, body: bytes = b"", **kwargs: Any
+    ) -> tuple[int, dict[str, Any] | bytes, Any]:
+        response = self.treq.request(method, "http://gw.example" + path, data=body, **kwargs)
+        self.treq.flush()
+        response = result_of(response)
+        content = result_of(response.content())
+        self.treq.flush()
+        if response.headers.getRawHeaders(b"content-type", [b""])[0] == b"application/json":
+            assert content.endswith(b"\n")
+            return response.code, json.loads(content), response.headers
+        return response.code, content, response.headers
+
+    def only_build(self) -> dict[str, Any]:
+        assert len(self.builds.secrets) == 1
+        return next(iter(self.builds.secrets.values()))
+
+
+@implementer(IBuilds)
+@attrs.define
+class FailingBuilds:
+    """A store whose every submit fails with ``error``."""
+
+    error: Exception
+
+    def submit(self, build: Build) -> Deferred[Receipt]:
+        return fail(self.error)
+
+
+@pytest.fixture
+def web() -> Harness:
+    return Harness()
+
+
+def _data(secret: dict[str, Any], key: str) -> bytes:
+    import base64
+
+    return base64.b64decode(secret["data"][key])
+
+
+def test_healthz(web: Harness) -> None:
+    """GET /healthz answers 200 text/plain OK."""
+    code, body, headers = web.request("GET", "/healthz")
+    assert (code, body) == (200, b"OK")
+    assert headers.getRawHeaders(b"content-type") == [b"text/plain; charset=utf-8"]
+
+
+@pytest.mark.parametrize(
+    ("path", "project", "commit"),
+    [
+        ("/events/webhook/solo", "solo", "master"),
+        ("/events/webhook/solo?commit=abc", "solo", "abc"),
+        ("/events/webhook/acme/webapp", "acme/webapp", "master"),
+        ("/events/webhook/acme/webapp?commit=abc", "acme/webapp", "abc"),
+        ("/events/webhook/acme/webapp/v1", "acme/webapp", "v1"),
+        ("/events/webhook/acme/webapp/v1?commit=abc", "acme/webapp", "abc"),
+        ("/events/webhook/acme/webapp/v1?commit=", "acme/webapp", "v1"),
+        ("/events/webhook/acme%2Fwebapp", "acme/webapp", "master"),
+        ("/events/webhook/acme%2Fwebapp%2Fv2", "acme/webapp", "v2"),
+        ("/events/webhook/" + project_id("acme/webapp"), "acme/webapp", "master"),
+        ("/events/webhook/" + project_id("acme/webapp") + "?commit=c1", "acme/webapp", "c1"),
+    ],
+)
+def test_route_forms(web: Harness, path: str, project: str, commit: str) -> None:
+    """Every Brigade v1 route form finds its project and commit."""
+    body = (PAYLOADS / "dockerhub_push.json").read_bytes()
+    code, answer, _ = web.request("POST", path, body)
+    secret = web.only_build()
+    assert code == 200
+    assert answer == {
+        "status": "Success",
+        "build_id": secret["metadata"]["name"],
+        "build": secret["metadata"]["labels"]["build"],
+        "project_id": project_id(project),
+        "event_type": "image_push",
+        "event_provider": "dockerhub",
+        "commit_ref": commit,
+        "duplicate": False,
+    }
+    assert _data(secret, "commit_ref") == commit.encode()
+    assert _data(secret, "payload") == body
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("POST", "/"),
+        ("POST", "/events/webhook"),
+        ("POST", "/events/webhook/"),
+        ("POST", "/events/webhook/a/b/c/d"),
+        ("POST", "/events/webhook/a//b"),
+        ("POST", "/events/webhook/a/"),
+        ("POST", "/healthz"),
+        ("GET", "/events/webhook/solo"),
+        ("PUT", "/events/webhook/solo"),
+        ("GET", "/nothing"),
+    ],
+)
+def test_everything_else_is_404(web: Harness, method: str, path: str) -> None:
+    """Unknown paths and wrong methods answer 404 with a JSON status, and build nothing."""
+    code, body, _ = web.request(method, path, b"{}")
+    assert (code, body) == (404, {"status": "Not Found"})
+    assert web.builds.secrets == {}
+
+
+def test_unknown_project(web: Harness) -> None:
+    """An unknown project answers 400 project not found."""
+    code, body, _ = web.request("POST", "/events/webhook/nobody/here", b"{}")
+    assert (code, body) == (400, {"status": "project not found"})
+
+
+def test_non_project_secret(web: Harness) -> None:
+    """A brigade-* Secret that is not a project answers as not found."""
+    web.projects.add(project_secret("fake", secret_type="brigade.sh/build"))
+    code, body, _ = web.request("POST", "/events/webhook/fake", b"{}")
+    assert (code, body) == (400, {"status": "project not found"})
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (b"", "body is empty"),
+        (b"\xff\xfe", "body is not UTF-8"),
+        (b"{nope", "body is not JSON"),
+        (b"[]", "body is not a JSON object"),
+    ],
+)
+def test_malformed_bodies(web: Harness, body: bytes, reason: str) -> None:
+    """Malformed bodies answer 400 with a reason and create nothing."""
+    code, answer, _ = web.request("POST", "/events/webhook/solo", body)
+    assert (code, answer) == (400, {"status": "Malformed body", "reason": reason})
+    assert web.builds.secrets == {}
+
+
+def test_ping_is_200_without_build(web: Harness) -> None:
+    """An ACR ping answers 200 and creates no build."""
+    code, body, _ = web.request("POST", "/events/webhook/solo", (PAYLOADS / "acr_ping.json").read_bytes())
+    assert (code, body) == (
+        200,
+        {"status": "Success", "project_id": project_id("solo"), "event_provider": "acr", "ignored": "ping"},
+    )
+    assert web.builds.secrets == {}
+
+
+def test_store_down_is_503(web: Harness) -> None:
+    """A store outage answers 503 with Retry-After, never 200."""
+    web.builds.down = True
+    code, body, headers = web.request("POST", "/events/webhook/solo", b"{}")
+    assert (code, body) == (503, {"status": "Service Unavailable"})
+    assert headers.getRawHeaders(b"retry-after") == [b"1"]
+
+
+def test_retry_after_defaults(web: Harness) -> None:
+    """Without a hint from the store, Retry-After is 10 seconds."""
+    web.gateway.builds = FailingBuilds(BackendUnavailable("down"))
+    code, _, headers = web.request("POST", "/events/webhook/solo", b"{}")
+    assert code == 503
+    assert headers.getRawHeaders(b"retry-after") == [b"10"]
+
+
+def test_store_rejects_is_502(web: Harness) -> None:
+    """A permanent refusal from the store answers 502, never 200."""
+    web.gateway.builds = FailingBuilds(BackendRejected("422 Invalid"))
+    code, body, _ = web.request("POST", "/events/webhook/solo", b"{}")
+    assert (code, body) == (502, {"status": "Build refused by Kubernetes"})
+
+
+def test_unexpected_error_is_500(web: Harness) -> None:
+    """A bug answers 500 with a generic body, not a traceback."""
+    web.gateway.builds = FailingBuilds(ZeroDivisionError("boom"))
+    code, body, _ = web.request("POST", "/events/webhook/solo", b"{}")
+    assert (code, body) == (500, {"status": "Internal Server Error"})
+
+
+def test_headers_reach_recognition(web: Harness) -> None:
+    """Request headers are seen by recognition (ACR's user agent)."""
+    code, body, _ = web.request(
+        "POST",
+        "/events/webhook/solo",
+        (PAYLOADS / "acr_push.json").read_bytes(),
+        headers={"User-Agent": "AzureContainerRegistry/1.0"},
+    )
+    assert code == 200
+    assert isinstance(body, dict) and body["event_provider"] == "acr"
+
+
+@pytest.mark.parametrize(
+    ("rest", "expected"),
+    [
+        ("a", ("a", "")),
+        ("a/b", ("a/b", "")),
+        ("a/b/c", ("a/b", "c")),
+        ("a/b/c/d", None),
+        ("", None),
+        ("a//c", None),
+        ("/a", None),
+    ],
+)
+def test_split_webhook_path(rest: str, expected: tuple[str, str] | None) -> None:
+    """The three Brigade v1 path forms, and nothing else."""
+    assert split_webhook_path(rest) == expected
