@@ -1,0 +1,322 @@
+"""
+End to end: a real ``twistd -n brigade-cr`` process against the fake
+Kubernetes API, served over TLS with a bearer token, both on loopback.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+from brigade_cr.brigade import BUILD_DATA_KEYS, is_ulid, project_id
+from tests.backend_contract import project_secret
+from tests.gatewayprocess import GatewayProcess
+from tests.kubetarget import FakeKubeProcess
+
+PAYLOADS = Path(__file__).parent / "payloads"
+NAMESPACE = "brigade"
+
+
+@pytest.fixture(scope="module")
+def kube(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeKubeProcess]:
+    """The fake API over TLS, namespace brigade, seeded with two projects and a non-project."""
+    directory = tmp_path_factory.mktemp("e2e-kube")
+    seeds = [
+        project_secret("acme/webapp", repository=b"github.com/acme/webapp"),
+        project_secret("solo"),
+        project_secret("impostor", secret_type="brigade.sh/build"),
+    ]
+    seed_file = directory / "seed.json"
+    seed_file.write_text(json.dumps(seeds))
+    process = FakeKubeProcess.start(str(directory / "api"), namespaces=(NAMESPACE,), seeds=[str(seed_file)])
+    try:
+        yield process
+    finally:
+        process.stop()
+
+
+@pytest.fixture(scope="module")
+def gateway(kube: FakeKubeProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+    """A gateway configured by the fake's kubeconfig (CA file and bearer token)."""
+    process = GatewayProcess.start(
+        ["--kubeconfig", kube.kubeconfig, "--namespace", NAMESPACE],
+        tmp_path_factory.mktemp("e2e-gateway"),
+    )
+    try:
+        yield process
+    finally:
+        process.stop()
+
+
+def builds(kube: FakeKubeProcess) -> dict[str, dict[str, Any]]:
+    """Every build Secret in the fake, by name, read with the official client."""
+    from kubernetes import client, config
+
+    api = config.new_client_from_config(config_file=kube.kubeconfig)
+    try:
+        listed = client.CoreV1Api(api).list_namespaced_secret(
+            NAMESPACE, field_selector="type=brigade.sh/build", _request_timeout=10
+        )
+        return {item["metadata"]["name"]: item for item in api.sanitize_for_serialization(listed)["items"]}
+    finally:
+        api.close()
+
+
+def new_builds(kube: FakeKubeProcess, before: dict[str, Any]) -> list[dict[str, Any]]:
+    return [secret for name, secret in builds(kube).items() if name not in before]
+
+
+def data(secret: dict[str, Any]) -> dict[str, bytes]:
+    return {key: base64.b64decode(value) for key, value in secret["data"].items()}
+
+
+def test_healthz(gateway: GatewayProcess) -> None:
+    """GET /healthz answers OK."""
+    answer = gateway.request("GET", "/healthz")
+    assert (answer.status, answer.body) == (200, b"OK")
+
+
+@pytest.mark.parametrize(
+    ("path", "name", "commit"),
+    [
+        ("/events/webhook/solo", "solo", "master"),
+        ("/events/webhook/solo?commit=c0ffee", "solo", "c0ffee"),
+        ("/events/webhook/acme/webapp", "acme/webapp", "master"),
+        ("/events/webhook/acme/webapp/v9", "acme/webapp", "v9"),
+        ("/events/webhook/acme/webapp/v9?commit=override", "acme/webapp", "override"),
+        ("/events/webhook/acme%2Fwebapp", "acme/webapp", "master"),
+        ("/events/webhook/" + project_id("acme/webapp"), "acme/webapp", "master"),
+    ],
+)
+def test_dockerhub_push_creates_exact_build(
+    gateway: GatewayProcess, kube: FakeKubeProcess, path: str, name: str, commit: str
+) -> None:
+    """Every route form creates one build Secret matching the contract, payload byte for byte."""
+    body = b'{"x": "\xc3\xa9", ' + (PAYLOADS / "dockerhub_push.json").read_bytes().lstrip()[1:]
+    before = builds(kube)
+    answer = gateway.post(path, body)
+    assert answer.status == 200, answer.body
+    [secret] = new_builds(kube, before)
+    name_ = secret["metadata"]["name"]
+    ulid = name_.removeprefix("brigade-worker-")
+    assert is_ulid(ulid)
+    pid = project_id(name)
+    assert answer.json == {
+        "status": "Success",
+        "build_id": name_,
+        "build": ulid,
+        "project_id": pid,
+        "event_type": "image_push",
+        "event_provider": "dockerhub",
+        "commit_ref": commit,
+        "duplicate": False,
+    }
+    assert secret["type"] == "brigade.sh/build"
+    assert secret["metadata"]["namespace"] == NAMESPACE
+    assert secret["metadata"]["labels"] == {
+        "heritage": "brigade",
+        "component": "build",
+        "build": ulid,
+        "project": pid,
+    }
+    # The API server keeps data keys sorted; every key is present.
+    assert sorted(secret["data"]) == sorted(BUILD_DATA_KEYS)
+    assert data(secret) == {
+        "build_id": name_.encode(),
+        "build_name": name_.encode(),
+        "event_type": b"image_push",
+        "event_provider": b"dockerhub",
+        "project_id": pid.encode(),
+        "commit_id": b"",
+        "commit_ref": commit.encode(),
+        "clone_url": b"",
+        "short_title": b"image_push docker.io/acme/webapp:v1.4.2",
+        "long_title": b"dockerhub image_push: docker.io/acme/webapp:v1.4.2 by acme-ci",
+        "log_level": b"",
+        "payload": body,
+        "script": b"",
+        "config": b"",
+    }
+
+
+@pytest.mark.parametrize(
+    ("sample", "event_type"),
+    [
+        ("acr_push.json", "image_push"),
+        ("acr_delete.json", "image_delete"),
+        ("acr_quarantine.json", "image_quarantine"),
+        ("acr_chart_push.json", "chart_push"),
+        ("acr_chart_delete.json", "chart_delete"),
+    ],
+)
+def test_acr_bodies(gateway: GatewayProcess, kube: FakeKubeProcess, sample: str, event_type: str) -> None:
+    """Each ACR action creates one build of its event type, provider acr."""
+    body = (PAYLOADS / sample).read_bytes()
+    before = builds(kube)
+    answer = gateway.post("/events/webhook/solo", body, {"User-Agent": "AzureContainerRegistry/1.0"})
+    assert answer.status == 200, answer.body
+    assert (answer.json["event_type"], answer.json["event_provider"]) == (event_type, "acr")
+    [secret] = new_builds(kube, before)
+    assert data(secret)["event_type"] == event_type.encode()
+    assert data(secret)["event_provider"] == b"acr"
+    assert data(secret)["payload"] == body
+
+
+def test_acr_ping_creates_nothing(gateway: GatewayProcess, kube: FakeKubeProcess) -> None:
+    """An ACR ping answers 200 and creates no build."""
+    before = builds(kube)
+    answer = gateway.post("/events/webhook/solo", (PAYLOADS / "acr_ping.json").read_bytes())
+    assert (answer.status, answer.json["ignored"]) == (200, "ping")
+    assert new_builds(kube, before) == []
+
+
+@pytest.mark.parametrize("path", ["/events/webhook/nobody", "/events/webhook/impostor"])
+def test_unknown_project(gateway: GatewayProcess, kube: FakeKubeProcess, path: str) -> None:
+    """An unknown project, or a brigade-* Secret that is not a project, answers 400 and creates nothing."""
+    before = builds(kube)
+    answer = gateway.post(path, b"{}")
+    assert (answer.status, answer.json) == (400, {"status": "project not found"})
+    assert new_builds(kube, before) == []
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (b"", "body is empty"),
+        (b"\xc3\x28", "body is not UTF-8"),
+        (b"{not json", "body is not JSON"),
+        (b'["a"]', "body is not a JSON object"),
+    ],
+)
+def test_malformed_bodies(gateway: GatewayProcess, kube: FakeKubeProcess, body: bytes, reason: str) -> None:
+    """Malformed bodies answer 400 with a reason and create nothing."""
+    before = builds(kube)
+    answer = gateway.post("/events/webhook/solo", body)
+    assert (answer.status, answer.json) == (400, {"status": "Malformed body", "reason": reason})
+    assert new_builds(kube, before) == []
+
+
+@pytest.mark.parametrize(("method", "path"), [("GET", "/events/webhook/solo"), ("POST", "/events/webhook/a/b/c/d")])
+def test_not_found(gateway: GatewayProcess, method: str, path: str) -> None:
+    """Wrong methods and unknown paths answer 404."""
+    assert gateway.request(method, path, b"{}").status == 404
+
+
+def test_token_never_logged(gateway: GatewayProcess) -> None:
+    """A query token reaches neither the access log nor any other log line."""
+    gateway.post("/events/webhook/solo?token=sup3r-s3cret-t0ken&commit=abc", b"{}")
+    gateway.post("/events/webhook/nobody?token=sup3r-s3cret-t0ken", b"{}")
+    log = gateway.log
+    assert "/events/webhook/solo?token=REDACTED&commit=abc" in log
+    assert "sup3r-s3cret-t0ken" not in log
+
+
+def test_kubernetes_unreachable(tmp_path: Path, kube: FakeKubeProcess) -> None:
+    """With the API unreachable, a delivery answers 503 with Retry-After and nothing is created."""
+    config = json.loads(json.dumps(_load_yaml(Path(kube.kubeconfig))))
+    # A port on loopback where nothing listens: bind one, then close it.
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead_port = s.getsockname()[1]
+    config["clusters"][0]["cluster"]["server"] = f"https://127.0.0.1:{dead_port}"
+    kubeconfig = tmp_path / "dead-kubeconfig"
+    kubeconfig.write_text(json.dumps(config))
+    before = builds(kube)
+    process = GatewayProcess.start(["--kubeconfig", str(kubeconfig), "--namespace", NAMESPACE], tmp_path)
+    try:
+        answer = process.post("/events/webhook/solo", (PAYLOADS / "dockerhub_push.json").read_bytes())
+        assert (answer.status, answer.json) == (503, {"status": "Service Unavailable"})
+        assert int(answer.headers["retry-after"]) > 0
+    finally:
+        process.stop()
+    assert new_builds(kube, before) == []
+
+
+def test_kubernetes_goes_down_midway(tmp_path: Path) -> None:
+    """A build succeeds while the API is up; once it is stopped, the next delivery is a 503."""
+    seed = tmp_path / "seed.json"
+    seed.write_text(json.dumps([project_secret("solo")]))
+    api = FakeKubeProcess.start(str(tmp_path / "api"), namespaces=(NAMESPACE,), seeds=[str(seed)])
+    try:
+        process = GatewayProcess.start(["--kubeconfig", api.kubeconfig, "--namespace", NAMESPACE], tmp_path / "gw")
+        try:
+            assert process.post("/events/webhook/solo", b"{}").status == 200
+            assert len(builds(api)) == 1
+            api.stop()
+            answer = process.post("/events/webhook/solo", b"{}")
+            assert answer.status == 503
+            assert "retry-after" in answer.headers
+        finally:
+            process.stop()
+    finally:
+        api.stop()
+
+
+def test_wrong_token_is_503(tmp_path: Path, kube: FakeKubeProcess) -> None:
+    """An API that refuses the gateway's credentials is a failure (503), never a success."""
+    config = _load_yaml(Path(kube.kubeconfig))
+    config["users"][0]["user"] = {"token": "not-the-token"}
+    kubeconfig = tmp_path / "bad-token-kubeconfig"
+    kubeconfig.write_text(json.dumps(config))
+    before = builds(kube)
+    process = GatewayProcess.start(["--kubeconfig", str(kubeconfig), "--namespace", NAMESPACE], tmp_path)
+    try:
+        answer = process.post("/events/webhook/solo", b"{}")
+        assert answer.status == 503
+        assert "not-the-token" not in process.log
+        assert kube.token not in process.log
+    finally:
+        process.stop()
+    assert new_builds(kube, before) == []
+
+
+def test_directory_default_then_kubectl_create(tmp_path: Path, kube: FakeKubeProcess) -> None:
+    """
+    With no cluster configured the gateway says it uses a local directory; the
+    build it writes there is accepted by ``kubectl create -f`` as is.
+    """
+    workdir = tmp_path / "gw"
+    projects = workdir / "brigade-cr-data" / "projects"
+    projects.mkdir(parents=True)
+    (projects / "solo.json").write_text(json.dumps(project_secret("solo")))
+    process = GatewayProcess.start([], workdir, {"BRIGADE_NAMESPACE": NAMESPACE})
+    try:
+        assert "no Kubernetes configuration found; using the local directory backend" in process.log
+        body = (PAYLOADS / "acr_push.json").read_bytes()
+        answer = process.post("/events/webhook/solo", body)
+        assert answer.status == 200, answer.body
+    finally:
+        process.stop()
+    [written] = sorted((workdir / "brigade-cr-data" / "builds").iterdir())
+    assert written.name == answer.json["build_id"] + ".json"
+    manifest = json.loads(written.read_text())
+    assert base64.b64decode(manifest["data"]["payload"]) == body
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl is not installed; the manifest was checked above")
+    before = builds(kube)
+    result = subprocess.run(
+        [kubectl, "--kubeconfig", kube.kubeconfig, "create", "-n", NAMESPACE, "-f", str(written)],
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr.decode()
+    [created] = new_builds(kube, before)
+    assert created["metadata"]["name"] == answer.json["build_id"]
+    assert created["data"] == manifest["data"]
+
+
+def _load_yaml(path: Path) -> dict[str, Any]:
+    import yaml
+
+    loaded: dict[str, Any] = yaml.safe_load(path.read_text())
+    return loaded

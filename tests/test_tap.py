@@ -1,0 +1,138 @@
+"""The twistd plugin: its options, backend choice and the plugin's registration."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from twisted.python import usage
+
+from brigade_cr.tap import Options, choose_backend
+
+
+def parse(*argv: str) -> Options:
+    options = Options()
+    options.parseOptions(list(argv))
+    return options
+
+
+def test_defaults() -> None:
+    """With no arguments: port tcp:8000, no backend chosen, default ref master."""
+    options = parse()
+    assert options["port"] == "tcp:8000"
+    assert options["namespace"] is None
+    assert options["kubeconfig"] is None
+    assert options["context"] is None
+    assert options["backend"] is None
+    assert options["default-ref"] == "master"
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("8000", "tcp:8000"), ("9", "tcp:9"), ("tcp:9000:interface=127.0.0.1", "tcp:9000:interface=127.0.0.1")],
+)
+def test_port_forms(value: str, expected: str) -> None:
+    """A bare number means tcp:N; anything else is an endpoint description."""
+    assert parse("--port", value)["port"] == expected
+    assert parse("-p", value)["port"] == expected
+
+
+def test_every_option_spelling() -> None:
+    """The option names operators script against."""
+    options = parse(
+        "--namespace", "brigade",
+        "--kubeconfig", "/k",
+        "--context", "ctx",
+        "--backend", "dir:/tmp/x",
+        "--default-ref", "main",
+    )  # fmt: skip
+    assert (options["namespace"], options["kubeconfig"], options["context"]) == ("brigade", "/k", "ctx")
+    assert (options["backend"], options["default-ref"]) == ("dir:/tmp/x", "main")
+
+
+@pytest.mark.parametrize("value", ["dir:", "kubernetes", "memory", "dir"])
+def test_bad_backend(value: str) -> None:
+    """--backend accepts only kube and dir:PATH."""
+    with pytest.raises(usage.UsageError):
+        parse("--backend", value)
+
+
+def test_empty_default_ref() -> None:
+    """An empty default ref is refused: it would break git checkouts."""
+    with pytest.raises(usage.UsageError):
+        parse("--default-ref", "")
+
+
+def test_directory_backend_choice(tmp_path: Path) -> None:
+    """dir:PATH creates projects/ and builds/ and describes itself."""
+    from twisted.internet import reactor
+
+    backend = choose_backend(parse("--backend", f"dir:{tmp_path}"), reactor, {})
+    assert (tmp_path / "projects").is_dir() and (tmp_path / "builds").is_dir()
+    assert backend.description == (
+        f"using the local directory backend: projects from {tmp_path / 'projects'}, "
+        f"builds written to {tmp_path / 'builds'} (namespace 'default')"
+    )
+
+
+def test_no_configuration_falls_back_to_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With no backend and no Kubernetes configuration, the default directory is used and said so."""
+    from twisted.internet import reactor
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    backend = choose_backend(parse(), reactor, {"BRIGADE_NAMESPACE": "brigade"})
+    where = tmp_path / "brigade-cr-data"
+    assert backend.description == (
+        f"no Kubernetes configuration found; using the local directory backend: "
+        f"projects from {where / 'projects'}, builds written to {where / 'builds'} (namespace 'brigade')"
+    )
+
+
+def test_kube_backend_without_configuration(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--backend kube with no configuration found is a usage error, not a silent fallback."""
+    from twisted.internet import reactor
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    with pytest.raises(usage.UsageError, match="no Kubernetes configuration found"):
+        choose_backend(parse("--backend", "kube"), reactor, {})
+
+
+def test_missing_kubeconfig_is_usage_error(tmp_path: Path) -> None:
+    """An explicit --kubeconfig that does not exist is a usage error."""
+    from twisted.internet import reactor
+
+    with pytest.raises(usage.UsageError):
+        choose_backend(parse("--kubeconfig", str(tmp_path / "nope")), reactor, {})
+
+
+def test_plugin_is_listed_by_twistd() -> None:
+    """`twistd --help` from this interpreter's installation lists brigade-cr."""
+    result = subprocess.run(
+        [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    lines = [line.split() for line in result.stdout.splitlines()]
+    assert ["brigade-cr", "Container-registry", "webhooks", "to", "Brigade", "v1", "builds"] in lines
+
+
+def test_plugin_options_help() -> None:
+    """`twistd brigade-cr --help` documents every option."""
+    result = subprocess.run(
+        [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "brigade-cr", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    for option in ("--port=", "--namespace=", "--kubeconfig=", "--context=", "--backend=", "--default-ref="):
+        assert option in result.stdout
+
+
