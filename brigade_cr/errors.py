@@ -53,3 +53,24 @@ class BackendRejected(Exception):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+class Unauthorized(Exception):
+    """
+    The delivery did not prove knowledge of the project's secret, or names no
+    project that could accept it. ``reason`` is for the server's log only:
+    senders all get the same answer, so the refusal is no oracle.
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class RateLimited(Exception):
+    """Too many deliveries (or failed authentications): retry after ``retry_after`` seconds."""
+
+    def __init__(self, what: str, retry_after: int) -> None:
+        super().__init__(what)
+        self.what = what
+        self.retry_after = retry_after

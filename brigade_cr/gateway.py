@@ -14,9 +14,12 @@ import attrs
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
+from .auth import HmacScheme, check_credentials
 from .brigade import encode_ulid, project_id
+from .errors import BadRequest, ProjectNotFound, RateLimited, Unauthorized
 from .interfaces import IBuilds, IPayloadFormat, IProjects
 from .payload import decode_document
+from .ratelimit import RateLimiter
 from .registries import FORMATS, recognise
 from .values import (
     CHART,
@@ -108,7 +111,10 @@ class Gateway:
 
     ``entropy(n)`` returns ``n`` random bytes for build IDs; ``default_ref``
     is the commit ref used when the URL names none, since an empty ref breaks
-    a project's git sidecar.
+    a project's git sidecar. With ``auth_required`` (the default) a project
+    without a ``crGatewaySecret`` refuses every delivery. ``auth_failures``
+    limits failed authentications per source address; ``project_rate``, when
+    set, limits accepted deliveries per project.
     """
 
     projects: IProjects
@@ -117,20 +123,93 @@ class Gateway:
     default_ref: str = "master"
     formats: Sequence[IPayloadFormat] = FORMATS
     entropy: Callable[[int], bytes] = os.urandom
+    auth_required: bool = True
+    auth_failures: RateLimiter | None = None
+    project_rate: RateLimiter | None = None
+    _warned: set[str] = attrs.field(factory=set, init=False)
 
     log = Logger()
 
+    @property
+    def signatures(self) -> tuple[HmacScheme, ...]:
+        """Every signature scheme the known formats use, once each."""
+        return tuple(dict.fromkeys(scheme for each in self.formats for scheme in each.signatures))
+
+    def _refuse(self, delivery: Delivery, pid: str, reason: str) -> Unauthorized:
+        self.log.info(
+            "Refused a delivery for {project_id} from {source}: {reason}",
+            project_id=pid,
+            source=delivery.source,
+            reason=reason,
+        )
+        if self.auth_failures is not None:
+            self.auth_failures.consume(delivery.source)
+        return Unauthorized(reason)
+
+    def _warn_once(self, pid: str, text: str, **fields: object) -> None:
+        if pid not in self._warned:
+            self._warned.add(pid)
+            self.log.warn(text, project_id=pid, **fields)
+
+    async def _authenticate(self, delivery: Delivery, pid: str) -> None:
+        if self.auth_failures is not None:
+            wait = self.auth_failures.blocked(delivery.source)
+            if wait is not None:
+                self.log.info(
+                    "Refused a delivery from {source}: too many failed authentications",
+                    source=delivery.source,
+                )
+                raise RateLimited("failed authentications", wait)
+        try:
+            project = await self.projects.get(pid)
+        except ProjectNotFound:
+            raise self._refuse(delivery, pid, "no such project") from None
+        if project.cr_gateway_secret is None:
+            if self.auth_required:
+                self._warn_once(
+                    pid,
+                    "Project {project_id} has no crGatewaySecret, so every delivery to it is refused. "
+                    "Set one in its project Secret (see README, Authentication), "
+                    "or run with --auth optional while migrating.",
+                )
+                raise self._refuse(delivery, pid, "project has no crGatewaySecret")
+            self._warn_once(
+                pid,
+                "Project {project_id} has no crGatewaySecret: accepting its deliveries "
+                "without authentication (--auth optional).",
+            )
+            return
+        verdict = check_credentials(project.cr_gateway_secret, delivery, self.signatures)
+        if not verdict.ok:
+            raise self._refuse(delivery, pid, verdict.reason)
+
+    def _choose_format(self, delivery: Delivery, document: dict[str, object]) -> IPayloadFormat:
+        named = delivery.query_value("registry")
+        if named:
+            for each in self.formats:
+                if each.name == named:
+                    return each
+            raise BadRequest("unknown registry in ?registry=")
+        return recognise(dict(delivery.headers), document, self.formats)
+
     async def receive(self, delivery: Delivery) -> Accepted | Ignored:
         """
-        Handle one delivery.
+        Handle one delivery: authenticate it against its project, then parse
+        it (never before), then build.
 
-        Raises ``ProjectNotFound``, ``BadRequest``, ``BackendUnavailable`` or
-        ``BackendRejected``; the web layer maps each to a status.
+        Raises ``Unauthorized``, ``RateLimited``, ``BadRequest``,
+        ``BackendUnavailable`` or ``BackendRejected``; the web layer maps
+        each to a status.
         """
         pid = project_id(delivery.project_ref)
-        await self.projects.get(pid)
+        await self._authenticate(delivery, pid)
+        if self.project_rate is not None:
+            wait = self.project_rate.consume(pid)
+            if wait is not None:
+                self.log.info("Refused a delivery for {project_id}: project rate limit", project_id=pid)
+                raise RateLimited("project rate limit", wait)
         document = decode_document(delivery.body)
-        sender = recognise(dict(delivery.headers), document, self.formats)
+        sender = self._choose_format(delivery, document)
         events = list(sender.parse(delivery, document))
         buildable = [event for event in events if event.action in BUILDABLE]
         self.log.info(

@@ -56,6 +56,11 @@ class IPayloadFormat(Interface):
         "label: ``dockerhub``, ``acr``, ``generic``, ..."
     )
 
+    signatures = Attribute(
+        "The ``HmacScheme`` values this sender signs the raw body with (empty "
+        "for senders that cannot sign: they authenticate with a token)."
+    )
+
     def recognise(headers: Mapping[str, str], document: Mapping[str, Any]) -> bool:
         """
         True when a delivery with these headers (lower-cased names) and this

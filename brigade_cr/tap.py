@@ -18,7 +18,14 @@ from twisted.python import usage
 from .gateway import Gateway
 from .interfaces import IBuilds, IProjects
 from .local import directory_backend
-from .site import make_site
+from .ratelimit import RateLimiter
+from .site import (
+    DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_MAX_BODY,
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_REQUEST_TIMEOUT,
+    BrigadeSite,
+)
 from .web import make_site_resource
 
 DEFAULT_DIRECTORY = "brigade-cr-data"
@@ -27,6 +34,41 @@ DEFAULT_DIRECTORY = "brigade-cr-data"
 def port_description(value: str) -> str:
     """An endpoint description; a bare number means ``tcp:N``."""
     return f"tcp:{value}" if value.isdigit() else value
+
+
+def byte_size(value: str) -> int:
+    """A byte count: ``262144``, ``256K`` or ``1M`` (binary units)."""
+    units = {"K": 1024, "M": 1024 * 1024}
+    text = value.strip().upper().removesuffix("B").removesuffix("I")
+    factor = units.get(text[-1:], 1)
+    number = text[:-1] if text[-1:] in units else text
+    if not number.isdigit() or int(number) <= 0:
+        raise ValueError(f"not a positive byte count: {value!r}")
+    return int(number) * factor
+
+
+def positive_number(value: str) -> float:
+    """A positive number of seconds."""
+    number = float(value)
+    if not number > 0 or number != number or number == float("inf"):
+        raise ValueError(f"not a positive number: {value!r}")
+    return number
+
+
+def non_negative_int(value: str) -> int:
+    """A count that may be zero (meaning off)."""
+    number = int(value)
+    if number < 0:
+        raise ValueError(f"not a count: {value!r}")
+    return number
+
+
+def positive_int(value: str) -> int:
+    """A count of at least one."""
+    number = int(value)
+    if number < 1:
+        raise ValueError(f"must be at least 1: {value!r}")
+    return number
 
 
 class Options(usage.Options):
@@ -60,6 +102,56 @@ class Options(usage.Options):
             f"kube, or dir:PATH (default: kube when configured, else dir:{DEFAULT_DIRECTORY}).",
         ],
         ["default-ref", None, "master", "Commit ref for builds whose URL names none."],
+        [
+            "auth",
+            None,
+            "required",
+            "required: every project needs a crGatewaySecret; optional: projects without one "
+            "accept unauthenticated deliveries (for migrating from brigade-cr-gateway).",
+        ],
+        ["max-body", None, DEFAULT_MAX_BODY, "Largest request body accepted (bytes, or 256K, 1M).", byte_size],
+        [
+            "request-timeout",
+            None,
+            DEFAULT_REQUEST_TIMEOUT,
+            "Seconds a request's headers and body may take to arrive.",
+            positive_number,
+        ],
+        [
+            "idle-timeout",
+            None,
+            DEFAULT_IDLE_TIMEOUT,
+            "Seconds an idle keep-alive connection stays open.",
+            positive_number,
+        ],
+        [
+            "max-connections",
+            None,
+            DEFAULT_MAX_CONNECTIONS,
+            "Open connections at most; more are closed on accept.",
+            positive_int,
+        ],
+        [
+            "auth-failure-burst",
+            None,
+            10,
+            "Failed authentications a source address may make at once before getting 429.",
+            positive_int,
+        ],
+        [
+            "auth-failure-rate",
+            None,
+            10,
+            "Failed authentications a source address may make per minute, after the burst.",
+            positive_int,
+        ],
+        [
+            "project-rate",
+            None,
+            0,
+            "Accepted deliveries per project per minute, with an equal burst (0: no limit).",
+            non_negative_int,
+        ],
     ]
 
     def postOptions(self) -> None:
@@ -70,6 +162,8 @@ class Options(usage.Options):
             raise usage.UsageError("--backend must be 'kube' or 'dir:PATH'")
         if not self["default-ref"]:
             raise usage.UsageError("--default-ref must not be empty")
+        if self["auth"] not in ("required", "optional"):
+            raise usage.UsageError("--auth must be 'required' or 'optional'")
 
 
 @attrs.define
@@ -163,19 +257,42 @@ def _directory(
     )
 
 
+def make_gateway(options: Mapping[str, Any], backend: Backend, clock: Any) -> Gateway:
+    """The gateway use case, configured by ``options``."""
+    per_project = options["project-rate"]
+    return Gateway(
+        projects=backend.projects,
+        builds=backend.builds,
+        clock=clock,
+        default_ref=options["default-ref"],
+        auth_required=options["auth"] == "required",
+        auth_failures=RateLimiter(
+            clock, per_second=options["auth-failure-rate"] / 60.0, burst=options["auth-failure-burst"]
+        ),
+        project_rate=RateLimiter(clock, per_second=per_project / 60.0, burst=per_project) if per_project else None,
+    )
+
+
 def makeService(options: Options) -> IService:
     """Build the gateway's object graph and its listening service."""
     from twisted.internet import reactor
 
     backend = choose_backend(options, reactor, os.environ)
-    gateway = Gateway(
-        projects=backend.projects,
-        builds=backend.builds,
-        clock=reactor,  # type: ignore[arg-type]
-        default_ref=options["default-ref"],
+    gateway = make_gateway(options, backend, reactor)
+    site = BrigadeSite(
+        make_site_resource(gateway, reactor),  # type: ignore[arg-type]
+        reactor,  # type: ignore[arg-type]
+        max_body=options["max-body"],
+        request_timeout=options["request-timeout"],
+        idle_timeout=options["idle-timeout"],
+        max_connections=options["max-connections"],
     )
-    site = make_site(make_site_resource(gateway, reactor), reactor)  # type: ignore[arg-type]
     top = MultiService()
     _Announcement(backend.description).setServiceParent(top)
+    if not gateway.auth_required:
+        _Announcement(
+            "--auth optional: projects without a crGatewaySecret accept deliveries "
+            "from anyone who can reach this gateway"
+        ).setServiceParent(top)
     strports.service(options["port"], site, reactor=reactor).setServiceParent(top)
     return top

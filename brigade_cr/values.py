@@ -31,6 +31,10 @@ def _headers(value: Mapping[str, str] | Sequence[tuple[str, str]]) -> tuple[tupl
     return tuple((name.lower(), text) for name, text in items)
 
 
+def _pairs(value: Sequence[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
+    return tuple((name, text) for name, text in value)
+
+
 @attrs.frozen
 class Delivery:
     """
@@ -38,17 +42,25 @@ class Delivery:
 
     ``project_ref`` is the project name or ID taken from the path; ``commit``
     is the commit ref from the URL (query wins over path), or ``""``.
-    Header names are lower-cased; ``body`` is the raw request body.
+    Header names are lower-cased; ``query`` holds the decoded query
+    parameters in order; ``body`` is the raw request body.
     """
 
     project_ref: str
     commit: str
     body: bytes = attrs.field(repr=False)
     received: datetime
-    headers: tuple[tuple[str, str], ...] = attrs.field(
-        default=(), converter=_headers, repr=False
-    )
+    headers: tuple[tuple[str, str], ...] = attrs.field(default=(), converter=_headers, repr=False)
+    query: tuple[tuple[str, str], ...] = attrs.field(default=(), converter=_pairs, repr=False)
     source: str = ""
+
+    def query_value(self, name: str) -> str | None:
+        """The last value of the query parameter ``name``, or None."""
+        found = None
+        for key, value in self.query:
+            if key == name:
+                found = value
+        return found
 
     def header(self, name: str) -> str | None:
         """The last value of the header ``name`` (case-insensitive), or None."""

@@ -18,7 +18,14 @@ from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
-from .errors import BackendRejected, BackendUnavailable, BadRequest, ProjectNotFound
+from .errors import (
+    BackendRejected,
+    BackendUnavailable,
+    BadRequest,
+    ProjectNotFound,
+    RateLimited,
+    Unauthorized,
+)
 from .gateway import Accepted, Gateway, Ignored
 from .values import Delivery
 
@@ -48,9 +55,13 @@ def _json(request: IRequest, code: int, body: dict[str, Any]) -> bytes:
     return json.dumps(body, sort_keys=False).encode("utf-8") + b"\n"
 
 
-def _query_value(request: IRequest, name: bytes) -> str:
-    values: list[bytes] = request.args.get(name) or [b""]
-    return values[-1].decode("utf-8", "replace")
+def _query(request: IRequest) -> list[tuple[str, str]]:
+    # surrogateescape keeps undecodable bytes, so a token compares as sent.
+    return [
+        (name.decode("utf-8", "surrogateescape"), value.decode("utf-8", "surrogateescape"))
+        for name, values in request.args.items()
+        for value in values
+    ]
 
 
 @attrs.define
@@ -81,12 +92,13 @@ class WebhookSite:
         if parts is None:
             return self._not_found(request)
         project_ref, path_commit = parts
-        commit = _query_value(request, b"commit") or path_commit
         body = request.content.read() if request.content is not None else b""
         peer = request.getClientAddress()
+        query = _query(request)
         delivery = Delivery(
             project_ref=project_ref,
-            commit=commit,
+            # A non-empty ?commit= wins over the path's commit.
+            commit=dict(query).get("commit") or path_commit,
             body=body,
             received=datetime.fromtimestamp(self.clock.seconds(), tz=timezone.utc),
             headers=[
@@ -94,6 +106,7 @@ class WebhookSite:
                 for name, values in request.requestHeaders.getAllRawHeaders()
                 for value in values
             ],
+            query=query,
             source=getattr(peer, "host", ""),
         )
         try:
@@ -138,11 +151,14 @@ class WebhookSite:
                 reason=error.message,
             )
             return _json(request, 400, {"status": "Malformed body", "reason": error.message})
-        if isinstance(error, ProjectNotFound):
-            self.log.info(
-                "Refused a delivery for {project_ref!r}: project not found", project_ref=project_ref
-            )
-            return _json(request, 400, {"status": "project not found"})
+        if isinstance(error, (Unauthorized, ProjectNotFound)):
+            # Unknown project, missing or wrong secret: one answer for all,
+            # so that the answer reveals nothing (the gateway logged why).
+            # 403, not 401: EventBridge would retry a 401 for a day.
+            return _json(request, 403, {"status": "Forbidden"})
+        if isinstance(error, RateLimited):
+            request.setHeader(b"retry-after", str(error.retry_after).encode("ascii"))
+            return _json(request, 429, {"status": "Too Many Requests"})
         if isinstance(error, BackendUnavailable):
             retry_after = error.retry_after or DEFAULT_RETRY_AFTER
             self.log.warn(

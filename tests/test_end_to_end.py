@@ -21,6 +21,8 @@ from tests.kubetarget import FakeKubeProcess
 
 PAYLOADS = Path(__file__).parent / "payloads"
 NAMESPACE = "brigade"
+SECRET = "e2e-crgateway-secret-8f14e45f"
+AUTH = {"Authorization": f"Bearer {SECRET}"}
 
 
 @pytest.fixture(scope="module")
@@ -28,9 +30,10 @@ def kube(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeKubeProcess]:
     """The fake API over TLS, namespace brigade, seeded with two projects and a non-project."""
     directory = tmp_path_factory.mktemp("e2e-kube")
     seeds = [
-        project_secret("acme/webapp", repository=b"github.com/acme/webapp"),
-        project_secret("solo"),
-        project_secret("impostor", secret_type="brigade.sh/build"),
+        project_secret("acme/webapp", repository=b"github.com/acme/webapp", crGatewaySecret=SECRET.encode()),
+        project_secret("solo", crGatewaySecret=SECRET.encode()),
+        project_secret("impostor", secret_type="brigade.sh/build", crGatewaySecret=SECRET.encode()),
+        project_secret("keyless"),
     ]
     seed_file = directory / "seed.json"
     seed_file.write_text(json.dumps(seeds))
@@ -100,7 +103,7 @@ def test_dockerhub_push_creates_exact_build(
     """Every route form creates one build Secret matching the contract, payload byte for byte."""
     body = b'{"x": "\xc3\xa9", ' + (PAYLOADS / "dockerhub_push.json").read_bytes().lstrip()[1:]
     before = builds(kube)
-    answer = gateway.post(path, body)
+    answer = gateway.post(path, body, AUTH)
     assert answer.status == 200, answer.body
     [secret] = new_builds(kube, before)
     name_ = secret["metadata"]["name"]
@@ -159,7 +162,7 @@ def test_acr_bodies(gateway: GatewayProcess, kube: FakeKubeProcess, sample: str,
     """Each ACR action creates one build of its event type, provider acr."""
     body = (PAYLOADS / sample).read_bytes()
     before = builds(kube)
-    answer = gateway.post("/events/webhook/solo", body, {"User-Agent": "AzureContainerRegistry/1.0"})
+    answer = gateway.post("/events/webhook/solo", body, {"User-Agent": "AzureContainerRegistry/1.0", **AUTH})
     assert answer.status == 200, answer.body
     assert (answer.json["event_type"], answer.json["event_provider"]) == (event_type, "acr")
     [secret] = new_builds(kube, before)
@@ -171,17 +174,20 @@ def test_acr_bodies(gateway: GatewayProcess, kube: FakeKubeProcess, sample: str,
 def test_acr_ping_creates_nothing(gateway: GatewayProcess, kube: FakeKubeProcess) -> None:
     """An ACR ping answers 200 and creates no build."""
     before = builds(kube)
-    answer = gateway.post("/events/webhook/solo", (PAYLOADS / "acr_ping.json").read_bytes())
+    answer = gateway.post("/events/webhook/solo", (PAYLOADS / "acr_ping.json").read_bytes(), AUTH)
     assert (answer.status, answer.json["ignored"]) == (200, "ping")
     assert new_builds(kube, before) == []
 
 
-@pytest.mark.parametrize("path", ["/events/webhook/nobody", "/events/webhook/impostor"])
+@pytest.mark.parametrize("path", ["/events/webhook/nobody", "/events/webhook/impostor", "/events/webhook/keyless"])
 def test_unknown_project(gateway: GatewayProcess, kube: FakeKubeProcess, path: str) -> None:
-    """An unknown project, or a brigade-* Secret that is not a project, answers 400 and creates nothing."""
+    """
+    An unknown project, a brigade-* Secret that is not a project, or a project
+    without a secret answers 403 and creates nothing.
+    """
     before = builds(kube)
-    answer = gateway.post(path, b"{}")
-    assert (answer.status, answer.json) == (400, {"status": "project not found"})
+    answer = gateway.post(path, b"{}", AUTH)
+    assert (answer.status, answer.json) == (403, {"status": "Forbidden"})
     assert new_builds(kube, before) == []
 
 
@@ -197,7 +203,7 @@ def test_unknown_project(gateway: GatewayProcess, kube: FakeKubeProcess, path: s
 def test_malformed_bodies(gateway: GatewayProcess, kube: FakeKubeProcess, body: bytes, reason: str) -> None:
     """Malformed bodies answer 400 with a reason and create nothing."""
     before = builds(kube)
-    answer = gateway.post("/events/webhook/solo", body)
+    answer = gateway.post("/events/webhook/solo", body, AUTH)
     assert (answer.status, answer.json) == (400, {"status": "Malformed body", "reason": reason})
     assert new_builds(kube, before) == []
 
@@ -232,7 +238,7 @@ def test_kubernetes_unreachable(tmp_path: Path, kube: FakeKubeProcess) -> None:
     before = builds(kube)
     process = GatewayProcess.start(["--kubeconfig", str(kubeconfig), "--namespace", NAMESPACE], tmp_path)
     try:
-        answer = process.post("/events/webhook/solo", (PAYLOADS / "dockerhub_push.json").read_bytes())
+        answer = process.post("/events/webhook/solo", (PAYLOADS / "dockerhub_push.json").read_bytes(), AUTH)
         assert (answer.status, answer.json) == (503, {"status": "Service Unavailable"})
         assert int(answer.headers["retry-after"]) > 0
     finally:
@@ -243,15 +249,15 @@ def test_kubernetes_unreachable(tmp_path: Path, kube: FakeKubeProcess) -> None:
 def test_kubernetes_goes_down_midway(tmp_path: Path) -> None:
     """A build succeeds while the API is up; once it is stopped, the next delivery is a 503."""
     seed = tmp_path / "seed.json"
-    seed.write_text(json.dumps([project_secret("solo")]))
+    seed.write_text(json.dumps([project_secret("solo", crGatewaySecret=SECRET.encode())]))
     api = FakeKubeProcess.start(str(tmp_path / "api"), namespaces=(NAMESPACE,), seeds=[str(seed)])
     try:
         process = GatewayProcess.start(["--kubeconfig", api.kubeconfig, "--namespace", NAMESPACE], tmp_path / "gw")
         try:
-            assert process.post("/events/webhook/solo", b"{}").status == 200
+            assert process.post("/events/webhook/solo", b"{}", AUTH).status == 200
             assert len(builds(api)) == 1
             api.stop()
-            answer = process.post("/events/webhook/solo", b"{}")
+            answer = process.post("/events/webhook/solo", b"{}", AUTH)
             assert answer.status == 503
             assert "retry-after" in answer.headers
         finally:
@@ -269,7 +275,7 @@ def test_wrong_token_is_503(tmp_path: Path, kube: FakeKubeProcess) -> None:
     before = builds(kube)
     process = GatewayProcess.start(["--kubeconfig", str(kubeconfig), "--namespace", NAMESPACE], tmp_path)
     try:
-        answer = process.post("/events/webhook/solo", b"{}")
+        answer = process.post("/events/webhook/solo", b"{}", AUTH)
         assert answer.status == 503
         assert "not-the-token" not in process.log
         assert kube.token not in process.log
@@ -286,12 +292,12 @@ def test_directory_default_then_kubectl_create(tmp_path: Path, kube: FakeKubePro
     workdir = tmp_path / "gw"
     projects = workdir / "brigade-cr-data" / "projects"
     projects.mkdir(parents=True)
-    (projects / "solo.json").write_text(json.dumps(project_secret("solo")))
+    (projects / "solo.json").write_text(json.dumps(project_secret("solo", crGatewaySecret=SECRET.encode())))
     process = GatewayProcess.start([], workdir, {"BRIGADE_NAMESPACE": NAMESPACE})
     try:
         assert "no Kubernetes configuration found; using the local directory backend" in process.log
         body = (PAYLOADS / "acr_push.json").read_bytes()
-        answer = process.post("/events/webhook/solo", body)
+        answer = process.post("/events/webhook/solo", body, AUTH)
         assert answer.status == 200, answer.body
     finally:
         process.stop()

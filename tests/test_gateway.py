@@ -10,7 +10,7 @@ import pytest
 from twisted.internet.task import Clock
 
 from brigade_cr.brigade import decode_ulid_time, is_ulid, project_id
-from brigade_cr.errors import BackendUnavailable, BadRequest, ProjectNotFound
+from brigade_cr.errors import BackendUnavailable, BadRequest, Unauthorized
 from brigade_cr.gateway import Accepted, Gateway, Ignored, event_type, titles
 from brigade_cr.memory import MemoryBuilds, MemoryProjects
 from brigade_cr.values import Delivery, RegistryEvent
@@ -19,11 +19,12 @@ from tests.helpers import failure_of, result_of
 
 PAYLOADS = Path(__file__).parent / "payloads"
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=timezone.utc)
+SECRET = b"gateway-test-secret"
 
 
 def make_gateway(**kwargs: object) -> tuple[Gateway, MemoryProjects, MemoryBuilds]:
     projects = MemoryProjects()
-    projects.add(project_secret("acme/webapp"))
+    projects.add(project_secret("acme/webapp", crGatewaySecret=SECRET))
     builds = MemoryBuilds()
     clock = Clock()
     clock.advance(NOW.timestamp())
@@ -38,8 +39,10 @@ def make_gateway(**kwargs: object) -> tuple[Gateway, MemoryProjects, MemoryBuild
     return gateway, projects, builds
 
 
-def delivery(body: bytes, ref: str = "acme/webapp", commit: str = "") -> Delivery:
-    return Delivery(project_ref=ref, commit=commit, body=body, received=NOW)
+def delivery(body: bytes, ref: str = "acme/webapp", commit: str = "", **kwargs: object) -> Delivery:
+    """A delivery presenting the project's secret as ?token= unless told otherwise."""
+    kwargs.setdefault("query", [("token", SECRET.decode())])
+    return Delivery(project_ref=ref, commit=commit, body=body, received=NOW, **kwargs)  # type: ignore[arg-type]
 
 
 def test_dockerhub_push_becomes_build() -> None:
@@ -129,9 +132,11 @@ def test_project_id_reference() -> None:
 
 
 def test_unknown_project() -> None:
-    """An unknown project fails with ProjectNotFound and creates nothing."""
+    """An unknown project fails as Unauthorized (no oracle) and creates nothing."""
     gateway, _, builds = make_gateway()
-    assert isinstance(failure_of(gateway.receive(delivery(b"{}", ref="nope"))), ProjectNotFound)
+    error = failure_of(gateway.receive(delivery(b"{}", ref="nope")))
+    assert isinstance(error, Unauthorized)
+    assert error.reason == "no such project"
     assert builds.secrets == {}
 
 

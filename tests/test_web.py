@@ -19,6 +19,7 @@ from brigade_cr.errors import BackendRejected, BackendUnavailable
 from brigade_cr.gateway import Gateway
 from brigade_cr.interfaces import IBuilds
 from brigade_cr.memory import MemoryBuilds, MemoryProjects
+from brigade_cr.ratelimit import RateLimiter
 from brigade_cr.values import Build, Receipt
 from brigade_cr.web import make_site_resource, split_webhook_path
 from tests.backend_contract import project_secret
@@ -26,6 +27,7 @@ from tests.helpers import result_of
 
 PAYLOADS = Path(__file__).parent / "payloads"
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=timezone.utc)
+SECRET = b"web-test-secret"
 
 
 class Harness:
@@ -34,7 +36,7 @@ class Harness:
     def __init__(self) -> None:
         self.projects = MemoryProjects()
         for name in ("acme/webapp", "solo"):
-            self.projects.add(project_secret(name))
+            self.projects.add(project_secret(name, crGatewaySecret=SECRET))
         self.builds = MemoryBuilds()
         clock = Clock()
         clock.advance(NOW.timestamp())
@@ -45,8 +47,11 @@ class Harness:
         self.treq = StubTreq(make_site_resource(self.gateway, clock))
 
     def request(
-        self, method: str, path: str, body: bytes = b"", **kwargs: Any
+        self, method: str, path: str, body: bytes = b"", authenticate: bool = True, **kwargs: Any
     ) -> tuple[int, dict[str, Any] | bytes, Any]:
+        """One request; with ``authenticate`` it carries the secret as a bearer token."""
+        if authenticate:
+            kwargs.setdefault("headers", {})["Authorization"] = "Bearer " + SECRET.decode()
         response = self.treq.request(method, "http://gw.example" + path, data=body, **kwargs)
         self.treq.flush()
         response = result_of(response)
@@ -149,17 +154,34 @@ def test_everything_else_is_404(web: Harness, method: str, path: str) -> None:
     assert web.builds.secrets == {}
 
 
-def test_unknown_project(web: Harness) -> None:
-    """An unknown project answers 400 project not found."""
-    code, body, _ = web.request("POST", "/events/webhook/nobody/here", b"{}")
-    assert (code, body) == (400, {"status": "project not found"})
+@pytest.mark.parametrize(
+    ("path", "authenticate", "query"),
+    [
+        ("/events/webhook/nobody/here", True, ""),
+        ("/events/webhook/fake", True, ""),
+        ("/events/webhook/solo", False, ""),
+        ("/events/webhook/solo", False, "?token=wrong"),
+        ("/events/webhook/keyless", True, ""),
+    ],
+)
+def test_refusals_are_identical(web: Harness, path: str, authenticate: bool, query: str) -> None:
+    """Unknown project, non-project Secret, missing or wrong secret, project without a secret: one answer."""
+    web.projects.add(project_secret("fake", secret_type="brigade.sh/build", crGatewaySecret=SECRET))
+    web.projects.add(project_secret("keyless"))
+    code, body, headers = web.request("POST", path + query, b"{}", authenticate=authenticate)
+    assert (code, body) == (403, {"status": "Forbidden"})
+    assert headers.getRawHeaders(b"retry-after") is None
+    assert web.builds.secrets == {}
 
 
-def test_non_project_secret(web: Harness) -> None:
-    """A brigade-* Secret that is not a project answers as not found."""
-    web.projects.add(project_secret("fake", secret_type="brigade.sh/build"))
-    code, body, _ = web.request("POST", "/events/webhook/fake", b"{}")
-    assert (code, body) == (400, {"status": "project not found"})
+def test_failed_authentications_get_429(web: Harness) -> None:
+    """Past the burst of failed authentications, a source gets 429 with Retry-After."""
+    web.gateway.auth_failures = RateLimiter(Clock(), per_second=1 / 60, burst=2)
+    for _ in range(2):
+        assert web.request("POST", "/events/webhook/solo?token=guess", b"{}", authenticate=False)[0] == 403
+    code, body, headers = web.request("POST", "/events/webhook/solo", b"{}")
+    assert (code, body) == (429, {"status": "Too Many Requests"})
+    assert headers.getRawHeaders(b"retry-after") == [b"60"]
 
 
 @pytest.mark.parametrize(

@@ -6,6 +6,7 @@ from typing import Any, Mapping, Sequence
 
 from zope.interface import implementer
 
+from ..auth import HmacScheme
 from ..errors import BadRequest
 from ..interfaces import IPayloadFormat
 from ..values import CHART, DELETE, IGNORED, PING, PUSH, QUARANTINE, Delivery, RegistryEvent
@@ -31,6 +32,7 @@ class ACRFormat:
     """
 
     name = "acr"
+    signatures: tuple[HmacScheme, ...] = ()
 
     def recognise(self, headers: Mapping[str, str], document: Mapping[str, Any]) -> bool:
         if headers.get("user-agent", "").startswith("AzureContainerRegistry/"):

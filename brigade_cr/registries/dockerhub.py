@@ -6,6 +6,7 @@ from typing import Any, Mapping, Sequence
 
 from zope.interface import implementer
 
+from ..auth import HmacScheme
 from ..interfaces import IPayloadFormat
 from ..values import IGNORED, PUSH, Delivery, RegistryEvent
 from ._common import artifact_class, obj, parse_time, text
@@ -21,6 +22,7 @@ class DockerHubFormat:
     """
 
     name = "dockerhub"
+    signatures: tuple[HmacScheme, ...] = ()
 
     def recognise(self, headers: Mapping[str, str], document: Mapping[str, Any]) -> bool:
         return isinstance(document.get("push_data"), Mapping) and (

@@ -6,6 +6,7 @@ from typing import Any, Mapping, Sequence
 
 from zope.interface import implementer
 
+from ..auth import HmacScheme
 from ..interfaces import IPayloadFormat
 from ..values import PUSH, Delivery, RegistryEvent
 
@@ -18,6 +19,7 @@ class GenericFormat:
     """
 
     name = "generic"
+    signatures: tuple[HmacScheme, ...] = ()
 
     def recognise(self, headers: Mapping[str, str], document: Mapping[str, Any]) -> bool:
         return True
