@@ -19,6 +19,14 @@ def _refuse_constant(name: str) -> Any:
     raise BadRequest(f"body contains {name}, which is not JSON")
 
 
+def _finite_float(text: str) -> float:
+    value = float(text)
+    # 1e999 parses as infinity, which JSON cannot represent.
+    if value in (float("inf"), float("-inf")):
+        raise BadRequest("body has a number out of range")
+    return value
+
+
 def _unique_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     # A duplicated key is read differently by different parsers (first wins
     # in some, last in others): refuse it rather than guess.
@@ -73,7 +81,10 @@ def decode_document(body: bytes, max_depth: int = MAX_DEPTH) -> dict[str, Any]:
         raise BadRequest("body is nested too deeply")
     try:
         document = json.loads(
-            text, object_pairs_hook=_unique_object, parse_constant=_refuse_constant
+            text,
+            object_pairs_hook=_unique_object,
+            parse_constant=_refuse_constant,
+            parse_float=_finite_float,
         )
     except (ValueError, RecursionError):
         raise BadRequest("body is not JSON") from None

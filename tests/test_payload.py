@@ -36,6 +36,8 @@ def test_object_decodes() -> None:
         (b'{"a": 1, "a": 2}', "body has a duplicated object key"),
         (b'{"a": NaN}', "body contains NaN, which is not JSON"),
         (b'{"a": -Infinity}', "body contains -Infinity, which is not JSON"),
+        (b'{"a": 1e999}', "body has a number out of range"),
+        (b'{"a": -1.5e400}', "body has a number out of range"),
         (b'{"a": ' + b"9" * 5000 + b"}", "body is not JSON"),
         (b"[" * (MAX_DEPTH + 1) + b"]" * (MAX_DEPTH + 1), "body is nested too deeply"),
         (b'{"a":' * 100000 + b"1" + b"}" * 100000, "body is nested too deeply"),
