@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import attrs
 from twisted.application import strports
@@ -168,11 +168,15 @@ class Options(usage.Options):
 
 @attrs.define
 class Backend:
-    """The stores a gateway uses, and one line describing them for the log."""
+    """
+    The stores a gateway uses, one line describing them for the log, and
+    what to call on shutdown (to close pooled connections).
+    """
 
     projects: IProjects
     builds: IBuilds
     description: str
+    close: Callable[[], Any] | None = None
 
 
 class _Announcement(Service):
@@ -186,6 +190,17 @@ class _Announcement(Service):
     def startService(self) -> None:
         super().startService()
         self.log.info("{text}", text=self.text)
+
+
+class _Closer(Service):
+    """Calls ``close`` when the service stops (closing the API connection pool)."""
+
+    def __init__(self, close: Callable[[], Any]) -> None:
+        self.close = close
+
+    def stopService(self) -> Any:
+        super().stopService()
+        return self.close()
 
 
 def choose_backend(
@@ -225,12 +240,16 @@ def choose_backend(
             "no Kubernetes configuration found; ",
         )
     namespace = namespace_default(options["namespace"], environ, config)
-    projects, builds, _client = make_kube_backend(reactor, config, namespace)
+    try:
+        projects, builds, client = make_kube_backend(reactor, config, namespace)
+    except KubeConfigError as e:
+        raise usage.UsageError(str(e)) from None
     return Backend(
         projects,
         builds,
         f"Creating Brigade builds in Kubernetes namespace {namespace!r} "
         f"at {config.server} ({config.source})",
+        close=client.close,
     )
 
 
@@ -289,6 +308,8 @@ def makeService(options: Options) -> IService:
     )
     top = MultiService()
     _Announcement(backend.description).setServiceParent(top)
+    if backend.close is not None:
+        _Closer(backend.close).setServiceParent(top)
     if not gateway.auth_required:
         _Announcement(
             "--auth optional: projects without a crGatewaySecret accept deliveries "

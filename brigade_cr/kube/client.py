@@ -1,0 +1,563 @@
+"""
+A small asynchronous Kubernetes API client on treq: just what brigade-cr
+needs (Secrets and ``/version``), JSON in and out.
+
+The one seam is the injected HTTP client: anything with treq's
+``request(method, url, *, headers, data, ...)``, such as
+``treq.client.HTTPClient`` or ``treq.testing.StubTreq``.
+``KubeClient.from_config`` builds the real one: ``AgentHTTP`` over an
+``Agent`` with a persistent connection pool and the TLS policy of
+``tls.py``. (Not ``treq.HTTPClient`` there: treq encodes every URL with
+hyperlink, which cannot encode an IPv6 literal host such as
+``https://[fd00::1]:443``, the in-cluster address of IPv6 clusters; and
+nothing else treq adds, cookies, redirects, is wanted.)
+
+Every call either fires with the decoded JSON object the server answered
+with (2xx), or fails with exactly one of:
+
+- ``KubeStatusError``: the server answered non-2xx; it carries the code and
+  the server's ``Status`` (``reason``, ``message``) and ``retry_after`` from
+  ``Retry-After`` (or ``details.retryAfterSeconds``);
+- ``KubeTransportError``: no usable answer (connection refused or reset,
+  DNS, TLS failure, timeout, a malformed or oversized body, or no bearer
+  token could be obtained); its ``reason`` is safe to log.
+
+Cancelling a call's Deferred aborts it and fails it with ``CancelledError``.
+Nothing here logs a token, an ``Authorization`` header or a body.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import math
+from typing import Any, ClassVar, Mapping
+from urllib.parse import quote, urlencode
+
+import attrs
+from OpenSSL import SSL
+from service_identity import VerificationError
+from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet.error import (
+    ConnectError,
+    ConnectionClosed,
+    ConnectionRefusedError,
+    DNSLookupError,
+)
+from twisted.internet.error import TimeoutError as ConnectTimeoutError
+from twisted.internet.interfaces import IConsumer, IDelayedCall, IReactorTime
+from twisted.internet.protocol import Protocol, connectionDone
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web._newclient import ResponseNeverReceived
+from twisted.web.client import (
+    Agent,
+    HTTPConnectionPool,
+    RequestTransmissionFailed,
+    ResponseDone,
+    ResponseFailed,
+)
+from twisted.web.http import PotentialDataLoss
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import UNKNOWN_LENGTH, IAgent, IBodyProducer, IResponse
+from zope.interface import implementer
+
+from .. import __version__
+from .config import KubeConfig
+from .credentials import ITokenSource, KubeCredentialError, token_source_for
+from .tls import tls_policy
+
+USER_AGENT = f"brigade-cr/{__version__}"
+DEFAULT_TIMEOUT = 10.0
+# A Secret holds at most 1 MiB of data; its base64 and JSON add a third.
+DEFAULT_MAX_BODY = 4 * 1024 * 1024
+DEFAULT_MAX_PERSISTENT = 4
+
+_REASONS = {
+    400: "BadRequest",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "NotFound",
+    405: "MethodNotAllowed",
+    409: "Conflict",
+    410: "Expired",
+    413: "RequestEntityTooLarge",
+    415: "UnsupportedMediaType",
+    422: "Invalid",
+    429: "TooManyRequests",
+    500: "InternalError",
+    503: "ServiceUnavailable",
+    504: "Timeout",
+}
+
+
+class KubeError(Exception):
+    """A Kubernetes API call failed."""
+
+
+class KubeStatusError(KubeError):
+    """
+    The API server answered with a non-2xx code.
+
+    ``status`` is its ``Status`` object (synthesised from the code when the
+    body was not one); ``reason`` and ``message`` are taken from it;
+    ``retry_after`` is whole seconds, or ``None`` when the server gave none.
+    """
+
+    def __init__(self, code: int, status: Mapping[str, Any], retry_after: int | None = None):
+        self.code = code
+        self.status = dict(status)
+        self.reason = str(status.get("reason") or _REASONS.get(code, "Unknown"))
+        self.message = str(status.get("message") or "")
+        self.retry_after = retry_after
+        super().__init__(f"{code} {self.reason}: {self.message[:300]}")
+
+
+class KubeTransportError(KubeError):
+    """
+    No usable answer from the API server: ``reason`` says why, in words that
+    are safe to log and to return (no token, no body).
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class _ResponseTooLarge(Exception):
+    pass
+
+
+def parse_retry_after(value: str | None, now: float) -> int | None:
+    """
+    Seconds to wait from a ``Retry-After`` header: delta-seconds, or an
+    HTTP-date compared with ``now`` (POSIX seconds). ``None`` when absent or
+    unreadable; never negative.
+    """
+    if value is None:
+        return None
+    text = value.strip()
+    if text.isdigit():
+        return int(text)
+    try:
+        when = email.utils.parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when is None or when.tzinfo is None:
+        return None
+    return max(0, math.ceil(when.timestamp() - now))
+
+
+@implementer(IBodyProducer)
+class _BytesProducer:
+    """Writes a request body at once, with no cooperator (and no reactor)."""
+
+    def __init__(self, body: bytes) -> None:
+        self.body = body
+        self.length = len(body)
+
+    def startProducing(self, consumer: IConsumer) -> Deferred[None]:
+        consumer.write(self.body)
+        return succeed(None)
+
+    def pauseProducing(self) -> None:
+        pass
+
+    def resumeProducing(self) -> None:
+        pass
+
+    def stopProducing(self) -> None:
+        pass
+
+
+@attrs.frozen
+class AgentHTTP:
+    """
+    The part of treq's ``request`` that ``KubeClient`` uses, straight on an
+    ``IAgent``: no redirects, no cookies, no content decoding, and URLs
+    passed through as they are (IPv6 literal hosts included).
+    """
+
+    agent: IAgent
+
+    def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        headers: Headers | None = None,
+        data: bytes | None = None,
+        **_ignored: Any,
+    ) -> Deferred[IResponse]:
+        """Fires with the ``IResponse`` (body unread), or fails as ``Agent.request`` fails."""
+        return self.agent.request(
+            method.encode("ascii"),
+            url.encode("ascii"),
+            headers,
+            _BytesProducer(data) if data is not None else None,
+        )
+
+
+class _BoundedBody(Protocol):
+    """Collects a response body, failing (and dropping the connection) past ``limit``."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.chunks: list[bytes] = []
+        self.size = 0
+        self.done: Deferred[bytes] = Deferred(self._cancel)
+
+    def _cancel(self, _: Deferred[bytes]) -> None:
+        if self.transport is not None:
+            self.transport.stopProducing()  # type: ignore[attr-defined]
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.done.called:
+            return
+        self.size += len(data)
+        if self.size > self.limit:
+            self.done.errback(_ResponseTooLarge())
+            if self.transport is not None:
+                self.transport.stopProducing()  # type: ignore[attr-defined]
+            return
+        self.chunks.append(data)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if self.done.called:
+            return
+        if isinstance(reason.value, (ResponseDone, PotentialDataLoss)):
+            self.done.callback(b"".join(self.chunks))
+        else:
+            self.done.errback(reason)
+
+
+class _Discard(Protocol):
+    """Drops the connection of a body nobody will read."""
+
+    def connectionMade(self) -> None:
+        if self.transport is not None:
+            self.transport.stopProducing()  # type: ignore[attr-defined]
+
+
+def _read_body(response: Any, limit: int) -> Deferred[bytes]:
+    """Fires with the body, or fails with ``_ResponseTooLarge`` past ``limit`` bytes."""
+    length = getattr(response, "length", UNKNOWN_LENGTH)
+    collector = _BoundedBody(limit)
+    if length is not UNKNOWN_LENGTH and isinstance(length, int) and length > limit:
+        collector.done.errback(_ResponseTooLarge())
+        response.deliverBody(_Discard())
+        return collector.done
+    response.deliverBody(collector)
+    return collector.done
+
+
+def _first_reason(error: BaseException) -> BaseException:
+    """The underlying failure of the wrappers ``Agent`` raises."""
+    if isinstance(error, (ResponseNeverReceived, ResponseFailed, RequestTransmissionFailed)):
+        reasons = getattr(error, "reasons", None) or []
+        values = [f.value for f in reasons if isinstance(f, Failure) and f.value is not None]
+        for value in values:
+            if isinstance(value, (SSL.Error, VerificationError)):
+                return value
+        if values:
+            return _first_reason(values[0])
+    return error
+
+
+def transport_reason(error: BaseException) -> str:
+    """Safe words for why a request got no usable answer."""
+    error = _first_reason(error)
+    if isinstance(error, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(error, DNSLookupError):
+        return "DNS lookup failed"
+    if isinstance(error, ConnectTimeoutError):
+        return "connect timed out"
+    if isinstance(error, VerificationError):
+        return "TLS: the server certificate does not match the expected name"
+    if isinstance(error, SSL.Error):
+        details = []
+        for entry in (error.args[0] if error.args else None) or []:
+            if isinstance(entry, tuple) and entry:
+                details.append(str(entry[-1]))
+        return "TLS failure" + (": " + ", ".join(details) if details else "")
+    if isinstance(error, ConnectError):
+        return f"connect failed ({type(error).__name__})"
+    if isinstance(error, ConnectionClosed):
+        return "connection lost before a complete response"
+    return f"request failed ({type(error).__name__})"
+
+
+def _status_body(code: int, body: bytes) -> dict[str, Any]:
+    try:
+        document = json.loads(body)
+    except ValueError:
+        document = None
+    if isinstance(document, dict) and document.get("kind") == "Status":
+        return document
+    return {
+        "kind": "Status",
+        "apiVersion": "v1",
+        "status": "Failure",
+        "code": code,
+        "reason": _REASONS.get(code, "Unknown"),
+        # A proxy's error page could say anything: report only its size.
+        "message": f"HTTP {code} with a non-Status body of {len(body)} bytes",
+    }
+
+
+def _header(headers: Headers, name: bytes) -> str | None:
+    values = headers.getRawHeaders(name)
+    if not values:
+        return None
+    value = values[-1]
+    return value.decode("latin-1") if isinstance(value, bytes) else str(value)
+
+
+@attrs.define
+class KubeClient:
+    """
+    Calls to one Kubernetes API server.
+
+    ``http`` makes the requests (``AgentHTTP``, treq's ``HTTPClient`` or ``StubTreq``);
+    ``base_url`` is the server URL (a path prefix is kept); ``tokens`` gives
+    the bearer token; ``clock`` times each attempt out after ``timeout``
+    seconds; bodies over ``max_body`` bytes are refused. ``pool`` is the
+    connection pool ``from_config`` made, closed by ``close()``.
+    """
+
+    http: Any
+    base_url: str
+    tokens: ITokenSource
+    clock: IReactorTime
+    timeout: float = DEFAULT_TIMEOUT
+    max_body: int = DEFAULT_MAX_BODY
+    user_agent: str = USER_AGENT
+    pool: HTTPConnectionPool | None = attrs.field(default=None, repr=False)
+
+    log: ClassVar[Logger] = Logger()
+
+    @classmethod
+    def from_config(
+        cls,
+        reactor: Any,
+        config: KubeConfig,
+        timeout: float = DEFAULT_TIMEOUT,
+        environ: Mapping[str, str] | None = None,
+        max_persistent: int = DEFAULT_MAX_PERSISTENT,
+    ) -> KubeClient:
+        """
+        A client for ``config``'s server: an ``Agent`` on ``reactor`` with
+        the TLS policy of ``tls.tls_policy(config)``, a persistent pool that
+        keeps at most ``max_persistent`` idle connections (each dropped
+        after 60 s idle), a connect timeout of ``timeout``, and the token
+        source the config describes (an exec plugin inherits ``environ``,
+        ``os.environ`` by default).
+
+        Raises ``KubeConfigError`` for unusable TLS material. Touches no
+        network and runs no plugin.
+        """
+        pool = HTTPConnectionPool(reactor, persistent=True)  # type: ignore[no-untyped-call]
+        pool.maxPersistentPerHost = max_persistent
+        pool.cachedConnectionTimeout = 60
+        agent = Agent(  # type: ignore[no-untyped-call]
+            reactor, contextFactory=tls_policy(config), pool=pool, connectTimeout=timeout
+        )
+        return cls(
+            http=AgentHTTP(agent),
+            base_url=config.server,
+            tokens=token_source_for(config, reactor, environ),
+            clock=reactor,
+            timeout=timeout,
+            pool=pool,
+        )
+
+    def close(self) -> Deferred[None]:
+        """Close idle pooled connections; fires when they are closed."""
+        if self.pool is None:
+            return succeed(None)
+        closed: Deferred[None] = self.pool.closeCachedConnections()  # type: ignore[no-untyped-call]
+        return closed
+
+    # -- the API calls ---------------------------------------------------
+
+    def get_secret(self, namespace: str, name: str) -> Deferred[dict[str, Any]]:
+        """Fires with the Secret ``namespace/name``; a missing one fails with a 404 ``KubeStatusError``."""
+        return self.request("GET", _secret_path(namespace, name))
+
+    def create_secret(self, namespace: str, secret: Mapping[str, Any]) -> Deferred[dict[str, Any]]:
+        """
+        Creates ``secret`` in ``namespace``; fires with the stored Secret.
+        A name already taken fails with a 409 (reason ``AlreadyExists``).
+        """
+        return self.request(
+            "POST",
+            _secrets_path(namespace),
+            params={"fieldManager": "brigade-cr"},
+            body=secret,
+        )
+
+    def list_secrets(
+        self,
+        namespace: str,
+        label_selector: str | None = None,
+        field_selector: str | None = None,
+        limit: int | None = None,
+        continue_token: str | None = None,
+    ) -> Deferred[dict[str, Any]]:
+        """
+        Fires with the ``SecretList`` of ``namespace``, filtered by the given
+        selectors (``"a=b,c"``, ``"type=brigade.sh/build"``). ``limit`` and
+        ``continue_token`` page through it; a page over the body bound fails
+        with ``KubeTransportError``, so list large namespaces in pages.
+        """
+        params: dict[str, str] = {}
+        if label_selector:
+            params["labelSelector"] = label_selector
+        if field_selector:
+            params["fieldSelector"] = field_selector
+        if limit is not None:
+            params["limit"] = str(limit)
+        if continue_token:
+            params["continue"] = continue_token
+        return self.request("GET", _secrets_path(namespace), params=params or None)
+
+    def version(self) -> Deferred[dict[str, Any]]:
+        """Fires with the server's ``/version`` (``major``, ``minor``, ``gitVersion``, ...)."""
+        return self.request("GET", "/version")
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        params: Mapping[str, str] | None = None,
+        body: Mapping[str, Any] | None = None,
+    ) -> Deferred[dict[str, Any]]:
+        """
+        ``method`` ``path`` (below ``base_url``) with the query ``params`` and
+        the JSON ``body``. Fires with the decoded JSON object of a 2xx answer;
+        fails with ``KubeStatusError`` or ``KubeTransportError`` (see the
+        module docstring).
+
+        A 401 makes the token source forget its token, and the request is
+        sent once more with a fresh one. Each attempt is bounded by
+        ``timeout``; obtaining a token is bounded by its source (an exec
+        plugin has its own timeout).
+        """
+        url = self.base_url.rstrip("/") + path
+        if params:
+            url += "?" + urlencode(dict(params))
+        data = None if body is None else json.dumps(body, separators=(",", ":")).encode("utf-8")
+        return Deferred.fromCoroutine(self._call(method, path, url, data))
+
+    async def _token(self) -> str | None:
+        try:
+            return await self.tokens.token()
+        except KubeCredentialError as e:
+            raise KubeTransportError(f"no credentials: {e.reason}") from e
+
+    async def _call(self, method: str, path: str, url: str, data: bytes | None) -> dict[str, Any]:
+        token = await self._token()
+        try:
+            return await self._attempt(method, path, url, data, token)
+        except KubeStatusError as e:
+            if e.code != 401 or token is None:
+                raise
+        self.log.info(
+            "Kubernetes API refused the token (401) for {method} {path}; refreshing it and retrying once",
+            method=method,
+            path=path,
+        )
+        self.tokens.invalidate()
+        return await self._attempt(method, path, url, data, await self._token())
+
+    async def _attempt(self, method: str, path: str, url: str, data: bytes | None, token: str | None) -> dict[str, Any]:
+        exchange = Deferred.fromCoroutine(self._exchange(method, url, data, token))
+        timed_out: list[bool] = []
+
+        def expire() -> None:
+            timed_out.append(True)
+            exchange.cancel()
+
+        timer: IDelayedCall = self.clock.callLater(self.timeout, expire)
+        try:
+            result = await exchange
+        except (KubeStatusError, KubeTransportError) as e:
+            self.log.debug(
+                "Kubernetes API {method} {path} failed: {error}",
+                method=method,
+                path=path,
+                error=str(e),
+            )
+            raise
+        except CancelledError:
+            if timed_out:
+                self.log.debug("Kubernetes API {method} {path} timed out", method=method, path=path)
+                raise KubeTransportError(f"timed out after {self.timeout:g}s") from None
+            raise
+        except Exception as e:
+            if timed_out:
+                raise KubeTransportError(f"timed out after {self.timeout:g}s") from None
+            if isinstance(_first_reason(e), CancelledError):
+                # The caller cancelled; the Agent wrapped it.
+                raise CancelledError() from None
+            reason = transport_reason(e)
+            self.log.debug(
+                "Kubernetes API {method} {path} failed: {reason}",
+                method=method,
+                path=path,
+                reason=reason,
+            )
+            raise KubeTransportError(reason) from None
+        finally:
+            if timer.active():
+                timer.cancel()
+        return result
+
+    async def _exchange(self, method: str, url: str, data: bytes | None, token: str | None) -> dict[str, Any]:
+        headers = {
+            b"Accept": [b"application/json"],
+            b"User-Agent": [self.user_agent.encode("ascii")],
+        }
+        if data is not None:
+            headers[b"Content-Type"] = [b"application/json"]
+        if token is not None:
+            headers[b"Authorization"] = [b"Bearer " + token.encode("utf-8")]
+        response = await self.http.request(
+            method,
+            url,
+            headers=Headers(headers),
+            data=data,
+            allow_redirects=False,  # never carry the token elsewhere
+            unbuffered=True,
+            reactor=self.clock,
+        )
+        try:
+            body = await _read_body(response, self.max_body)
+        except _ResponseTooLarge:
+            raise KubeTransportError(f"response larger than {self.max_body} bytes (HTTP {response.code})") from None
+        code = int(response.code)
+        if not 200 <= code < 300:
+            status = _status_body(code, body)
+            retry_after = parse_retry_after(_header(response.headers, b"Retry-After"), self.clock.seconds())
+            if retry_after is None:
+                details = status.get("details")
+                seconds = details.get("retryAfterSeconds") if isinstance(details, dict) else None
+                if isinstance(seconds, int) and seconds > 0:
+                    retry_after = seconds
+            raise KubeStatusError(code, status, retry_after)
+        try:
+            document = json.loads(body)
+        except ValueError:
+            raise KubeTransportError(f"HTTP {code} answer is not JSON") from None
+        if not isinstance(document, dict):
+            raise KubeTransportError(f"HTTP {code} answer is not a JSON object")
+        return document
+
+
+def _secrets_path(namespace: str) -> str:
+    return f"/api/v1/namespaces/{quote(namespace, safe='')}/secrets"
+
+
+def _secret_path(namespace: str, name: str) -> str:
+    return f"{_secrets_path(namespace)}/{quote(name, safe='')}"

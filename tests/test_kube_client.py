@@ -1,0 +1,773 @@
+"""
+Tests for ``brigade_cr.kube.client``, ``credentials`` and ``tls``.
+
+Three kinds:
+
+- in memory, with no reactor: ``KubeClient`` over ``StubTreq`` (the fake
+  Kubernetes API, or a canned resource) and a ``Clock``;
+- token sources, with a ``Clock`` (file) or real child processes (exec,
+  bounded by the plugin timeout);
+- the contract suite, driven through ``kube_target`` (the fake served as a
+  subprocess over TLS with a bearer token, and a real cluster when
+  ``BRIGADE_CR_TEST_KUBECONFIG`` is set), with the real client stack built
+  by ``KubeClient.from_config``.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+import attrs
+import pytest
+import pytest_twisted
+from treq.testing import StubTreq
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET
+from zope.interface.verify import verifyObject
+
+from brigade_cr import __version__
+from brigade_cr.kube.client import (
+    KubeClient,
+    KubeStatusError,
+    KubeTransportError,
+    parse_retry_after,
+    transport_reason,
+)
+from brigade_cr.kube.config import (
+    BearerToken,
+    BearerTokenFile,
+    ExecPlugin,
+    KubeConfig,
+    KubeConfigError,
+    NoCredentials,
+    load_kubeconfig,
+)
+from brigade_cr.kube.credentials import (
+    ExecToken,
+    FileToken,
+    ITokenSource,
+    KubeCredentialError,
+    NoToken,
+    StaticToken,
+    parse_rfc3339,
+    token_source_for,
+)
+from brigade_cr.kube.tls import tls_policy
+from tests.certs import write_test_pki
+from tests.helpers import failure_of, result_of
+from tests.kubeapi import FakeKube
+
+TOKEN = "good-token-0123456789"
+# Every loopback test finishes well inside this (seconds); the client's own
+# timeouts are shorter still.
+BOUND = 20.0
+
+
+def bounded(d: Deferred[Any], reactor: Any, seconds: float = BOUND) -> Deferred[Any]:
+    """``d``, failing with ``TimeoutError`` if it has not fired within ``seconds``."""
+    return d.addTimeout(seconds, reactor)
+
+
+def secret(
+    name: str, labels: dict[str, str] | None = None, secret_type: str = "Opaque", **data: bytes
+) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": secret_type,
+        "metadata": {"name": name, "labels": labels or {}},
+        "data": {k: base64.b64encode(v).decode() for k, v in data.items()},
+    }
+
+
+# -- in memory: the fake API over StubTreq ----------------------------------------
+
+
+@attrs.define
+class InMemory:
+    fake: FakeKube
+    clock: Clock
+    client: KubeClient
+
+
+def in_memory(tokens: Any = None, token: str | None = TOKEN, **client_args: Any) -> InMemory:
+    clock = Clock()
+    fake = FakeKube(clock=clock, tokens=frozenset({TOKEN}), initial_namespaces=["brigade"])
+    source = tokens if tokens is not None else (StaticToken(token) if token else NoToken())
+    client = KubeClient(StubTreq(fake.resource()), "https://kube.example:6443", source, clock, **client_args)
+    return InMemory(fake, clock, client)
+
+
+def test_get_create_list() -> None:
+    """Secrets are created, read back and listed with label and field selectors."""
+    kube = in_memory()
+    created = result_of(
+        kube.client.create_secret("brigade", secret("a", {"component": "build"}, "brigade.sh/build", x=b"1"))
+    )
+    assert created["metadata"]["name"] == "a"
+    result_of(kube.client.create_secret("brigade", secret("b", {"component": "project"}, y=b"2")))
+    got = result_of(kube.client.get_secret("brigade", "a"))
+    assert got["data"] == {"x": base64.b64encode(b"1").decode()}
+    by_label = result_of(kube.client.list_secrets("brigade", label_selector="component=project"))
+    assert [s["metadata"]["name"] for s in by_label["items"]] == ["b"]
+    by_type = result_of(kube.client.list_secrets("brigade", field_selector="type=brigade.sh/build"))
+    assert [s["metadata"]["name"] for s in by_type["items"]] == ["a"]
+    assert result_of(kube.client.version())["gitVersion"] == "v1.30.0-fake"
+
+
+def test_not_found_carries_status() -> None:
+    """A 404 fails with KubeStatusError carrying the server's Status."""
+    kube = in_memory()
+    error = failure_of(kube.client.get_secret("brigade", "missing"))
+    assert isinstance(error, KubeStatusError)
+    assert (error.code, error.reason, error.message) == (404, "NotFound", 'secrets "missing" not found')
+    assert error.status["details"] == {"name": "missing", "kind": "secrets"}
+    assert error.retry_after is None
+
+
+def test_conflict_and_invalid_carry_status() -> None:
+    """409 AlreadyExists and 422 Invalid come back with their reasons."""
+    kube = in_memory()
+    result_of(kube.client.create_secret("brigade", secret("a")))
+    conflict = failure_of(kube.client.create_secret("brigade", secret("a")))
+    assert isinstance(conflict, KubeStatusError)
+    assert (conflict.code, conflict.reason) == (409, "AlreadyExists")
+    invalid = failure_of(kube.client.create_secret("brigade", secret("Not_A_Name")))
+    assert isinstance(invalid, KubeStatusError)
+    assert (invalid.code, invalid.reason) == (422, "Invalid")
+    assert invalid.status["details"]["causes"][0]["field"] == "metadata.name"
+
+
+def test_retry_after_from_fault() -> None:
+    """A 503 with Retry-After gives retry_after in seconds."""
+    kube = in_memory()
+    kube.fake.fail_with(503, retry_after=7)
+    error = failure_of(kube.client.get_secret("brigade", "a"))
+    assert isinstance(error, KubeStatusError)
+    assert (error.code, error.reason, error.retry_after) == (503, "ServiceUnavailable", 7)
+
+
+def test_unauthorized_retried_once_then_fails() -> None:
+    """A 401 with a token that stays wrong is retried exactly once, then fails with 401."""
+    kube = in_memory(token="wrong-token")
+    error = failure_of(kube.client.get_secret("brigade", "a"))
+    assert isinstance(error, KubeStatusError)
+    assert error.code == 401
+    assert kube.fake.count(verb="get") == 2
+
+
+def test_unauthorized_without_token_not_retried() -> None:
+    """Without a token there is nothing to refresh: a 401 is not retried."""
+    kube = in_memory(token=None)
+    error = failure_of(kube.client.get_secret("brigade", "a"))
+    assert isinstance(error, KubeStatusError) and error.code == 401
+    assert kube.fake.count(verb="get") == 1
+
+
+def test_unauthorized_rereads_token_file(tmp_path: Path) -> None:
+    """
+    After a 401 the token file is re-read at once (not after its period) and
+    the request retried with the new token, which succeeds.
+    """
+    path = tmp_path / "token"
+    path.write_text("old-token\n")
+    clock = Clock()
+    tokens = FileToken(str(path), clock, period=60.0)
+    kube = in_memory(tokens=tokens)
+    kube.fake.tokens = frozenset({"old-token"})
+    result_of(kube.client.version())
+    path.write_text("new-token\n")
+    kube.fake.tokens = frozenset({"new-token"})
+    assert result_of(kube.client.version())["major"] == "1"
+    assert [c.authenticated for c in kube.fake.calls] == [True, False, True]
+
+
+def test_credential_failure_is_transport_error(tmp_path: Path) -> None:
+    """A token source that cannot give a token fails the call with KubeTransportError, sending nothing."""
+    kube = in_memory(tokens=FileToken(str(tmp_path / "absent"), Clock()))
+    error = failure_of(kube.client.version())
+    assert isinstance(error, KubeTransportError)
+    assert error.reason == f"no credentials: token file {tmp_path / 'absent'} is unreadable or empty"
+    assert kube.fake.calls == []
+
+
+# -- in memory: canned answers ------------------------------------------------------
+
+
+class Canned(Resource):
+    """Answers every request with one canned response, recording what it got."""
+
+    isLeaf = True
+
+    def __init__(self, code: int = 200, body: bytes = b"{}", headers: dict[bytes, bytes] | None = None):
+        super().__init__()
+        self.code = code
+        self.body = body
+        self.headers = headers or {}
+        self.requests: list[tuple[bytes, bytes, dict[bytes, list[bytes]], bytes]] = []
+
+    def render(self, request: Any) -> bytes:
+        self.requests.append(
+            (
+                request.method,
+                request.uri,
+                {k.lower(): v for k, v in request.requestHeaders.getAllRawHeaders()},
+                request.content.read(),
+            )
+        )
+        request.setResponseCode(self.code)
+        for name, value in self.headers.items():
+            request.setHeader(name, value)
+        return self.body
+
+
+def canned_client(resource: Resource, token: str | None = TOKEN, clock: Clock | None = None, **args: Any) -> KubeClient:
+    return KubeClient(
+        StubTreq(resource),
+        "https://kube.example:6443/prefix/",
+        StaticToken(token) if token else NoToken(),
+        clock or Clock(),
+        **args,
+    )
+
+
+def test_request_headers_and_body() -> None:
+    """Requests send JSON with Accept, User-Agent and the bearer token, below the URL's path prefix."""
+    resource = Canned(201, b'{"kind":"Secret"}')
+    client = canned_client(resource)
+    assert result_of(client.create_secret("ns 1", {"metadata": {"name": "n"}})) == {"kind": "Secret"}
+    [(method, uri, headers, body)] = resource.requests
+    assert method == b"POST"
+    assert uri == b"/prefix/api/v1/namespaces/ns%201/secrets?fieldManager=brigade-cr"
+    assert headers[b"accept"] == [b"application/json"]
+    assert headers[b"content-type"] == [b"application/json"]
+    assert headers[b"user-agent"] == [f"brigade-cr/{__version__}".encode()]
+    assert headers[b"authorization"] == [f"Bearer {TOKEN}".encode()]
+    assert json.loads(body) == {"metadata": {"name": "n"}}
+
+
+def test_no_token_no_authorization() -> None:
+    """Without a token no Authorization header is sent."""
+    resource = Canned()
+    result_of(canned_client(resource, token=None).version())
+    assert b"authorization" not in resource.requests[0][2]
+
+
+def test_selectors_encoded() -> None:
+    """Selectors and paging parameters travel URL-encoded."""
+    resource = Canned(200, b'{"kind":"SecretList","items":[]}')
+    result_of(
+        canned_client(resource).list_secrets(
+            "brigade", label_selector="a=b,c!=d", field_selector="type=brigade.sh/build", limit=5, continue_token="x y"
+        )
+    )
+    assert resource.requests[0][1] == (
+        b"/prefix/api/v1/namespaces/brigade/secrets?labelSelector=a%3Db%2Cc%21%3Dd"
+        b"&fieldSelector=type%3Dbrigade.sh%2Fbuild&limit=5&continue=x+y"
+    )
+
+
+def test_non_status_error_body() -> None:
+    """A non-Status error answer (a proxy's page) gets a Status made from the code; the body is not echoed."""
+    resource = Canned(502, b"<html>secret-ish proxy page</html>", {b"retry-after": b"3"})
+    error = failure_of(canned_client(resource).version())
+    assert isinstance(error, KubeStatusError)
+    assert (error.code, error.reason, error.retry_after) == (502, "Unknown", 3)
+    assert "proxy page" not in str(error)
+    assert error.message == "HTTP 502 with a non-Status body of 34 bytes"
+
+
+def test_retry_after_details_fallback() -> None:
+    """Without a Retry-After header, the Status's details.retryAfterSeconds is used."""
+    body = json.dumps({"kind": "Status", "code": 429, "reason": "TooManyRequests", "details": {"retryAfterSeconds": 4}})
+    error = failure_of(canned_client(Canned(429, body.encode())).version())
+    assert isinstance(error, KubeStatusError)
+    assert error.retry_after == 4
+
+
+@pytest.mark.parametrize("body", [b"not json", b"[1, 2]"])
+def test_success_that_is_not_an_object(body: bytes) -> None:
+    """A 2xx answer that is not a JSON object is a transport error."""
+    error = failure_of(canned_client(Canned(200, body)).version())
+    assert isinstance(error, KubeTransportError)
+    assert "not" in error.reason and "JSON" in error.reason
+
+
+def test_body_bound() -> None:
+    """A body larger than max_body is refused."""
+    error = failure_of(canned_client(Canned(200, b'{"x":"' + b"a" * 200 + b'"}'), max_body=100).version())
+    assert isinstance(error, KubeTransportError)
+    assert error.reason == "response larger than 100 bytes (HTTP 200)"
+
+
+class Hang(Resource):
+    """Never answers (or, with ``partial``, sends headers and part of the body)."""
+
+    isLeaf = True
+
+    def __init__(self, partial: bool = False) -> None:
+        super().__init__()
+        self.partial = partial
+        self.requests: list[Any] = []
+
+    def render(self, request: Any) -> Any:
+        self.requests.append(request)
+        if self.partial:
+            request.setHeader(b"content-length", b"100")
+            request.write(b"{")
+        return NOT_DONE_YET
+
+
+@pytest.mark.parametrize("partial", [False, True])
+def test_timeout(partial: bool) -> None:
+    """A server that does not finish answering fails the call after the timeout, not before."""
+    clock = Clock()
+    resource = Hang(partial)
+    d = canned_client(resource, clock=clock, timeout=3.0).version()
+    clock.advance(2.9)
+    assert not d.called
+    clock.advance(0.1)
+    error = failure_of(d)
+    assert isinstance(error, KubeTransportError)
+    assert error.reason == "timed out after 3s"
+    assert clock.getDelayedCalls() == []
+
+
+def test_cancel() -> None:
+    """Cancelling a call fails it with CancelledError and clears its timer."""
+    from twisted.internet.defer import CancelledError
+
+    clock = Clock()
+    d = canned_client(Hang(), clock=clock).version()
+    d.cancel()
+    assert isinstance(failure_of(d), CancelledError)
+    assert clock.getDelayedCalls() == []
+
+
+# -- pure helpers ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "value, expected",
+    [
+        (None, None),
+        ("", None),
+        ("5", 5),
+        (" 12 ", 12),
+        ("-1", None),
+        ("soon", None),
+        ("Thu, 01 Jan 1970 00:01:40 GMT", 60),
+        ("Thu, 01 Jan 1970 00:00:10 GMT", 0),
+    ],
+)
+def test_parse_retry_after(value: str | None, expected: int | None) -> None:
+    """Retry-After is delta-seconds or an HTTP-date (relative to now); anything else is ignored."""
+    assert parse_retry_after(value, now=40.0) == expected
+
+
+def test_transport_reasons() -> None:
+    """Connection failures get short, fixed reasons."""
+    from OpenSSL import SSL
+    from service_identity import VerificationError
+    from twisted.internet import error
+    from twisted.python.failure import Failure
+    from twisted.web._newclient import ResponseNeverReceived
+
+    assert transport_reason(error.ConnectionRefusedError()) == "connection refused"
+    assert transport_reason(error.DNSLookupError()) == "DNS lookup failed"
+    assert transport_reason(error.TimeoutError()) == "connect timed out"
+    tls = SSL.Error([("SSL routines", "", "certificate verify failed")])
+    assert transport_reason(ResponseNeverReceived([Failure(tls)])) == "TLS failure: certificate verify failed"
+    assert (
+        transport_reason(ResponseNeverReceived([Failure(error.ConnectionLost()), Failure(VerificationError([]))]))
+        == "TLS: the server certificate does not match the expected name"
+    )
+    assert (
+        transport_reason(ResponseNeverReceived([Failure(error.ConnectionLost())]))
+        == "connection lost before a complete response"
+    )
+
+
+# -- token sources -------------------------------------------------------------------------
+
+
+def test_token_sources_provide_interface(tmp_path: Path) -> None:
+    """Every token source provides ITokenSource."""
+    plugin = ExecPlugin("client.authentication.k8s.io/v1", "x")
+    for source in (NoToken(), StaticToken("t"), FileToken(str(tmp_path), Clock()), ExecToken(plugin, Clock())):
+        assert verifyObject(ITokenSource, source)
+
+
+def test_token_source_for() -> None:
+    """The config's credentials choose the token source."""
+    from twisted.internet import reactor
+
+    base = KubeConfig(server="https://k")
+    assert token_source_for(base, reactor) == NoToken()
+    assert token_source_for(attrs.evolve(base, credentials=BearerToken("t")), reactor) == StaticToken("t")
+    file_source = token_source_for(attrs.evolve(base, credentials=BearerTokenFile("/p", "fb")), reactor)
+    assert isinstance(file_source, FileToken)
+    assert (file_source.path, file_source.fallback, file_source.period) == ("/p", "fb", 60.0)
+    plugin = ExecPlugin("client.authentication.k8s.io/v1", "x", provide_cluster_info=True)
+    exec_source = token_source_for(
+        attrs.evolve(base, credentials=plugin, ca_pem=b"CA", tls_server_name="n"), reactor, environ={"A": "1"}
+    )
+    assert isinstance(exec_source, ExecToken)
+    assert exec_source.environ == {"A": "1"}
+    assert exec_source.cluster == {
+        "server": "https://k",
+        "tls-server-name": "n",
+        "certificate-authority-data": base64.b64encode(b"CA").decode(),
+    }
+    assert "t" not in repr(StaticToken("t")).replace("StaticToken", "")
+
+
+def test_file_token_period_and_invalidate(tmp_path: Path) -> None:
+    """The file is re-read after the period, or at once after invalidate(); not in between."""
+    path = tmp_path / "token"
+    path.write_text("one\n")
+    clock = Clock()
+    source = FileToken(str(path), clock, period=60.0)
+    assert result_of(source.token()) == "one"
+    path.write_text("two")
+    clock.advance(59)
+    assert result_of(source.token()) == "one"
+    clock.advance(1)
+    assert result_of(source.token()) == "two"
+    path.write_text("three")
+    source.invalidate()
+    assert result_of(source.token()) == "three"
+
+
+def test_file_token_keeps_last_good(tmp_path: Path) -> None:
+    """While the file is unreadable or empty the last good token is kept; without one, the fallback, else failure."""
+    path = tmp_path / "token"
+    path.write_text("good")
+    clock = Clock()
+    source = FileToken(str(path), clock, period=1.0)
+    assert result_of(source.token()) == "good"
+    path.write_text("")
+    clock.advance(1)
+    assert result_of(source.token()) == "good"
+    path.unlink()
+    source.invalidate()
+    assert result_of(source.token()) == "good"
+
+    fresh = FileToken(str(path), clock, fallback="static")
+    assert result_of(fresh.token()) == "static"
+    error = failure_of(FileToken(str(path), clock).token())
+    assert isinstance(error, KubeCredentialError)
+    assert str(path) in error.reason
+
+
+def plugin_script(tmp_path: Path, body: str) -> str:
+    """An executable exec plugin: a Python script that runs ``body``."""
+    script = tmp_path / f"plugin-{uuid.uuid4().hex[:8]}.py"
+    script.write_text(f"#!{sys.executable}\nimport json, os, sys, time\n{body}\n")
+    script.chmod(0o755)
+    return str(script)
+
+
+def credential(token: str | None = "exec-token", expires: str | None = None, api: str = "v1", **status: Any) -> str:
+    if token is not None:
+        status["token"] = token
+    if expires is not None:
+        status["expirationTimestamp"] = expires
+    return json.dumps({"apiVersion": f"client.authentication.k8s.io/{api}", "kind": "ExecCredential", "status": status})
+
+
+def exec_source(reactor: Any, command: str, **kwargs: Any) -> ExecToken:
+    args = kwargs.pop("args", ())
+    env = kwargs.pop("env", ())
+    plugin = ExecPlugin(
+        "client.authentication.k8s.io/v1",
+        command,
+        args=args,
+        env=env,
+        install_hint=kwargs.pop("install_hint", None),
+        interactive_mode="Never",
+        provide_cluster_info=kwargs.pop("provide_cluster_info", False),
+    )
+    return ExecToken(plugin, reactor, {"PATH": os.environ.get("PATH", "")}, **kwargs)
+
+
+@pytest_twisted.ensureDeferred
+async def test_exec_token_cached_until_expiry(tmp_path: Path) -> None:
+    """
+    The plugin's token is used until its expirationTimestamp (less the
+    margin), and the plugin sees its args, env and KUBERNETES_EXEC_INFO.
+    """
+    from twisted.internet import reactor
+
+    runs = tmp_path / "runs"
+    script = plugin_script(
+        tmp_path,
+        f"open({str(runs)!r}, 'a').write(json.dumps([sys.argv[1:], os.environ['MY_ENV'], "
+        f"json.loads(os.environ['KUBERNETES_EXEC_INFO'])]) + '\\n')\n"
+        f"print({credential(expires='2999-01-01T00:00:00Z')!r})",
+    )
+    source = exec_source(
+        reactor,
+        script,
+        args=("--flag",),
+        env=(("MY_ENV", "v"),),
+        provide_cluster_info=True,
+        cluster={"server": "https://k"},
+    )
+    assert await bounded(source.token(), reactor) == "exec-token"
+    assert await bounded(source.token(), reactor) == "exec-token"
+    lines = runs.read_text().splitlines()
+    assert [json.loads(line) for line in lines] == [
+        [
+            ["--flag"],
+            "v",
+            {
+                "apiVersion": "client.authentication.k8s.io/v1",
+                "kind": "ExecCredential",
+                "spec": {"interactive": False, "cluster": {"server": "https://k"}},
+            },
+        ]
+    ]
+    source.invalidate()
+    assert await bounded(source.token(), reactor) == "exec-token"
+    assert len(runs.read_text().splitlines()) == 2
+
+
+@pytest_twisted.ensureDeferred
+async def test_exec_token_expired_reruns(tmp_path: Path) -> None:
+    """An already-expired credential makes the next token() run the plugin again; concurrent calls share a run."""
+    from twisted.internet import reactor
+
+    runs = tmp_path / "runs"
+    script = plugin_script(
+        tmp_path, f"open({str(runs)!r}, 'a').write('x')\nprint({credential(expires='2000-01-01T00:00:00Z')!r})"
+    )
+    source = exec_source(reactor, script)
+    first, second = source.token(), source.token()
+    assert [await bounded(first, reactor), await bounded(second, reactor)] == ["exec-token", "exec-token"]
+    assert runs.read_text() == "x"
+    assert await bounded(source.token(), reactor) == "exec-token"
+    assert runs.read_text() == "xx"
+
+
+@pytest.mark.parametrize(
+    "body, reason",
+    [
+        ("sys.exit(3)", "exited with code 3"),
+        ("print('nope')", "did not print JSON"),
+        ("print(json.dumps({'kind': 'Other'}))", "did not print an ExecCredential"),
+        (f"print({credential(api='v1beta1')!r})", "answered apiVersion"),
+        (f"print({credential(token=None)!r})", "gave no token"),
+        (
+            f"print({credential(token=None, clientCertificateData='x', clientKeyData='y')!r})",
+            "only tokens are supported",
+        ),
+        (f"print({credential(expires='tomorrow')!r})", "unreadable expirationTimestamp"),
+    ],
+)
+@pytest_twisted.ensureDeferred
+async def test_exec_token_failures(tmp_path: Path, body: str, reason: str) -> None:
+    """A failing or misbehaving plugin fails token() with a KubeCredentialError saying why."""
+    from twisted.internet import reactor
+
+    source = exec_source(reactor, plugin_script(tmp_path, body))
+    with pytest.raises(KubeCredentialError, match=reason) as raised:
+        await bounded(source.token(), reactor)
+    assert "exec-token" not in raised.value.reason
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("2024-01-01T00:00:00Z", 1704067200.0),
+        ("2024-01-01T00:00:00.123456789Z", 1704067200.123456),
+        ("2024-01-01T01:00:00+01:00", 1704067200.0),
+        ("2024-01-01T00:00:00", None),
+        ("2024-13-01T00:00:00Z", None),
+        ("tomorrow", None),
+    ],
+)
+def test_parse_rfc3339(text: str, expected: float | None) -> None:
+    """Expiry stamps are RFC 3339 with a zone, any fraction; anything else is None."""
+    assert parse_rfc3339(text) == expected
+
+
+@pytest_twisted.ensureDeferred
+async def test_exec_token_timeout(tmp_path: Path) -> None:
+    """A plugin that hangs is killed after the timeout."""
+    from twisted.internet import reactor
+
+    source = exec_source(reactor, plugin_script(tmp_path, "time.sleep(60)"), timeout=0.5)
+    with pytest.raises(KubeCredentialError, match=r"did not finish within 0\.5s"):
+        await bounded(source.token(), reactor)
+
+
+@pytest_twisted.ensureDeferred
+async def test_exec_token_missing_command() -> None:
+    """A command not on PATH fails with its installHint."""
+    from twisted.internet import reactor
+
+    source = exec_source(reactor, "no-such-plugin-for-brigade-cr", install_hint="brew install it")
+    with pytest.raises(KubeCredentialError, match=r"not found .*\(brew install it\)"):
+        await bounded(source.token(), reactor)
+
+
+# -- TLS policy ------------------------------------------------------------------------------
+
+
+def test_tls_policy_rejects_bad_material(tmp_path: Path) -> None:
+    """Non-PEM CA or client material, or a key for another certificate, is a KubeConfigError."""
+    pki = write_test_pki(str(tmp_path / "a"))
+    other = write_test_pki(str(tmp_path / "b"))
+    cert = Path(pki.client_cert or "").read_bytes()
+    key = Path(pki.client_key or "").read_bytes()
+    base = KubeConfig(server="https://127.0.0.1:1", source="test")
+    tls_policy(attrs.evolve(base, client_cert_pem=cert, client_key_pem=key))
+    with pytest.raises(KubeConfigError, match="certificate-authority is not a PEM"):
+        tls_policy(attrs.evolve(base, ca_pem=b"junk"))
+    with pytest.raises(KubeConfigError, match="client key is not a PEM"):
+        tls_policy(attrs.evolve(base, client_cert_pem=cert, client_key_pem=b"junk"))
+    with pytest.raises(KubeConfigError, match="does not match"):
+        tls_policy(attrs.evolve(base, client_cert_pem=cert, client_key_pem=Path(other.client_key or "").read_bytes()))
+    assert NoCredentials() == base.credentials
+
+
+# -- the contract suite, through kube_target ---------------------------------------------------
+
+
+@pytest.fixture
+def reactor() -> Any:
+    from twisted.internet import reactor as global_reactor
+
+    return global_reactor
+
+
+@pytest_twisted.async_yield_fixture
+async def target_client(kube_target: Any) -> Any:
+    """A ``KubeClient`` for ``kube_target``, built as the daemon builds it; closed afterwards."""
+    from twisted.internet import reactor
+
+    client = KubeClient.from_config(reactor, load_kubeconfig(kube_target.kubeconfig), timeout=10.0)
+    try:
+        yield client
+    finally:
+        await bounded(client.close(), reactor)
+
+
+@pytest_twisted.ensureDeferred
+async def test_contract_version(kube_target: Any, target_client: KubeClient, reactor: Any) -> None:
+    """/version answers with the server's version."""
+    version = await bounded(target_client.version(), reactor)
+    assert version["gitVersion"].startswith("v")
+    assert version["major"] == "1"
+
+
+@pytest_twisted.ensureDeferred
+async def test_contract_create_get(kube_target: Any, target_client: KubeClient, reactor: Any) -> None:
+    """A created Secret is read back with its type, labels and data; a ~900 KiB value survives byte for byte."""
+    name = kube_target.unique_name("brigade-cr")
+    kube_target.track(name)
+    big = bytes(range(256)) * (900 * 4)
+    body = secret(name, kube_target.labels(component="build"), "brigade.sh/build", payload=big, empty=b"")
+    created = await bounded(target_client.create_secret(kube_target.namespace, body), reactor)
+    assert created["metadata"]["name"] == name
+    assert created["metadata"]["namespace"] == kube_target.namespace
+    got = await bounded(target_client.get_secret(kube_target.namespace, name), reactor)
+    assert got["type"] == "brigade.sh/build"
+    assert got["metadata"]["labels"] == kube_target.labels(component="build")
+    assert base64.b64decode(got["data"]["payload"]) == big
+    assert got["data"].get("empty", "") == ""
+
+
+@pytest_twisted.ensureDeferred
+async def test_contract_list_selectors(kube_target: Any, target_client: KubeClient, reactor: Any) -> None:
+    """Label and field selectors select exactly the matching Secrets."""
+    ns = kube_target.namespace
+    build = kube_target.unique_name("b")
+    project = kube_target.unique_name("p")
+    for name, component, kind in ((build, "build", "brigade.sh/build"), (project, "project", "brigade.sh/project")):
+        kube_target.track(name)
+        await bounded(
+            target_client.create_secret(ns, secret(name, kube_target.labels(component=component), kind)), reactor
+        )
+
+    def names(listing: dict[str, Any]) -> list[str]:
+        assert listing["kind"] == "SecretList"
+        return sorted(s["metadata"]["name"] for s in listing["items"])
+
+    everything = await bounded(target_client.list_secrets(ns, label_selector=kube_target.label_selector), reactor)
+    assert names(everything) == sorted([build, project])
+    builds = await bounded(
+        target_client.list_secrets(ns, label_selector=kube_target.label_selector + ",component=build"), reactor
+    )
+    assert names(builds) == [build]
+    typed = await bounded(
+        target_client.list_secrets(
+            ns, label_selector=kube_target.label_selector, field_selector="type=brigade.sh/project"
+        ),
+        reactor,
+    )
+    assert names(typed) == [project]
+
+
+@pytest_twisted.ensureDeferred
+async def test_contract_not_found(kube_target: Any, target_client: KubeClient, reactor: Any) -> None:
+    """A missing Secret is a 404 carrying the server's NotFound Status."""
+    name = kube_target.unique_name("missing")
+    with pytest.raises(KubeStatusError) as raised:
+        await bounded(target_client.get_secret(kube_target.namespace, name), reactor)
+    error = raised.value
+    assert (error.code, error.reason) == (404, "NotFound")
+    assert error.status["kind"] == "Status"
+    assert error.status["details"]["name"] == name
+    assert name in error.message
+
+
+@pytest_twisted.ensureDeferred
+async def test_contract_already_exists(kube_target: Any, target_client: KubeClient, reactor: Any) -> None:
+    """Creating a name that exists is a 409 AlreadyExists."""
+    name = kube_target.unique_name("dup")
+    kube_target.track(name)
+    body = secret(name, kube_target.labels())
+    await bounded(target_client.create_secret(kube_target.namespace, body), reactor)
+    with pytest.raises(KubeStatusError) as raised:
+        await bounded(target_client.create_secret(kube_target.namespace, body), reactor)
+    assert (raised.value.code, raised.value.reason) == (409, "AlreadyExists")
+    assert raised.value.status["details"]["name"] == name
+
+
+@pytest_twisted.ensureDeferred
+async def test_contract_invalid(kube_target: Any, target_client: KubeClient, reactor: Any) -> None:
+    """An invalid object is a 422 Invalid whose Status names the field."""
+    body = secret("Not_A_Valid_Name", kube_target.labels())
+    with pytest.raises(KubeStatusError) as raised:
+        await bounded(target_client.create_secret(kube_target.namespace, body), reactor)
+    error = raised.value
+    assert (error.code, error.reason) == (422, "Invalid")
+    assert [cause["field"] for cause in error.status["details"]["causes"]] == ["metadata.name"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_contract_wrong_token(kube_target: Any, reactor: Any) -> None:
+    """A wrong bearer token (and no client certificate) is a 401 Unauthorized, after one retry."""
+    config = attrs.evolve(
+        load_kubeconfig(kube_target.kubeconfig),
+        credentials=BearerToken("wrong-token"),
+        client_cert_pem=None,
+        client_key_pem=None,
+    )
+    client = KubeClient.from_config(reactor, config, timeout=10.0)
+    try:
+        with pytest.raises(KubeStatusError) as raised:
+            await bounded(client.get_secret(kube_target.namespace, "anything"), reactor)
+    finally:
+        await bounded(client.close(), reactor)
+    assert (raised.value.code, raised.value.reason) == (401, "Unauthorized")
