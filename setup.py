@@ -10,7 +10,7 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.10",
-    packages=find_packages(include=["brigade_cr", "brigade_cr.*"]) + ["twisted.plugins"],
+    packages=[*find_packages(include=["brigade_cr", "brigade_cr.*"]), "twisted.plugins"],
     # twisted/ and twisted/plugins/ deliberately have no __init__.py: they are
     # namespace contributions to Twisted's plugin package, and an __init__.py
     # would shadow Twisted's own.

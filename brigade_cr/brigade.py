@@ -83,11 +83,7 @@ def decode_ulid_time(ulid: str) -> int:
 
 def is_ulid(text: str) -> bool:
     """True when ``text`` is a lowercase, 26-character, in-range ULID."""
-    return (
-        len(text) == ULID_LENGTH
-        and all(char in _CROCKFORD for char in text)
-        and text[0] in "01234567"
-    )
+    return len(text) == ULID_LENGTH and all(char in _CROCKFORD for char in text) and text[0] in "01234567"
 
 
 def secret_data(secret: Mapping[str, Any]) -> dict[str, bytes]:
@@ -181,10 +177,7 @@ def build_secret(build: Build, namespace: str) -> dict[str, Any]:
                 "project": build.project_id,
             },
         },
-        "data": {
-            key: base64.b64encode(value).decode("ascii")
-            for key, value in build_data(build).items()
-        },
+        "data": {key: base64.b64encode(value).decode("ascii") for key, value in build_data(build).items()},
     }
 
 

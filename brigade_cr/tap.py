@@ -156,9 +156,7 @@ class Options(usage.Options):
 
     def postOptions(self) -> None:
         backend = self["backend"]
-        if backend is not None and backend != "kube" and not (
-            backend.startswith("dir:") and len(backend) > 4
-        ):
+        if backend is not None and backend != "kube" and not (backend.startswith("dir:") and len(backend) > 4):
             raise usage.UsageError("--backend must be 'kube' or 'dir:PATH'")
         if not self["default-ref"]:
             raise usage.UsageError("--default-ref must not be empty")
@@ -203,9 +201,7 @@ class _Closer(Service):
         return self.close()
 
 
-def choose_backend(
-    options: Mapping[str, Any], reactor: Any, environ: Mapping[str, str]
-) -> Backend:
+def choose_backend(options: Mapping[str, Any], reactor: Any, environ: Mapping[str, str]) -> Backend:
     """
     The backend named by ``--backend``; without one, Kubernetes when a
     configuration is found, else a local directory.
@@ -247,8 +243,7 @@ def choose_backend(
     return Backend(
         projects,
         builds,
-        f"Creating Brigade builds in Kubernetes namespace {namespace!r} "
-        f"at {config.server} ({config.source})",
+        f"Creating Brigade builds in Kubernetes namespace {namespace!r} at {config.server} ({config.source})",
         close=client.close,
     )
 

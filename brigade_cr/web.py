@@ -187,4 +187,3 @@ class WebhookSite:
 def make_site_resource(gateway: Gateway, clock: IReactorTime) -> Any:
     """The root resource for ``gateway``."""
     return WebhookSite(gateway, clock).resource()
-

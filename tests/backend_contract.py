@@ -77,9 +77,7 @@ class BackendContract:
     @pytest_twisted.ensureDeferred
     async def test_project_found(self, backend: BackendUnderTest) -> None:
         """A project Secret is found by its ID and read."""
-        await backend.seed(
-            project_secret("acme/webapp", repository=b"github.com/acme/webapp", crGatewaySecret=b"k")
-        )
+        await backend.seed(project_secret("acme/webapp", repository=b"github.com/acme/webapp", crGatewaySecret=b"k"))
         project = await backend.projects.get(project_id("acme/webapp"))
         assert project.id == project_id("acme/webapp")
         assert project.name == "acme/webapp"

@@ -82,7 +82,7 @@ class GatewayProcess:
             *args,
         ]
         with log_path.open("wb") as log:
-            process = subprocess.Popen(  # noqa: S603
+            process = subprocess.Popen(
                 command, cwd=workdir, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
             )
         deadline = time.monotonic() + timeout
@@ -102,9 +102,7 @@ class GatewayProcess:
         """Everything the gateway has logged so far."""
         return self.log_path.read_text(errors="replace")
 
-    def request(
-        self, method: str, path: str, body: bytes = b"", headers: Mapping[str, str] | None = None
-    ) -> Response:
+    def request(self, method: str, path: str, body: bytes = b"", headers: Mapping[str, str] | None = None) -> Response:
         """One HTTP request on a fresh connection, bounded by REQUEST_TIMEOUT."""
         connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=REQUEST_TIMEOUT)
         try:

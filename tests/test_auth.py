@@ -9,8 +9,8 @@ from datetime import datetime, timezone
 
 import pytest
 from twisted.internet.task import Clock
-from twisted.logger import LogLevel, globalLogPublisher
 from twisted.internet.testing import EventLoggingObserver
+from twisted.logger import LogLevel, globalLogPublisher
 
 from brigade_cr.auth import HmacScheme, Verdict, check_credentials
 from brigade_cr.errors import RateLimited, Unauthorized
@@ -43,9 +43,7 @@ def test_github_test_vector() -> None:
 def test_signature_over_other_body_fails() -> None:
     """A signature is over the raw body: one changed byte fails."""
     signature = "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17"
-    verdict = check_credentials(
-        SECRET, delivery(b"Hello, World?", {"X-Hub-Signature-256": signature}), SCHEMES
-    )
+    verdict = check_credentials(SECRET, delivery(b"Hello, World?", {"X-Hub-Signature-256": signature}), SCHEMES)
     assert verdict == Verdict(False, "none", "wrong credentials (signature:x-hub-signature-256)")
 
 
@@ -120,7 +118,9 @@ def test_refusals(headers: dict[str, str], query: dict[str, str], reason: str) -
 
 def test_any_valid_proof_is_enough() -> None:
     """A wrong bearer header does not spoil a right URL token (proxies add headers)."""
-    verdict = check_credentials(SECRET, delivery(headers={"Authorization": "Bearer proxy"}, token=SECRET.decode()), SCHEMES)
+    verdict = check_credentials(
+        SECRET, delivery(headers={"Authorization": "Bearer proxy"}, token=SECRET.decode()), SCHEMES
+    )
     assert verdict.ok
 
 
@@ -133,6 +133,7 @@ def test_non_ascii_token_bytes() -> None:
 
 
 # The gateway's use of it.
+
 
 def make_gateway(
     auth_required: bool = True, project_rate: RateLimiter | None = None
@@ -235,13 +236,16 @@ def test_failed_authentications_rate_limited_per_source() -> None:
 def test_project_rate_limit() -> None:
     """With a per-project limit, deliveries beyond the burst get 429 until it refills."""
     clock_for_limit = Clock()
-    gateway, builds, clock = make_gateway(project_rate=RateLimiter(clock_for_limit, per_second=1 / 60, burst=2))
+    gateway, builds, _ = make_gateway(project_rate=RateLimiter(clock_for_limit, per_second=1 / 60, burst=2))
     for _ in range(2):
         result_of(gateway.receive(to("keyed", token=SECRET.decode())))
     limited = failure_of(gateway.receive(to("keyed", token=SECRET.decode())))
     assert isinstance(limited, RateLimited)
     assert limited.retry_after == 60
     assert len(builds.secrets) == 2
+    clock_for_limit.advance(60)
+    assert isinstance(result_of(gateway.receive(to("keyed", token=SECRET.decode()))), Accepted)
+    assert len(builds.secrets) == 3
 
 
 def test_rate_limiter_bounded_keys() -> None:

@@ -46,9 +46,7 @@ MECHANISMS = {
 @pytest.mark.parametrize("mechanism", sorted(MECHANISMS))
 @pytest.mark.parametrize("secret", ["right", "wrong", "missing"])
 @pytest.mark.parametrize("project", ["solo", "nobody"])
-def test_auth_matrix(
-    gateway: GatewayProcess, kube: FakeKubeProcess, mechanism: str, secret: str, project: str
-) -> None:
+def test_auth_matrix(gateway: GatewayProcess, kube: FakeKubeProcess, mechanism: str, secret: str, project: str) -> None:
     """Only the right secret for a known project builds; every other cell gets the same 403."""
     value = {"right": SECRET, "wrong": WRONG}.get(secret)
     headers, query = MECHANISMS[mechanism](value) if value is not None else ({}, "")

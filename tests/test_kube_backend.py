@@ -111,7 +111,7 @@ async def target_backend(kube_target: Any) -> AsyncIterator[BackendUnderTest]:
 
     async def stored(name: str) -> dict[str, Any] | None:
         try:
-            return (await bounded(client.get_secret(kube_target.namespace, name)))
+            return await bounded(client.get_secret(kube_target.namespace, name))
         except KubeStatusError as e:
             if e.code == 404:
                 return None

@@ -134,5 +134,3 @@ def test_plugin_options_help() -> None:
     assert result.returncode == 0, result.stderr
     for option in ("--port=", "--namespace=", "--kubeconfig=", "--context=", "--backend=", "--default-ref="):
         assert option in result.stdout
-
-

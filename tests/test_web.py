@@ -41,9 +41,7 @@ class Harness:
         clock = Clock()
         clock.advance(NOW.timestamp())
         counter = iter(range(1, 10000))
-        self.gateway = Gateway(
-            self.projects, self.builds, clock, entropy=lambda n: next(counter).to_bytes(n, "big")
-        )
+        self.gateway = Gateway(self.projects, self.builds, clock, entropy=lambda n: next(counter).to_bytes(n, "big"))
         self.treq = StubTreq(make_site_resource(self.gateway, clock))
 
     def request(
