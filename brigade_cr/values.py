@@ -146,10 +146,14 @@ class Build:
 @attrs.frozen
 class Receipt:
     """
-    What a store says after ``submit``: the build exists under ``build_name``.
+    What a store says after ``submit``: the build exists under ``build_name``
+    or, with ``queued``, is durably recorded and will be created under that
+    name.
 
-    ``duplicate`` is true when the same build was already there.
+    ``duplicate`` is true when the same build was already there (or already
+    queued).
     """
 
     build_name: str
     duplicate: bool = False
+    queued: bool = False
