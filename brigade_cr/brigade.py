@@ -181,10 +181,18 @@ def build_secret(build: Build, namespace: str) -> dict[str, Any]:
     }
 
 
+# What makes an existing Secret the same build: the event it stands for.
+# The payload and titles are left out on purpose: a build's name is derived
+# from the event's identity, and a sender may re-deliver the same event with
+# different bytes (Pub/Sub adds a delivery attempt count, for one).
+_IDENTITY_KEYS = ("build_id", "build_name", "event_type", "event_provider", "project_id", "commit_ref")
+
+
 def same_build(secret: Mapping[str, Any], build: Build) -> bool:
     """
-    True when an existing Secret is this build (same type, labels and data):
-    finding it is a duplicate submission, not a conflict.
+    True when an existing Secret is this build: a ``brigade.sh/build`` Secret
+    with the same labels and the same build ID, event type, provider,
+    project and commit. Finding it is a duplicate submission, not a conflict.
     """
     if secret.get("type") != BUILD_TYPE:
         return False
@@ -193,6 +201,8 @@ def same_build(secret: Mapping[str, Any], build: Build) -> bool:
     if any(labels.get(key) != value for key, value in expected.items()):
         return False
     try:
-        return secret_data(secret) == build_data(build)
+        existing = secret_data(secret)
     except ValueError:
         return False
+    wanted = build_data(build)
+    return all(existing.get(key) == wanted[key] for key in _IDENTITY_KEYS)

@@ -2,21 +2,22 @@
 The use case: one delivery in, one Brigade build (or a reasoned no) out.
 
 It knows nothing of HTTP or Kubernetes: it is handed an ``IProjects``, an
-``IBuilds``, a clock and a source of randomness.
+``IBuilds`` and a clock. Build IDs are derived from the event (see
+``identity.py``), so a re-delivery is the same build.
 """
 
 from __future__ import annotations
 
-import os
-from typing import Callable, Sequence
+from typing import Sequence
 
 import attrs
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from .auth import HmacScheme, check_credentials
-from .brigade import encode_ulid, project_id
+from .brigade import project_id
 from .errors import BadRequest, ProjectNotFound, RateLimited, Unauthorized
+from .identity import build_ulid, identity_of
 from .interfaces import IBuilds, IPayloadFormat, IProjects
 from .payload import decode_document
 from .ratelimit import RateLimiter
@@ -109,8 +110,7 @@ class Gateway:
     """
     Turns deliveries into builds.
 
-    ``entropy(n)`` returns ``n`` random bytes for build IDs; ``default_ref``
-    is the commit ref used when the URL names none, since an empty ref breaks
+    ``default_ref`` is the commit ref used when the URL names none, since an empty ref breaks
     a project's git sidecar. With ``auth_required`` (the default) a project
     without a ``crGatewaySecret`` refuses every delivery. ``auth_failures``
     limits failed authentications per source address; ``project_rate``, when
@@ -122,7 +122,6 @@ class Gateway:
     clock: IReactorTime
     default_ref: str = "master"
     formats: Sequence[IPayloadFormat] = FORMATS
-    entropy: Callable[[int], bytes] = os.urandom
     auth_required: bool = True
     auth_failures: RateLimiter | None = None
     project_rate: RateLimiter | None = None
@@ -222,11 +221,15 @@ class Gateway:
         if not buildable:
             reasons = sorted({event.reason or event.action for event in events})
             return Ignored(pid, sender.name, ", ".join(reasons) or "no events")
-        kind = event_type(buildable[0])
+        kinds = [event_type(event) for event in buildable]
+        # A mixed envelope (an image and its signature or SBOM, say) is an
+        # image push first of all.
+        kind = "image_push" if "image_push" in kinds else kinds[0]
         short, long = titles(buildable, kind)
+        identity = identity_of(delivery, buildable)
         build = Build(
             project_id=pid,
-            ulid=encode_ulid(int(self.clock.seconds() * 1000), self.entropy(10)),
+            ulid=build_ulid(pid, identity),
             event_type=kind,
             event_provider=sender.name,
             commit_ref=delivery.commit or self.default_ref,
@@ -236,11 +239,14 @@ class Gateway:
         )
         receipt = await self.builds.submit(build)
         self.log.info(
-            "Build {build_name} for {project_id}: {event_type} from {payload_format}{duplicate}",
+            "Build {build_name} for {project_id}: {event_type} from {payload_format} "
+            "({identity_source} identity){duplicate}{queued}",
             build_name=receipt.build_name,
             project_id=pid,
             event_type=kind,
             payload_format=sender.name,
-            duplicate=" (duplicate)" if receipt.duplicate else "",
+            identity_source=identity.source,
+            duplicate=", duplicate" if receipt.duplicate else "",
+            queued=", queued" if receipt.queued else "",
         )
         return Accepted(build, receipt)

@@ -75,6 +75,9 @@ class WebhookSite:
     gateway: Gateway
     clock: IReactorTime
     app = Klein()
+    # werkzeug would answer "//" in a path with a redirect to itself; an
+    # empty segment is simply not a route here.
+    app.url_map.merge_slashes = False
     log = Logger()
 
     def resource(self) -> Any:

@@ -124,11 +124,24 @@ class BackendContract:
         assert receipt == Receipt(build.name, duplicate=True)
 
     @pytest_twisted.ensureDeferred
-    async def test_name_taken_by_other_content(self, backend: BackendUnderTest) -> None:
-        """A different build under an existing name is rejected, and the first is kept."""
+    async def test_same_event_other_bytes_is_duplicate(self, backend: BackendUnderTest) -> None:
+        """
+        The same build ID with another payload is the same event re-delivered
+        (names derive from the event): a duplicate, and the first is kept.
+        """
         await backend.builds.submit(a_build(payload=b"{}"))
-        with pytest.raises(BackendRejected):
-            await backend.builds.submit(a_build(payload=b'{"other": 1}'))
+        receipt = await backend.builds.submit(a_build(payload=b'{"deliveryAttempt": 2}'))
+        assert receipt == Receipt(a_build().name, duplicate=True)
         stored = await backend.stored(a_build().name)
         assert stored is not None
         assert base64.b64decode(stored["data"]["payload"]) == b"{}"
+
+    @pytest_twisted.ensureDeferred
+    async def test_name_taken_by_another_event(self, backend: BackendUnderTest) -> None:
+        """A Secret of that name standing for another event is a conflict, and is kept."""
+        await backend.builds.submit(a_build(payload=b"{}"))
+        with pytest.raises(BackendRejected):
+            await backend.builds.submit(attrs.evolve(a_build(), event_type="image_delete"))
+        stored = await backend.stored(a_build().name)
+        assert stored is not None
+        assert base64.b64decode(stored["data"]["event_type"]) == b"image_push"

@@ -144,12 +144,10 @@ def make_gateway(
     builds = MemoryBuilds()
     clock = Clock()
     clock.advance(NOW.timestamp())
-    counter = iter(range(1, 10000))
     gateway = Gateway(
         projects,
         builds,
         clock,
-        entropy=lambda n: next(counter).to_bytes(n, "big"),
         auth_required=auth_required,
         auth_failures=RateLimiter(clock, per_second=10 / 60, burst=10),
         project_rate=project_rate,
@@ -157,8 +155,13 @@ def make_gateway(
     return gateway, builds, clock
 
 
+_bodies = iter(range(1_000_000))
+
+
 def to(project: str, source: str = "192.0.2.1", **query: str) -> Delivery:
-    return Delivery(project, "", b"{}", NOW, {}, list(query.items()), source=source)
+    """A delivery of a distinct generic event (so no two are duplicates)."""
+    body = b'{"n": %d}' % next(_bodies)
+    return Delivery(project, "", body, NOW, {}, list(query.items()), source=source)
 
 
 @pytest.mark.parametrize(

@@ -178,9 +178,17 @@ def test_build_secret_shape() -> None:
 
 
 def test_same_build() -> None:
-    """A Secret rendered from a build is that build; other content is not."""
+    """A Secret is the same build when it stands for the same event; payload and titles do not matter."""
     secret = build_secret(BUILD, "default")
     assert same_build(secret, BUILD)
-    other = build_secret(attrs.evolve(BUILD, payload=b"{}"), "default")
-    assert not same_build(other, BUILD)
+    assert same_build(build_secret(attrs.evolve(BUILD, payload=b"{}", short_title="x"), "default"), BUILD)
+    for change in (
+        {"event_type": "image_delete"},
+        {"event_provider": "acr"},
+        {"commit_ref": "main"},
+        {"project_id": "brigade-other"},
+        {"ulid": "01jgq8w4h0bbbbbbbbbbbbbbbb"},
+    ):
+        assert not same_build(build_secret(attrs.evolve(BUILD, **change), "default"), BUILD), change
     assert not same_build({**secret, "type": "Opaque"}, BUILD)
+    assert not same_build({**secret, "data": {"payload": "***"}}, BUILD)

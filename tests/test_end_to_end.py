@@ -43,7 +43,11 @@ def test_dockerhub_push_creates_exact_build(
     gateway: GatewayProcess, kube: FakeKubeProcess, path: str, name: str, commit: str
 ) -> None:
     """Every route form creates one build Secret matching the contract, payload byte for byte."""
-    body = b'{"x": "\xc3\xa9", ' + (PAYLOADS / "dockerhub_push.json").read_bytes().lstrip()[1:]
+    # A distinct push per case (pushed_at), or the cases would be one event.
+    unique = str(1767225600 + len(path) * 1000 + len(commit)).encode()
+    body = b'{"x": "\xc3\xa9", ' + (PAYLOADS / "dockerhub_push.json").read_bytes().lstrip()[1:].replace(
+        b"1767225600", unique
+    )
     before = builds(kube)
     answer = gateway.post(path, body, AUTH)
     assert answer.status == 200, answer.body
@@ -238,7 +242,8 @@ def test_directory_default_then_kubectl_create(tmp_path: Path, kube: FakeKubePro
     process = GatewayProcess.start([], workdir, {"BRIGADE_NAMESPACE": NAMESPACE})
     try:
         assert "no Kubernetes configuration found; using the local directory backend" in process.log
-        body = (PAYLOADS / "acr_push.json").read_bytes()
+        # Another event than test_acr_bodies' push, which is already in the API.
+        body = (PAYLOADS / "acr_push.json").read_bytes().replace(b"0f4c2b8e", b"0f4c2b8f")
         answer = process.post("/events/webhook/solo", body, AUTH)
         assert answer.status == 200, answer.body
     finally:
@@ -268,3 +273,16 @@ def _load_yaml(path: Path) -> dict[str, Any]:
 
     loaded: dict[str, Any] = yaml.safe_load(path.read_text())
     return loaded
+
+
+def test_redelivery_makes_one_build(gateway: GatewayProcess, kube: FakeKubeProcess) -> None:
+    """The same ACR event delivered twice creates one build; the second answer says duplicate."""
+    body = (PAYLOADS / "acr_push.json").read_bytes().replace(b"0f4c2b8e", b"deadbeef")
+    before = builds(kube)
+    first = gateway.post("/events/webhook/solo", body, AUTH)
+    second = gateway.post("/events/webhook/solo", body, AUTH)
+    assert (first.status, second.status) == (200, 200)
+    assert first.json["build_id"] == second.json["build_id"]
+    assert (first.json["duplicate"], second.json["duplicate"]) == (False, True)
+    [secret] = new_builds(kube, before)
+    assert secret["metadata"]["name"] == first.json["build_id"]

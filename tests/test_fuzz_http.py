@@ -63,12 +63,10 @@ def harness() -> tuple[StubTreq, MemoryBuilds]:
     builds = MemoryBuilds()
     clock = Clock()
     clock.advance(NOW.timestamp())
-    counter = iter(range(1, 1 << 30))
     gateway = Gateway(
         projects,
         builds,
         clock,
-        entropy=lambda n: next(counter).to_bytes(n, "big"),
         auth_failures=RateLimiter(clock, per_second=1.0, burst=3),
     )
     return StubTreq(make_site_resource(gateway, clock)), builds

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import base64
+import json
 from datetime import datetime, timezone
 from pathlib import Path
 
+import attrs
 import pytest
 from twisted.internet.task import Clock
 
@@ -28,12 +30,10 @@ def make_gateway(**kwargs: object) -> tuple[Gateway, MemoryProjects, MemoryBuild
     builds = MemoryBuilds()
     clock = Clock()
     clock.advance(NOW.timestamp())
-    counter = iter(range(1, 1000))
     gateway = Gateway(
         projects,
         builds,
         clock,
-        entropy=lambda n: next(counter).to_bytes(n, "big"),
         **kwargs,  # type: ignore[arg-type]
     )
     return gateway, projects, builds
@@ -60,7 +60,8 @@ def test_dockerhub_push_becomes_build() -> None:
     assert build.short_title == "image_push docker.io/acme/webapp:v1.4.2"
     assert build.long_title == "dockerhub image_push: docker.io/acme/webapp:v1.4.2 by acme-ci"
     assert is_ulid(build.ulid)
-    assert decode_ulid_time(build.ulid) == int(NOW.timestamp() * 1000)
+    # The build ID's time is the push's own time (pushed_at), not the receive time.
+    assert decode_ulid_time(build.ulid) == 1767225600000
     assert list(builds.secrets) == [build.name]
     stored = builds.secrets[build.name]
     assert base64.b64decode(stored["data"]["payload"]) == body
@@ -164,14 +165,54 @@ def test_projects_down() -> None:
     assert isinstance(failure_of(gateway.receive(delivery(b"{}"))), BackendUnavailable)
 
 
-def test_each_delivery_gets_its_own_build() -> None:
-    """Two deliveries make two builds with distinct IDs."""
+@pytest.mark.parametrize("sample", ["dockerhub_push.json", "acr_push.json", "acr_delete.json"])
+def test_redelivery_is_one_build(sample: str) -> None:
+    """The same event delivered twice, even a minute apart, is one build; the second answer says duplicate."""
     gateway, _, builds = make_gateway()
-    first = result_of(gateway.receive(delivery(b"{}")))
-    second = result_of(gateway.receive(delivery(b"{}")))
+    body = (PAYLOADS / sample).read_bytes()
+    first = result_of(gateway.receive(delivery(body)))
+    later = attrs.evolve(delivery(body), received=datetime(2026, 11, 26, 12, 1, 30, tzinfo=timezone.utc))
+    second = result_of(gateway.receive(later))
     assert isinstance(first, Accepted) and isinstance(second, Accepted)
-    assert first.build.ulid != second.build.ulid
-    assert sorted(builds.secrets) == sorted([first.build.name, second.build.name])
+    assert first.build.name == second.build.name
+    assert (first.receipt.duplicate, second.receipt.duplicate) == (False, True)
+    assert list(builds.secrets) == [first.build.name]
+
+
+def test_different_events_are_different_builds() -> None:
+    """Different ACR event ids, tags or commits make different builds."""
+    gateway, _, builds = make_gateway()
+    document = json.loads((PAYLOADS / "acr_push.json").read_bytes())
+    names = set()
+    for change in ({}, {"id": "other-id"}):
+        body = json.dumps({**document, **change}).encode()
+        outcome = result_of(gateway.receive(delivery(body)))
+        assert isinstance(outcome, Accepted)
+        names.add(outcome.build.name)
+    outcome = result_of(gateway.receive(delivery((PAYLOADS / "acr_push.json").read_bytes(), commit="abc")))
+    assert isinstance(outcome, Accepted)
+    names.add(outcome.build.name)
+    assert len(names) == 3
+    assert sorted(builds.secrets) == sorted(names)
+
+
+def test_generic_same_body_same_minute_is_duplicate() -> None:
+    """A generic body re-sent within the minute bucket is a duplicate; in the next bucket, a new build."""
+    gateway, _, builds = make_gateway()
+    result_of(gateway.receive(delivery(b'{"x": 1}')))
+    again = result_of(
+        gateway.receive(
+            attrs.evolve(delivery(b'{"x": 1}'), received=datetime(2026, 11, 26, 12, 0, 59, tzinfo=timezone.utc))
+        )
+    )
+    assert isinstance(again, Accepted) and again.receipt.duplicate
+    later = result_of(
+        gateway.receive(
+            attrs.evolve(delivery(b'{"x": 1}'), received=datetime(2026, 11, 26, 12, 1, tzinfo=timezone.utc))
+        )
+    )
+    assert isinstance(later, Accepted) and not later.receipt.duplicate
+    assert len(builds.secrets) == 2
 
 
 def test_event_type_mapping() -> None:

@@ -40,8 +40,7 @@ class Harness:
         self.builds = MemoryBuilds()
         clock = Clock()
         clock.advance(NOW.timestamp())
-        counter = iter(range(1, 10000))
-        self.gateway = Gateway(self.projects, self.builds, clock, entropy=lambda n: next(counter).to_bytes(n, "big"))
+        self.gateway = Gateway(self.projects, self.builds, clock)
         self.treq = StubTreq(make_site_resource(self.gateway, clock))
 
     def request(
@@ -138,6 +137,7 @@ def test_route_forms(web: Harness, path: str, project: str, commit: str) -> None
         ("POST", "/events/webhook/"),
         ("POST", "/events/webhook/a/b/c/d"),
         ("POST", "/events/webhook/a//b"),
+        ("POST", "/events/webhook//solo"),
         ("POST", "/events/webhook/a/"),
         ("POST", "/healthz"),
         ("GET", "/events/webhook/solo"),

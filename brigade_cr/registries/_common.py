@@ -6,7 +6,7 @@ import re
 from datetime import datetime, timezone
 from typing import Any, Mapping
 
-from ..values import CHART, IMAGE, OTHER, UNKNOWN
+from ..values import CHART, IGNORED, IMAGE, OTHER, PUSH, UNKNOWN
 
 _IMAGE_TYPES = frozenset(
     {
@@ -28,6 +28,46 @@ _CHART_TYPES = frozenset(
 )
 _OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 _LAYER_MARKS = ("rootfs.diff.tar", "image.layer.v1", "application/octet-stream")
+# Manifest and index types: the only pushes that can name something pullable.
+MANIFEST_TYPES = frozenset(
+    {
+        "application/vnd.docker.distribution.manifest.v2+json",
+        "application/vnd.docker.distribution.manifest.list.v2+json",
+        "application/vnd.docker.distribution.manifest.v1+json",
+        "application/vnd.docker.distribution.manifest.v1+prettyjws",
+        "application/vnd.oci.image.manifest.v1+json",
+        "application/vnd.oci.image.index.v1+json",
+    }
+)
+# Marks of signature, attestation and SBOM artifact types (cosign, sigstore,
+# in-toto, Notation, SPDX, CycloneDX, Syft): class ``other``, never built
+# (registries.md section 5.8).
+_SIGNATURE_TYPE_MARKS = (
+    "cosign",
+    "sigstore",
+    "in-toto",
+    "intoto",
+    "notary",
+    "signature",
+    "attestation",
+    "spdx",
+    "cyclonedx",
+    "syft",
+    "sbom",
+)
+# Cosign's tags (sha256-<hex>.sig, .att, .sbom) and the OCI referrers
+# fallback tag (sha256-<hex>) name a signature of another manifest.
+_SIGNATURE_TAG = re.compile(r"^sha256-[0-9a-f]{64}(?:\.(?:sig|att|sbom))?$")
+# The tag grammar of the distribution spec (registries.md section 3).
+_TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+# The OCI digest grammar: algorithm ":" encoded.
+_DIGEST = re.compile(r"^[a-z0-9]+(?:[+._-][a-z0-9]+)*:[a-zA-Z0-9=_-]+$")
+# A registry host: a DNS name or IPv4 address, or a bracketed IPv6 address,
+# with an optional port.
+_HOST = re.compile(
+    r"^(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*"
+    r"|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?$"
+)
 
 _RFC3339 = re.compile(
     r"^(\d{4})-(\d\d)-(\d\d)[Tt ](\d\d):(\d\d):(\d\d)(?:\.(\d+))?"
@@ -35,11 +75,20 @@ _RFC3339 = re.compile(
 )
 
 
-def artifact_class(media_type: str | None, config_type: str | None = None) -> str:
+def artifact_class(media_type: str | None, config_type: str | None = None, artifact_type: str | None = None) -> str:
     """
     The artifact class for a manifest media type and, where known, its config
-    media type (registries.md section 3).
+    media type and its OCI ``artifactType`` (registries.md section 3).
+
+    A manifest that declares an ``artifactType`` is an artifact, not an
+    image: it is a chart for Helm's types, ``other`` for anything else.
     """
+    if artifact_type:
+        if artifact_type in _CHART_TYPES:
+            return CHART
+        if artifact_type in _IMAGE_TYPES:
+            return IMAGE
+        return OTHER
     for candidate in (config_type, media_type):
         if candidate in _CHART_TYPES:
             return CHART
@@ -53,6 +102,105 @@ def artifact_class(media_type: str | None, config_type: str | None = None) -> st
 def is_layer(media_type: str | None) -> bool:
     """True for blob and layer media types, which never make a build."""
     return bool(media_type) and any(mark in media_type for mark in _LAYER_MARKS)  # type: ignore[operator]
+
+
+def is_manifest(media_type: str | None) -> bool:
+    """True for manifest and index media types."""
+    return media_type in MANIFEST_TYPES
+
+
+def is_signature(tag: Any = None, artifact_type: Any = None) -> bool:
+    """
+    True when a tag or an ``artifactType`` marks a signature, attestation or
+    SBOM rather than something to deploy (registries.md section 5.8).
+    """
+    if isinstance(tag, str) and _SIGNATURE_TAG.fullmatch(tag):
+        return True
+    if isinstance(artifact_type, str):
+        lowered = artifact_type.lower()
+        return any(mark in lowered for mark in _SIGNATURE_TYPE_MARKS)
+    return False
+
+
+def tag_of(value: Any) -> tuple[str | None, str]:
+    """
+    ``(tag, "")`` for a real tag; ``(None, reason)`` otherwise, the reason
+    being ``untagged`` (absent, empty, or a digest where a tag belongs, as
+    Harbor sends for digest-only pushes) or ``invalid tag``.
+    """
+    if not isinstance(value, str) or not value or value.startswith("sha256:"):
+        return None, "untagged"
+    if not _TAG.fullmatch(value):
+        return None, "invalid tag"
+    return value, ""
+
+
+def digest_of(value: Any) -> str | None:
+    """``value`` when it is a digest (``algorithm:hex``), else None."""
+    return value if isinstance(value, str) and _DIGEST.fullmatch(value) else None
+
+
+def host_of(value: Any) -> str | None:
+    """``value`` lower-cased when it is a registry host (port kept), else None."""
+    if isinstance(value, str) and _HOST.fullmatch(value):
+        return value.lower()
+    return None
+
+
+def url_host(value: Any) -> str | None:
+    """The host (lower-case, port kept) of an absolute URL, or None."""
+    if not isinstance(value, str) or "://" not in value:
+        return None
+    authority = value.split("://", 1)[1].split("/", 1)[0].split("?", 1)[0].split("#", 1)[0]
+    # Credentials in a URL are never part of the host.
+    return host_of(authority.rpartition("@")[2])
+
+
+def split_reference(value: Any) -> tuple[str | None, str | None, str | None, str | None]:
+    """
+    ``(host, repository, tag, digest)`` from an image reference such as
+    ``host[:port]/path[:tag][@digest]``; the tag is returned as written (it
+    may be ``""`` for a bare trailing ``:``, so check it with ``tag_of``).
+    The first component is a host only when it looks like one (a dot, a
+    port or ``localhost``), as Docker decides. Missing parts are None.
+    """
+    if not isinstance(value, str):
+        return None, None, None, None
+    rest = value.strip()
+    if "://" in rest:
+        rest = rest.split("://", 1)[1]
+    digest = None
+    if "@" in rest:
+        rest, _, after = rest.rpartition("@")
+        digest = digest_of(after)
+    tag = None
+    colon = rest.rfind(":")
+    if colon > rest.rfind("/"):
+        rest, tag = rest[:colon], rest[colon + 1 :]
+    host = None
+    first, slash, remainder = rest.partition("/")
+    if slash and ("." in first or ":" in first or first == "localhost"):
+        host = host_of(first)
+        rest = remainder
+    return host, rest.strip("/") or None, tag, digest
+
+
+def outcome(
+    action: str, tag_value: Any, klass: str, artifact_type: Any = None
+) -> tuple[str, str | None, str | None, str]:
+    """
+    ``(action, reason, tag, artifact_class)`` for an event about
+    ``tag_value``: anything about a signature, attestation or SBOM is ignored
+    as class ``other`` (reason ``signature``), and a push needs a real tag
+    (else reason ``untagged`` or ``invalid tag``). Deletes keep no tag when
+    the value is not a real one: manifest deletes name only a digest.
+    """
+    tag, reason = tag_of(tag_value)
+    if is_signature(tag_value, artifact_type):
+        return IGNORED, "signature", tag, OTHER
+    if action == PUSH and tag is None:
+        return IGNORED, reason, None, klass
+    return action, None, tag, klass
 
 
 def text(document: Mapping[str, Any], *path: str) -> str | None:
@@ -100,6 +248,7 @@ def parse_time(value: Any, fallback: datetime) -> datetime:
             iso += zone if ":" in zone else zone[:3] + ":" + zone[3:]
         try:
             return datetime.fromisoformat(iso).astimezone(timezone.utc)
-        except ValueError:
+        except (OverflowError, ValueError):
+            # Overflow: a date at the edge of the calendar moved by its offset.
             return fallback
     return fallback

@@ -9,8 +9,8 @@ from zope.interface import implementer
 from ..auth import HmacScheme
 from ..errors import BadRequest
 from ..interfaces import IPayloadFormat
-from ..values import CHART, DELETE, IGNORED, PING, PUSH, QUARANTINE, Delivery, RegistryEvent
-from ._common import artifact_class, obj, parse_time, text
+from ..values import CHART, DELETE, IGNORED, OTHER, PING, PUSH, QUARANTINE, Delivery, RegistryEvent
+from ._common import artifact_class, is_signature, obj, parse_time, text
 
 # ACR action -> (our action, forced artifact class or None).
 _ACTIONS: dict[str, tuple[str, str | None]] = {
@@ -56,6 +56,10 @@ class ACRFormat:
         reason = None
         if action == IGNORED:
             reason = "unknown action"
+        elif action != PING and is_signature(tag):
+            # Cosign and referrer tags name a signature, not a deployable
+            # (registries.md section 5.8).
+            action, reason, forced_class = IGNORED, "signature", OTHER
         elif action == PUSH and not tag:
             action, reason = IGNORED, "untagged"
         event_id = text(document, "id")

@@ -8,8 +8,8 @@ from zope.interface import implementer
 
 from ..auth import HmacScheme
 from ..interfaces import IPayloadFormat
-from ..values import IGNORED, PUSH, Delivery, RegistryEvent
-from ._common import artifact_class, obj, parse_time, text
+from ..values import IGNORED, OTHER, PUSH, Delivery, RegistryEvent
+from ._common import artifact_class, is_signature, obj, parse_time, text
 
 
 @implementer(IPayloadFormat)
@@ -33,18 +33,20 @@ class DockerHubFormat:
         push = obj(document, "push_data")
         media_type = text(push, "media_type")
         tag = text(push, "tag") or None
+        # Very old payloads have no tag: never assume "latest". Cosign and
+        # referrer tags name a signature (registries.md section 5.8).
+        signature = is_signature(tag)
         return [
             RegistryEvent(
                 registry=self.name,
-                # Very old payloads have no tag: never assume "latest".
-                action=PUSH if tag else IGNORED,
-                reason=None if tag else "untagged",
+                action=PUSH if tag and not signature else IGNORED,
+                reason="signature" if signature else None if tag else "untagged",
                 time=parse_time(push.get("pushed_at"), delivery.received),
                 host="docker.io",
                 repository=text(document, "repository", "repo_name"),
                 tag=tag,
                 media_type=media_type,
-                artifact_class=artifact_class(media_type),
+                artifact_class=OTHER if signature else artifact_class(media_type),
                 actor=text(push, "pusher"),
             )
         ]
