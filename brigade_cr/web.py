@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import json
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Callable
 
 import attrs
 from klein import Klein
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -67,13 +68,21 @@ def _query(request: IRequest) -> list[tuple[str, str]]:
 @attrs.define
 class WebhookSite:
     """
-    The Klein application: ``POST /events/webhook/...`` and ``GET /healthz``.
+    The Klein application: ``POST /events/webhook/...``, ``GET /healthz``
+    (liveness: the reactor answers) and ``GET /readyz`` (readiness: deliveries
+    can be accepted durably).
 
-    ``clock`` stamps each delivery's receive time.
+    ``clock`` stamps each delivery's receive time. ``readiness()`` returns
+    None when ready, else a short reason. Once ``shutting_down`` is set, new
+    deliveries are refused with 503 while those in flight finish.
     """
 
     gateway: Gateway
     clock: IReactorTime
+    readiness: Callable[[], str | None] = lambda: None
+    shutting_down: bool = False
+    _in_flight: int = attrs.field(default=0, init=False)
+    _idle_waiters: list[Deferred[None]] = attrs.field(factory=list, init=False)
     app = Klein()
     # werkzeug would answer "//" in a path with a redirect to itself; an
     # empty segment is simply not a route here.
@@ -89,8 +98,51 @@ class WebhookSite:
         request.setHeader(b"content-type", b"text/plain; charset=utf-8")
         return b"OK"
 
+    def not_ready(self) -> str | None:
+        """Why deliveries cannot be accepted durably now, or None."""
+        if self.shutting_down:
+            return "shutting down"
+        return self.readiness()
+
+    @app.route("/readyz", methods=["GET", "HEAD"])
+    def readyz(self, request: IRequest) -> bytes:
+        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+        reason = self.not_ready()
+        if reason is None:
+            return b"OK"
+        request.setResponseCode(503)
+        return f"not ready: {reason}".encode()
+
+    @property
+    def in_flight(self) -> int:
+        """Deliveries being handled now."""
+        return self._in_flight
+
+    def idle(self) -> Deferred[None]:
+        """A Deferred that fires once no delivery is in flight."""
+        if self._in_flight == 0:
+            return succeed(None)
+        waiter: Deferred[None] = Deferred()
+        self._idle_waiters.append(waiter)
+        return waiter
+
     @app.route(WEBHOOK_PREFIX + "<path:rest>", methods=["POST"])
     async def webhook(self, request: IRequest, rest: str) -> bytes:
+        if self.shutting_down:
+            request.setHeader(b"retry-after", b"5")
+            request.setHeader(b"connection", b"close")
+            return _json(request, 503, {"status": "Service Unavailable"})
+        self._in_flight += 1
+        try:
+            return await self._webhook(request, rest)
+        finally:
+            self._in_flight -= 1
+            if self._in_flight == 0:
+                waiters, self._idle_waiters = self._idle_waiters, []
+                for waiter in waiters:
+                    waiter.callback(None)
+
+    async def _webhook(self, request: IRequest, rest: str) -> bytes:
         parts = split_webhook_path(rest)
         if parts is None:
             return self._not_found(request)
@@ -131,7 +183,8 @@ class WebhookSite:
         build = outcome.build
         return _json(
             request,
-            200,
+            # 202: durably queued, the build will be created under that name.
+            202 if outcome.receipt.queued else 200,
             {
                 "status": "Success",
                 "build_id": outcome.receipt.build_name,
@@ -141,6 +194,7 @@ class WebhookSite:
                 "event_provider": build.event_provider,
                 "commit_ref": build.commit_ref,
                 "duplicate": outcome.receipt.duplicate,
+                "queued": outcome.receipt.queued,
             },
         )
 
@@ -188,5 +242,5 @@ class WebhookSite:
 
 
 def make_site_resource(gateway: Gateway, clock: IReactorTime) -> Any:
-    """The root resource for ``gateway``."""
+    """The root resource for ``gateway`` (always ready)."""
     return WebhookSite(gateway, clock).resource()

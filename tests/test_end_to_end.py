@@ -65,6 +65,7 @@ def test_dockerhub_push_creates_exact_build(
         "event_provider": "dockerhub",
         "commit_ref": commit,
         "duplicate": False,
+        "queued": False,
     }
     assert secret["type"] == "brigade.sh/build"
     assert secret["metadata"]["namespace"] == NAMESPACE

@@ -21,7 +21,7 @@ from brigade_cr.interfaces import IBuilds
 from brigade_cr.memory import MemoryBuilds, MemoryProjects
 from brigade_cr.ratelimit import RateLimiter
 from brigade_cr.values import Build, Receipt
-from brigade_cr.web import make_site_resource, split_webhook_path
+from brigade_cr.web import WebhookSite, make_site_resource, split_webhook_path
 from tests.backend_contract import project_secret
 from tests.helpers import result_of
 
@@ -124,6 +124,7 @@ def test_route_forms(web: Harness, path: str, project: str, commit: str) -> None
         "event_provider": "dockerhub",
         "commit_ref": commit,
         "duplicate": False,
+        "queued": False,
     }
     assert _data(secret, "commit_ref") == commit.encode()
     assert _data(secret, "payload") == body
@@ -265,3 +266,63 @@ def test_headers_reach_recognition(web: Harness) -> None:
 def test_split_webhook_path(rest: str, expected: tuple[str, str] | None) -> None:
     """The three Brigade v1 path forms, and nothing else."""
     assert split_webhook_path(rest) == expected
+
+
+def test_readyz_and_shutdown(web: Harness) -> None:
+    """/readyz is 200 until shutdown begins (or the store is not ready); then webhooks get 503, /healthz stays 200."""
+    site = WebhookSite(web.gateway, Clock())
+    treq = StubTreq(site.resource())
+
+    def get(path: str, method: str = "GET") -> tuple[int, bytes]:
+        response = treq.request(method, "http://gw.example" + path, data=b"{}")
+        treq.flush()
+        answer = result_of(response)
+        return answer.code, result_of(answer.content())
+
+    assert get("/readyz") == (200, b"OK")
+    site.readiness = lambda: "spool full"
+    assert get("/readyz") == (503, b"not ready: spool full")
+    site.readiness = lambda: None
+    site.shutting_down = True
+    assert get("/readyz") == (503, b"not ready: shutting down")
+    assert get("/healthz") == (200, b"OK")
+    code, body = get("/events/webhook/solo", "POST")
+    assert (code, body) == (503, b'{"status": "Service Unavailable"}\n')
+    assert web.builds.secrets == {}
+
+
+@implementer(IBuilds)
+@attrs.define
+class PendingBuilds:
+    """A store whose submits wait until the test fires them."""
+
+    pending: list[Deferred[Receipt]] = attrs.Factory(list)
+
+    def submit(self, build: Build) -> Deferred[Receipt]:
+        waiting: Deferred[Receipt] = Deferred()
+        self.pending.append(waiting)
+        return waiting
+
+
+def test_idle_waits_for_in_flight(web: Harness) -> None:
+    """idle() fires at once with nothing in flight, else only once the last delivery is answered."""
+    store = PendingBuilds()
+    web.gateway.builds = store
+    site = WebhookSite(web.gateway, Clock())
+    treq = StubTreq(site.resource())
+    now: list[None] = []
+    site.idle().addCallback(now.append)
+    assert now == [None]
+    response = treq.post(
+        "http://gw.example/events/webhook/solo", data=b"{}", headers={"Authorization": "Bearer " + SECRET.decode()}
+    )
+    treq.flush()
+    assert site.in_flight == 1
+    later: list[None] = []
+    site.idle().addCallback(later.append)
+    assert later == []
+    store.pending[0].callback(Receipt("brigade-worker-x"))
+    treq.flush()
+    assert later == [None]
+    assert site.in_flight == 0
+    assert result_of(response).code == 200
