@@ -36,10 +36,10 @@ def _basic(secret: str) -> str:
 
 # mechanism -> how a delivery presents a secret (None: presents nothing)
 MECHANISMS = {
-    "url-token": lambda secret: ({}, f"?token={secret}"),
-    "bearer": lambda secret: ({"Authorization": f"Bearer {secret}"}, ""),
-    "basic": lambda secret: ({"Authorization": _basic(secret)}, ""),
-    "hmac-sha256": lambda secret: ({"X-Hub-Signature-256": _signature(secret, BODY)}, ""),
+    "url-token": lambda secret, body: ({}, f"?token={secret}"),
+    "bearer": lambda secret, body: ({"Authorization": f"Bearer {secret}"}, ""),
+    "basic": lambda secret, body: ({"Authorization": _basic(secret)}, ""),
+    "hmac-sha256": lambda secret, body: ({"X-Hub-Signature-256": _signature(secret, body)}, ""),
 }
 
 
@@ -49,9 +49,11 @@ MECHANISMS = {
 def test_auth_matrix(gateway: GatewayProcess, kube: FakeKubeProcess, mechanism: str, secret: str, project: str) -> None:
     """Only the right secret for a known project builds; every other cell gets the same 403."""
     value = {"right": SECRET, "wrong": WRONG}.get(secret)
-    headers, query = MECHANISMS[mechanism](value) if value is not None else ({}, "")
+    # A distinct push per mechanism: the same event twice would be one build.
+    body = BODY.replace(b"1767225600", str(1767225600 + sorted(MECHANISMS).index(mechanism)).encode())
+    headers, query = MECHANISMS[mechanism](value, body) if value is not None else ({}, "")
     before = builds(kube)
-    answer = gateway.post(f"/events/webhook/{project}{query}", BODY, headers)
+    answer = gateway.post(f"/events/webhook/{project}{query}", body, headers)
     if secret == "right" and project == "solo":
         assert answer.status == 200, answer.body
         assert answer.json["event_provider"] == "dockerhub"
@@ -236,7 +238,7 @@ def test_no_secret_in_any_log_line(tmp_path: Path, kube: FakeKubeProcess) -> Non
     try:
         for secret in (SECRET, WRONG):
             for mechanism in sorted(MECHANISMS):
-                headers, query = MECHANISMS[mechanism](secret)
+                headers, query = MECHANISMS[mechanism](secret, BODY)
                 for project in ("solo", "keyless", "nobody"):
                     process.post(f"/events/webhook/{project}{query}", BODY, headers)
         process.post("/events/webhook/solo?token=" + SECRET, b"not json")

@@ -122,7 +122,7 @@ def test_recovery_after_outage() -> None:
 def test_persisted_for_restart_during_outage(tmp_path: Path) -> None:
     """With a store, a restart during an outage still knows the project; the file is private."""
     store = tmp_path / "projects.json"
-    cache, counting, clock = make(store=store)
+    cache, _, clock = make(store=store)
     result_of(cache.get(PID))
     clock.advance(10)
     assert [p.id for p in load_store(store)] == [PID]
