@@ -11,14 +11,16 @@ from typing import Any, Callable, Mapping
 
 import attrs
 from twisted.application import strports
-from twisted.application.service import IService, MultiService, Service
-from twisted.logger import Logger
+from twisted.application.service import IService
 from twisted.python import usage
 
 from .gateway import Gateway
 from .interfaces import IBuilds, IProjects
 from .local import directory_backend
+from .projects import DEFAULT_TTL, CachedProjects
 from .ratelimit import RateLimiter
+from .retry import RetryingBuilds, Throttle, ThrottledBuilds
+from .service import DEFAULT_DRAIN_DEADLINE, GatewayService
 from .site import (
     DEFAULT_IDLE_TIMEOUT,
     DEFAULT_MAX_BODY,
@@ -26,7 +28,8 @@ from .site import (
     DEFAULT_REQUEST_TIMEOUT,
     BrigadeSite,
 )
-from .web import make_site_resource
+from .spool import SpooledBuilds, ThreadedIO
+from .web import WebhookSite
 
 DEFAULT_DIRECTORY = "brigade-cr-data"
 
@@ -38,7 +41,7 @@ def port_description(value: str) -> str:
 
 def byte_size(value: str) -> int:
     """A byte count: ``262144``, ``256K`` or ``1M`` (binary units)."""
-    units = {"K": 1024, "M": 1024 * 1024}
+    units = {"K": 1024, "M": 1024 * 1024, "G": 1024 * 1024 * 1024}
     text = value.strip().upper().removesuffix("B").removesuffix("I")
     factor = units.get(text[-1:], 1)
     number = text[:-1] if text[-1:] in units else text
@@ -152,6 +155,31 @@ class Options(usage.Options):
             "Accepted deliveries per project per minute, with an equal burst (0: no limit).",
             non_negative_int,
         ],
+        [
+            "spool",
+            None,
+            None,
+            "Directory of the durable spool: deliveries are stored there before they are acknowledged "
+            "(one gateway per directory; put it on a persistent volume).",
+        ],
+        ["spool-max-records", None, 10_000, "Deliveries the spool holds at most.", positive_int],
+        ["spool-max-bytes", None, 256 * 1024 * 1024, "Bytes the spool holds at most (or 64M, 1G...).", byte_size],
+        [
+            "project-ttl",
+            None,
+            DEFAULT_TTL,
+            "Seconds a project is served from the cache while the API answers.",
+            positive_number,
+        ],
+        ["kube-qps", None, 5.0, "Build creations per second at most (client-side rate limit).", positive_number],
+        ["kube-burst", None, 10, "Build creations in a burst at most.", positive_int],
+        [
+            "shutdown-timeout",
+            None,
+            DEFAULT_DRAIN_DEADLINE,
+            "Seconds a graceful shutdown (SIGTERM) may take.",
+            positive_number,
+        ],
     ]
 
     def postOptions(self) -> None:
@@ -175,30 +203,6 @@ class Backend:
     builds: IBuilds
     description: str
     close: Callable[[], Any] | None = None
-
-
-class _Announcement(Service):
-    """Logs, once the service starts, where builds will go."""
-
-    log = Logger()
-
-    def __init__(self, text: str) -> None:
-        self.text = text
-
-    def startService(self) -> None:
-        super().startService()
-        self.log.info("{text}", text=self.text)
-
-
-class _Closer(Service):
-    """Calls ``close`` when the service stops (closing the API connection pool)."""
-
-    def __init__(self, close: Callable[[], Any]) -> None:
-        self.close = close
-
-    def stopService(self) -> Any:
-        super().stopService()
-        return self.close()
 
 
 def choose_backend(options: Mapping[str, Any], reactor: Any, environ: Mapping[str, str]) -> Backend:
@@ -271,12 +275,12 @@ def _directory(
     )
 
 
-def make_gateway(options: Mapping[str, Any], backend: Backend, clock: Any) -> Gateway:
+def make_gateway(options: Mapping[str, Any], projects: IProjects, builds: IBuilds, clock: Any) -> Gateway:
     """The gateway use case, configured by ``options``."""
     per_project = options["project-rate"]
     return Gateway(
-        projects=backend.projects,
-        builds=backend.builds,
+        projects=projects,
+        builds=builds,
         clock=clock,
         default_ref=options["default-ref"],
         auth_required=options["auth"] == "required",
@@ -288,27 +292,79 @@ def make_gateway(options: Mapping[str, Any], backend: Backend, clock: Any) -> Ga
 
 
 def makeService(options: Options) -> IService:
-    """Build the gateway's object graph and its listening service."""
+    """
+    Build the gateway's object graph:
+
+    backend stores (Kubernetes or a directory), throttled to the API's pace;
+    projects behind a cache that survives outages; builds behind the durable
+    spool (``--spool``) or, without one, retried within the request's time;
+    the use case; the web application and its limited site; and the service
+    that starts and stops them in order.
+    """
     from twisted.internet import reactor
 
     backend = choose_backend(options, reactor, os.environ)
-    gateway = make_gateway(options, backend, reactor)
+    io = ThreadedIO(reactor, reactor.getThreadPool())  # type: ignore[arg-type,attr-defined]
+    builds: IBuilds = ThrottledBuilds(
+        backend.builds,
+        Throttle(reactor, per_second=options["kube-qps"], burst=options["kube-burst"]),  # type: ignore[arg-type]
+    )
+    spool_dir = options["spool"]
+    projects = CachedProjects(
+        backend.projects,
+        reactor,  # type: ignore[arg-type]
+        ttl=options["project-ttl"],
+        store=Path(spool_dir) / "projects.json" if spool_dir else None,
+        run_blocking=io.run,
+    )
+    spool: SpooledBuilds | None = None
+    if spool_dir:
+        spool = SpooledBuilds(
+            Path(spool_dir),
+            builds,
+            reactor,  # type: ignore[arg-type]
+            io,
+            max_records=options["spool-max-records"],
+            max_bytes=options["spool-max-bytes"],
+        )
+        accepted: IBuilds = spool
+    else:
+        accepted = RetryingBuilds(builds, reactor)  # type: ignore[arg-type]
+    gateway = make_gateway(options, projects, accepted, reactor)
+
+    def readiness() -> str | None:
+        if spool is not None and not spool.accepting():
+            return "the spool cannot accept deliveries"
+        return None
+
+    web = WebhookSite(gateway, reactor, readiness=readiness)  # type: ignore[arg-type]
     site = BrigadeSite(
-        make_site_resource(gateway, reactor),  # type: ignore[arg-type]
+        web.resource(),
         reactor,  # type: ignore[arg-type]
         max_body=options["max-body"],
         request_timeout=options["request-timeout"],
         idle_timeout=options["idle-timeout"],
         max_connections=options["max-connections"],
     )
-    top = MultiService()
-    _Announcement(backend.description).setServiceParent(top)
-    if backend.close is not None:
-        _Closer(backend.close).setServiceParent(top)
+    announcements = [backend.description]
+    announcements.append(
+        f"Spool: deliveries are stored in {Path(spool_dir).resolve()} before they are acknowledged"
+        if spool_dir
+        else "No --spool: a delivery is answered 200 only once its build exists, else 503"
+    )
     if not gateway.auth_required:
-        _Announcement(
+        announcements.append(
             "--auth optional: projects without a crGatewaySecret accept deliveries "
             "from anyone who can reach this gateway"
-        ).setServiceParent(top)
-    strports.service(options["port"], site, reactor=reactor).setServiceParent(top)
-    return top
+        )
+    return GatewayService(
+        site=web,
+        listening=strports.service(options["port"], site, reactor=reactor),
+        clock=reactor,  # type: ignore[arg-type]
+        spool=spool,
+        background=[projects],
+        close=backend.close,
+        announcements=announcements,
+        drain_deadline=options["shutdown-timeout"],
+        stop_reactor=reactor.stop,  # type: ignore[attr-defined]
+    )

@@ -140,7 +140,8 @@ class WebhookSite:
             if self._in_flight == 0:
                 waiters, self._idle_waiters = self._idle_waiters, []
                 for waiter in waiters:
-                    waiter.callback(None)
+                    if not waiter.called:  # a waiter may have timed out
+                        waiter.callback(None)
 
     async def _webhook(self, request: IRequest, rest: str) -> bytes:
         parts = split_webhook_path(rest)
