@@ -1,0 +1,1134 @@
+"""
+Tests for ``brigade_cr.spool``: the shared backend contract, the record
+format, outages simulated on a ``Clock``, dead letters, quarantine,
+backpressure, shutdown, the directory lock, and a property: any sequence of
+submits, outages and restarts creates each build exactly once, in order.
+
+Most tests run the file I/O synchronously (``InlineIO``) on real files in a
+temporary directory and drive time with a ``Clock``; the contract also runs
+once with the real reactor and its thread pool.
+"""
+
+from __future__ import annotations
+
+import base64
+import errno
+import itertools
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, AsyncIterator, Callable, Iterator
+
+import attrs
+import pytest
+import pytest_twisted
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from twisted.internet.defer import Deferred, fail
+from twisted.internet.task import Clock, deferLater
+from twisted.logger import Logger, LogLevel, formatEvent
+from zope.interface import implementer
+from zope.interface.verify import verifyObject
+
+from brigade_cr.brigade import build_secret, secret_data
+from brigade_cr.errors import BackendRejected, BackendUnavailable
+from brigade_cr.interfaces import IBuilds
+from brigade_cr.memory import MemoryBuilds, MemoryProjects
+from brigade_cr.retry import Backoff
+from brigade_cr.spool import (
+    DEAD_LETTER,
+    LOCK_FILE,
+    QUARANTINE,
+    CorruptRecord,
+    InlineIO,
+    SpooledBuilds,
+    SpoolLocked,
+    SpoolStats,
+    ThreadedIO,
+    decode_record,
+    encode_record,
+    parse_record_filename,
+    record_filename,
+)
+from brigade_cr.values import Build, Receipt
+from tests.backend_contract import BackendContract, BackendUnderTest, a_build
+from tests.helpers import failure_of, result_of
+
+MARKER = b"payload-marker-never-logged"
+
+
+def build_no(number: int) -> Build:
+    """Build ``number``: its own ULID, and a payload with bytes that are not UTF-8."""
+    return a_build(ulid=f"01jgq8w4h0{number:016d}", payload=b'{"n": %d, "m": "%s"}\xff\x00\x80' % (number, MARKER))
+
+
+def fixed(value: float) -> Backoff:
+    return Backoff(random=lambda: value)
+
+
+@implementer(IBuilds)
+@attrs.define
+class ApiBuilds:
+    """
+    The Kubernetes API as the spool sees it: a ``MemoryBuilds`` that can be
+    down (with a Retry-After), refuse chosen builds, answer after a delay,
+    and raise a surprise. Notes every call and every creation.
+    """
+
+    clock: Clock
+    store: MemoryBuilds = attrs.field(factory=lambda: MemoryBuilds(namespace="brigade"))
+    down: bool = False
+    retry_after: int | None = None
+    rejects: set[str] = attrs.field(factory=set)
+    latency: float = 0.0
+    surprises: int = 0
+    calls: list[tuple[float, str]] = attrs.field(factory=list)
+    created: list[str] = attrs.field(factory=list)
+
+    def submit(self, build: Build) -> Deferred[Receipt]:
+        self.calls.append((self.clock.seconds(), build.name))
+        if self.latency:
+            return deferLater(self.clock, self.latency, self._answer, build).addCallback(lambda d: d)
+        return self._answer(build)
+
+    def _answer(self, build: Build) -> Deferred[Receipt]:
+        if self.surprises:
+            self.surprises -= 1
+            return fail(RuntimeError("surprise"))
+        if self.down:
+            return fail(BackendUnavailable("API down", self.retry_after))
+        if build.name in self.rejects:
+            return fail(BackendRejected("422 Unprocessable Entity"))
+        d = self.store.submit(build)
+
+        def note(receipt: Receipt) -> Receipt:
+            if not receipt.duplicate:
+                self.created.append(build.name)
+            return receipt
+
+        return d.addCallback(note)
+
+    def payload(self, name: str) -> bytes:
+        return secret_data(self.store.secrets[name])["payload"]
+
+
+@attrs.define
+class ManualIO:
+    """A BlockingIO whose calls run only when the test says so, to order them at will."""
+
+    pending: list[tuple[Callable[..., Any], tuple[Any, ...], Deferred[Any]]] = attrs.field(factory=list)
+
+    def run(self, function: Callable[..., Any], *args: Any) -> Deferred[Any]:
+        d: Deferred[Any] = Deferred()
+        self.pending.append((function, args, d))
+        return d
+
+    def names(self) -> list[str]:
+        return [function.__name__ for function, _, _ in self.pending]
+
+    def complete(self, index: int = 0) -> None:
+        function, args, d = self.pending.pop(index)
+        try:
+            result = function(*args)
+        except Exception:
+            d.errback()
+        else:
+            d.callback(result)
+
+    def complete_all(self) -> None:
+        while self.pending:
+            self.complete(0)
+
+
+def advance_to(clock: Clock, when: float) -> None:
+    """Run every delayed call due by ``when``, each at its own time, then set the clock to ``when``."""
+    while True:
+        due = [call.getTime() for call in clock.getDelayedCalls() if call.getTime() <= when]
+        if not due:
+            break
+        clock.advance(max(0.0, min(due) - clock.seconds()))
+    clock.advance(max(0.0, when - clock.seconds()))
+
+
+def drain(spool: SpooledBuilds, clock: Clock, steps: int = 1000) -> None:
+    """Run delayed calls, in time order, until the spool holds nothing (bounded)."""
+    for _ in range(steps):
+        if spool.stats().queued == 0:
+            return
+        calls = clock.getDelayedCalls()
+        assert calls, "the spool holds records but nothing is scheduled"
+        clock.advance(max(0.0, min(call.getTime() for call in calls) - clock.seconds()))
+    raise AssertionError("the spool did not drain")
+
+
+def records(directory: Path) -> list[str]:
+    """The build names of the records in ``directory``, in their order."""
+    found = [parse_record_filename(name) for name in os.listdir(directory)]
+    return [name for _, name in sorted(record for record in found if record is not None)]
+
+
+def stop(spool: SpooledBuilds, clock: Clock, deadline: float = 0.0) -> None:
+    d = spool.stop(deadline)
+    advance_to(clock, clock.seconds() + deadline)
+    assert result_of(d) is None
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def api(clock: Clock) -> ApiBuilds:
+    return ApiBuilds(clock)
+
+
+@pytest.fixture
+def directory(tmp_path: Path) -> Path:
+    return tmp_path / "spool"
+
+
+@pytest.fixture
+def events(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
+    """Every event the spool logs."""
+    captured: list[dict[str, Any]] = []
+    observer: Any = captured.append
+    monkeypatch.setattr(SpooledBuilds, "log", Logger(observer=observer))
+    return captured
+
+
+def new_spool(directory: Path, api: Any, clock: Clock, **changes: Any) -> SpooledBuilds:
+    settings: dict[str, Any] = {"io": InlineIO(), "backoff": fixed(0.0)}
+    settings.update(changes)
+    return SpooledBuilds(directory, api, clock, **settings)
+
+
+@pytest.fixture
+def make(directory: Path, api: ApiBuilds, clock: Clock) -> Iterator[Callable[..., SpooledBuilds]]:
+    """Start spools on ``directory`` (stopped at the end of the test, releasing the lock)."""
+    made: list[SpooledBuilds] = []
+
+    def start(**changes: Any) -> SpooledBuilds:
+        spool = new_spool(directory, changes.pop("inner", api), clock, **changes)
+        result_of(spool.start())
+        made.append(spool)
+        return spool
+
+    yield start
+    for spool in made:
+        spool.stop(0)
+    clock.advance(0)
+
+
+def assert_never_logged_payload(events: list[dict[str, Any]]) -> None:
+    for event in events:
+        assert MARKER.decode() not in formatEvent(event)
+        for key, value in event.items():
+            assert MARKER.decode() not in repr(value), key
+
+
+# -- the shared contract ---------------------------------------------------------------
+
+
+def contract_backend(spool: SpooledBuilds, memory: MemoryBuilds) -> BackendUnderTest:
+    projects = MemoryProjects()
+
+    async def seed(secret: dict[str, Any]) -> None:
+        projects.add(secret)
+
+    async def stored(name: str) -> dict[str, Any] | None:
+        return memory.secrets.get(name)
+
+    return BackendUnderTest(projects, spool, "brigade", seed, stored)
+
+
+@pytest.fixture
+def backend(tmp_path: Path) -> Iterator[BackendUnderTest]:
+    clock = Clock()
+    memory = MemoryBuilds(namespace="brigade")
+    spool = new_spool(tmp_path / "spool", memory, clock)
+    result_of(spool.start())
+    yield contract_backend(spool, memory)
+    d = spool.stop(0)
+    clock.advance(0)
+    result_of(d)
+
+
+class TestSpooledBuilds(BackendContract):
+    """The contract, through a spool in front of MemoryBuilds (synchronous file I/O)."""
+
+
+class TestSpooledBuildsThreaded(BackendContract):
+    """The contract, through a spool doing its file I/O in the real reactor's thread pool."""
+
+    @pytest_twisted.async_yield_fixture
+    async def backend(self, tmp_path: Path) -> AsyncIterator[BackendUnderTest]:
+        from twisted.internet import reactor as global_reactor
+
+        reactor: Any = global_reactor
+        memory = MemoryBuilds(namespace="brigade")
+        spool = SpooledBuilds(tmp_path / "spool", memory, reactor, ThreadedIO(reactor, reactor.getThreadPool()))
+        await spool.start().addTimeout(10, reactor)
+        try:
+            yield contract_backend(spool, memory)
+        finally:
+            await spool.stop(5).addTimeout(10, reactor)
+        assert records(tmp_path / "spool") == []
+
+
+def test_provides_ibuilds(make: Callable[..., SpooledBuilds]) -> None:
+    """A SpooledBuilds is an IBuilds."""
+    assert verifyObject(IBuilds, make())
+
+
+# -- the record format -------------------------------------------------------------------
+
+
+def test_record_round_trip() -> None:
+    """A record gives back the very build, payload byte for byte."""
+    build = attrs.evolve(build_no(1), script="s\u00e9", config="{}", log_level="debug", commit_id="abc")
+    assert decode_record(encode_record(build)) == build
+
+
+text = st.text(st.characters(codec=None, exclude_categories=()))  # includes lone surrogates
+
+
+@given(
+    payload=st.binary(max_size=2048),
+    fields=st.fixed_dictionaries(
+        {
+            name: text
+            for name in (
+                "project_id",
+                "event_type",
+                "event_provider",
+                "commit_ref",
+                "short_title",
+                "long_title",
+                "commit_id",
+                "clone_url",
+                "log_level",
+                "script",
+                "config",
+            )
+        }
+    ),
+)
+def test_record_round_trip_any_build(payload: bytes, fields: dict[str, str]) -> None:
+    """Any text in any field and any payload bytes come back exactly."""
+    build = Build(ulid="01jgq8w4h0aaaaaaaaaaaaaaaa", payload=payload, **fields)
+    assert decode_record(encode_record(build), build.name) == build
+
+
+def test_record_layout() -> None:
+    """A record is one header line (version, length, sha256) and a JSON body with the payload in base64."""
+    build = build_no(2)
+    record = encode_record(build)
+    header, body = record.split(b"\n", 1)
+    meta = json.loads(header)
+    assert sorted(meta) == ["length", "sha256", "v"]
+    assert meta["v"] == 1
+    assert meta["length"] == len(body)
+    fields = json.loads(body)
+    assert base64.b64decode(fields["payload"]) == build.payload
+    assert fields["ulid"] == build.ulid
+
+
+def test_every_bit_flip_is_detected() -> None:
+    """Flipping any single bit of a record, header or body, makes it corrupt."""
+    record = encode_record(a_build(payload=b"{}"))
+    for index in range(len(record)):
+        for bit in range(8):
+            damaged = bytearray(record)
+            damaged[index] ^= 1 << bit
+            with pytest.raises(CorruptRecord):
+                decode_record(bytes(damaged), a_build().name)
+
+
+def test_every_truncation_is_detected() -> None:
+    """A record cut short anywhere, down to nothing, is corrupt; so is one with bytes added."""
+    record = encode_record(build_no(3))
+    for length in range(len(record)):
+        with pytest.raises(CorruptRecord):
+            decode_record(record[:length])
+    with pytest.raises(CorruptRecord):
+        decode_record(record + b"\n")
+
+
+def test_record_of_another_build_is_corrupt() -> None:
+    """A record whose build is not the one its file name says is corrupt."""
+    with pytest.raises(CorruptRecord):
+        decode_record(encode_record(build_no(1)), build_no(2).name)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"[]",
+        b'{"ulid": "01jgq8w4h0aaaaaaaaaaaaaaaa"}',
+        b'{"project_id":"p","ulid":"u","event_type":"e","event_provider":"p","commit_ref":"c","payload":"!!"}',
+        b'{"project_id":"p","ulid":"u","event_type":"e","event_provider":"p","commit_ref":"c","payload":"","new":"x"}',
+        b'{"project_id":1,"ulid":"u","event_type":"e","event_provider":"p","commit_ref":"c","payload":""}',
+    ],
+)
+def test_record_with_wrong_body_is_corrupt(body: bytes) -> None:
+    """A correctly checksummed body that is not a build (or has fields this version does not know) is corrupt."""
+    import hashlib
+
+    header = json.dumps({"v": 1, "length": len(body), "sha256": hashlib.sha256(body).hexdigest()}).encode()
+    with pytest.raises(CorruptRecord):
+        decode_record(header + b"\n" + body)
+
+
+def test_unknown_version_is_corrupt() -> None:
+    """A record of another version is not read as version 1."""
+    header, body = encode_record(build_no(1)).split(b"\n", 1)
+    meta = json.loads(header)
+    meta["v"] = 2
+    with pytest.raises(CorruptRecord):
+        decode_record(json.dumps(meta).encode() + b"\n" + body)
+
+
+def test_record_file_names() -> None:
+    """Record names sort by sequence number and give back the build name; other names are not records."""
+    name = build_no(1).name
+    assert record_filename(42, name) == f"00000000000000000042.{name}.build"
+    assert parse_record_filename(record_filename(42, name)) == (42, name)
+    for other in ("projects.json", LOCK_FILE, f".00000000000000000042.{name}.build.tmp", "42.x.build", "notes.txt"):
+        assert parse_record_filename(other) is None
+
+
+# -- submitting and draining ------------------------------------------------------------------
+
+
+def test_created_at_once_when_inner_is_up(make: Callable[..., SpooledBuilds], api: ApiBuilds, directory: Path) -> None:
+    """With the API up the receipt says created (not queued) and the record is gone."""
+    spool = make()
+    assert result_of(spool.submit(build_no(1))) == Receipt(build_no(1).name)
+    assert api.created == [build_no(1).name]
+    assert api.payload(build_no(1).name) == build_no(1).payload
+    assert records(directory) == []
+    assert spool.stats() == SpoolStats(
+        queued=0, queued_bytes=0, created=1, duplicates=0, dead_lettered=0, quarantined=0, discarded=0, accepting=True
+    )
+
+
+def test_queued_while_down_then_drained_in_order(
+    make: Callable[..., SpooledBuilds], api: ApiBuilds, clock: Clock, directory: Path
+) -> None:
+    """
+    While the API is down every submit is answered queued at once and its
+    record kept; once it is back, the records become builds in the order
+    they were accepted, each exactly once, each payload exact.
+    """
+    api.down = True
+    spool = make()
+    builds = [build_no(n) for n in range(5)]
+    names = [build.name for build in builds]
+    for build in builds:
+        assert result_of(spool.submit(build)) == Receipt(build.name, queued=True)
+    assert records(directory) == names
+    assert spool.stats().queued == 5
+    assert spool.accepting()
+    api.down = False
+    advance_to(clock, 0.25)
+    assert api.created == names
+    assert [api.payload(name) for name in names] == [build.payload for build in builds]
+    # One failed attempt at 0, then each build once at 0.25 s.
+    assert api.calls == [(0.0, names[0])] + [(0.25, name) for name in names]
+    assert records(directory) == []
+    assert spool.stats().created == 5
+
+
+def test_long_outage(make: Callable[..., SpooledBuilds], api: ApiBuilds, clock: Clock) -> None:
+    """
+    Three hours of outage, simulated: retries back off 0.5, 1, 2, ... s and
+    then every 30 s (the cap), never faster; builds accepted during the
+    outage are all created afterwards, in order, once each.
+    """
+    api.down = True
+    spool = make(backoff=fixed(1.0))
+    names = []
+    for n in range(100):
+        advance_to(clock, n * 100.0)
+        build = build_no(n)
+        names.append(build.name)
+        assert result_of(spool.submit(build)) == Receipt(build.name, queued=True)
+    advance_to(clock, 3 * 3600.0)
+    times = [when for when, _ in api.calls]
+    assert times[:8] == [0.0, 0.5, 1.5, 3.5, 7.5, 15.5, 31.5, 61.5]
+    assert all(later - earlier == pytest.approx(30.0) for earlier, later in itertools.pairwise(times[6:]))
+    # 7 attempts up to 31.5 s, then one every 30 s up to 10800 s.
+    assert len(api.calls) == 7 + 358
+    assert {name for _, name in api.calls} == {names[0]}
+    api.down = False
+    advance_to(clock, 3 * 3600.0 + 30.0)
+    assert api.created == names
+    assert spool.stats().queued == 0
+
+
+@pytest.mark.parametrize(("retry_after", "interval"), [(120, 120.0), (3600, 300.0)])
+def test_outage_honours_retry_after(
+    make: Callable[..., SpooledBuilds], api: ApiBuilds, clock: Clock, retry_after: int, interval: float
+) -> None:
+    """The drainer waits what the server asks (Retry-After), up to 300 s."""
+    api.down = True
+    api.retry_after = retry_after
+    spool = make()
+    spool.submit(build_no(1))
+    advance_to(clock, 1000.0)
+    times = [when for when, _ in api.calls]
+    assert times == [interval * n for n in range(int(1000 // interval) + 1)]
+
+
+def test_duplicate_while_queued(
+    make: Callable[..., SpooledBuilds], api: ApiBuilds, clock: Clock, directory: Path
+) -> None:
+    """A re-delivery of a queued build is answered duplicate and queued, with no second record."""
+    api.down = True
+    spool = make()
+    first = result_of(spool.submit(build_no(1)))
+    again = result_of(spool.submit(build_no(1)))
+    assert first == Receipt(build_no(1).name, queued=True)
+    assert again == Receipt(build_no(1).name, duplicate=True, queued=True)
+    assert records(directory) == [build_no(1).name]
+    api.down = False
+    drain(spool, clock)
+    assert api.created == [build_no(1).name]
+
+
+def test_duplicate_after_created(make: Callable[..., SpooledBuilds], api: ApiBuilds) -> None:
+    """A re-delivery of a build that exists is passed to inner, which says duplicate: still one build."""
+    spool = make()
+    result_of(spool.submit(build_no(1)))
+    assert result_of(spool.submit(build_no(1))) == Receipt(build_no(1).name, duplicate=True)
+    assert api.created == [build_no(1).name]
+    assert spool.stats().duplicates == 1
+
+
+def test_duplicate_while_first_is_being_written(api: ApiBuilds, clock: Clock, directory: Path) -> None:
+    """A re-delivery during the first write waits for it, then is answered duplicate and queued."""
+    io = ManualIO()
+    spool = new_spool(directory, api, clock, io=io)
+    started = spool.start()
+    io.complete()
+    result_of(started)
+    api.down = True
+    first = spool.submit(build_no(1))
+    again = spool.submit(build_no(1))
+    assert io.names() == ["write_record"]
+    assert not again.called
+    io.complete()  # the write
+    io.complete()  # the drainer reading it back
+    assert result_of(first) == Receipt(build_no(1).name, queued=True)
+    assert result_of(again) == Receipt(build_no(1).name, duplicate=True, queued=True)
+    assert records(directory) == [build_no(1).name]
+    stop(spool, clock)
+
+
+def test_duplicate_of_a_failed_write_fails_too(api: ApiBuilds, clock: Clock, directory: Path) -> None:
+    """If the first write fails, a re-delivery that waited for it is refused too (no 2xx without a record)."""
+    io = ManualIO()
+
+    def no_space(step: str) -> None:
+        if step == "write:temp-written":
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    spool = new_spool(directory, api, clock, io=io, at_step=no_space)
+    started = spool.start()
+    io.complete()
+    result_of(started)
+    first = spool.submit(build_no(1))
+    again = spool.submit(build_no(1))
+    io.complete()
+    assert isinstance(failure_of(first), BackendUnavailable)
+    assert isinstance(failure_of(again), BackendUnavailable)
+    assert records(directory) == []
+    stop(spool, clock)
+
+
+def test_order_kept_when_writes_finish_out_of_order(api: ApiBuilds, clock: Clock, directory: Path) -> None:
+    """A later record whose write finished first still waits for the earlier one."""
+    io = ManualIO()
+    spool = new_spool(directory, api, clock, io=io)
+    started = spool.start()
+    io.complete()
+    result_of(started)
+    first = spool.submit(build_no(1))
+    second = spool.submit(build_no(2))
+    io.complete(1)  # the second write
+    assert io.names() == ["write_record"]  # nothing read: the head is still being written
+    assert api.calls == []
+    io.complete_all()
+    io.complete_all()
+    io.complete_all()
+    assert api.created == [build_no(1).name, build_no(2).name]
+    assert result_of(first) == Receipt(build_no(1).name)
+    assert result_of(second) == Receipt(build_no(2).name)
+    stop(spool, clock)
+
+
+def test_slow_inner_answers_queued_after_ack_wait(
+    make: Callable[..., SpooledBuilds], api: ApiBuilds, clock: Clock
+) -> None:
+    """An API slower than ack_wait: the sender gets queued at 2 s; the build is created at 5 s."""
+    api.latency = 5.0
+    spool = make()
+    d = spool.submit(build_no(1))
+    advance_to(clock, 1.99)
+    assert not d.called
+    advance_to(clock, 2.0)
+    assert result_of(d) == Receipt(build_no(1).name, queued=True)
+    assert api.created == []
+    advance_to(clock, 5.0)
+    assert api.created == [build_no(1).name]
+    assert spool.stats().queued == 0
+
+
+def test_unexpected_error_is_retried(
+    make: Callable[..., SpooledBuilds], api: ApiBuilds, clock: Clock, events: list[dict[str, Any]]
+) -> None:
+    """A surprise from inner is logged with its traceback and treated as transient: the build is not lost."""
+    api.surprises = 1
+    spool = make()
+    assert result_of(spool.submit(build_no(1))) == Receipt(build_no(1).name, queued=True)
+    drain(spool, clock)
+    assert api.created == [build_no(1).name]
+    failures = [event for event in events if "log_failure" in event]
+    assert len(failures) == 1
+    assert failures[0]["log_failure"].check(RuntimeError)
+
+
+def test_drainer_survives_its_own_errors(
+    make: Callable[..., SpooledBuilds], api: ApiBuilds, clock: Clock, events: list[dict[str, Any]]
+) -> None:
+    """An unexpected error inside the drainer is logged, and draining carries on after a pause: nothing is lost."""
+    broken = {"drain:submitted"}
+
+    def bug(step: str) -> None:
+        if step in broken:
+            broken.discard(step)
+            raise RuntimeError("bug")
+
+    spool = make(at_step=bug)
+    d = spool.submit(build_no(1))
+    spool.submit(build_no(2))
+    drain(spool, clock)
+    assert api.created == [build_no(1).name, build_no(2).name]
+    assert result_of(d) == Receipt(build_no(1).name, duplicate=True)
+    assert spool.stats().queued == 0
+    assert [event["log_failure"].value.args for event in events if "log_failure" in event] == [("bug",)]
+
+
+def test_record_vanished_while_queued(
+    make: Callable[..., SpooledBuilds], api: ApiBuilds, clock: Clock, directory: Path
+) -> None:
+    """A record removed behind the spool's back is logged and skipped; the next one is still created."""
+    api.down = True
+    spool = make()
+    # The drainer has read the first record already (and retries from
+    # memory); the second and third wait on disk.
+    for n in (1, 2, 3):
+        spool.submit(build_no(n))
+    (directory / record_filename(2, build_no(2).name)).unlink()
+    api.down = False
+    drain(spool, clock)
+    assert api.created == [build_no(1).name, build_no(3).name]
+
+
+# -- dead letters and quarantine -----------------------------------------------------------------
+
+
+def test_dead_letter(
+    make: Callable[..., SpooledBuilds], api: ApiBuilds, clock: Clock, directory: Path, events: list[dict[str, Any]]
+) -> None:
+    """
+    A build the API refuses for good is parked in dead-letter/ beside a
+    reason file, counted and logged once (without its payload); the sender
+    still waiting learns the truth; the builds after it are created.
+    """
+    refused = build_no(2)
+    api.rejects.add(refused.name)
+    spool = make()
+    assert result_of(spool.submit(build_no(1))) == Receipt(build_no(1).name)
+    error = failure_of(spool.submit(refused))
+    assert isinstance(error, BackendRejected)
+    assert error.reason == "422 Unprocessable Entity"
+    assert result_of(spool.submit(build_no(3))) == Receipt(build_no(3).name)
+    assert api.created == [build_no(1).name, build_no(3).name]
+    parked = directory / DEAD_LETTER / record_filename(2, refused.name)
+    assert decode_record(parked.read_bytes(), refused.name) == refused
+    reason = json.loads((directory / DEAD_LETTER / (parked.name + ".reason.json")).read_text())
+    assert reason == {
+        "build": refused.name,
+        "event_provider": "dockerhub",
+        "event_type": "image_push",
+        "project": refused.project_id,
+        "reason": "422 Unprocessable Entity",
+        "record": parked.name,
+        "time": "1970-01-01T00:00:00+00:00",
+    }
+    assert records(directory) == []
+    assert spool.stats().dead_lettered == 1
+    errors = [event for event in events if event["log_level"] is LogLevel.error]
+    assert len(errors) == 1
+    assert errors[0]["build"] == refused.name
+    assert_never_logged_payload(events)
+
+
+def test_dead_letter_after_queued_receipt(
+    make: Callable[..., SpooledBuilds], api: ApiBuilds, clock: Clock, directory: Path
+) -> None:
+    """A build answered queued during an outage and refused afterwards is dead-lettered, not lost or retried forever."""
+    api.down = True
+    api.rejects.add(build_no(1).name)
+    spool = make()
+    assert result_of(spool.submit(build_no(1))) == Receipt(build_no(1).name, queued=True)
+    api.down = False
+    drain(spool, clock)
+    assert sorted(os.listdir(directory / DEAD_LETTER)) == [
+        record_filename(1, build_no(1).name),
+        record_filename(1, build_no(1).name) + ".reason.json",
+    ]
+    assert len(api.calls) == 2
+
+
+def test_quarantine_at_start(
+    api: ApiBuilds, clock: Clock, directory: Path, make: Callable[..., SpooledBuilds], events: list[dict[str, Any]]
+) -> None:
+    """
+    At start a record with a flipped bit and a truncated record are moved to
+    quarantine/ with a reason and counted; the good records are drained, in
+    order; files that are not the spool's are left alone.
+    """
+    api.down = True
+    first = new_spool(directory, api, clock)
+    result_of(first.start())
+    for n in range(4):
+        first.submit(build_no(n))
+    stop(first, clock)
+    flipped = directory / record_filename(2, build_no(1).name)
+    data = bytearray(flipped.read_bytes())
+    data[-5] ^= 0x01
+    flipped.write_bytes(bytes(data))
+    truncated = directory / record_filename(3, build_no(2).name)
+    truncated.write_bytes(truncated.read_bytes()[:-10])
+    (directory / "projects.json").write_text("{}")
+    (directory / "README").write_text("operator notes")
+    api.down = False
+    spool = make()
+    assert sorted(os.listdir(directory / QUARANTINE)) == sorted(
+        [flipped.name, flipped.name + ".reason.json", truncated.name, truncated.name + ".reason.json"]
+    )
+    assert json.loads((directory / QUARANTINE / (flipped.name + ".reason.json")).read_text())["reason"] == (
+        "checksum mismatch"
+    )
+    body_length = len(encode_record(build_no(2)).split(b"\n", 1)[1])
+    assert json.loads((directory / QUARANTINE / (truncated.name + ".reason.json")).read_text())["reason"] == (
+        f"body is {body_length - 10} bytes where the header says {body_length}"
+    )
+    assert spool.stats().quarantined == 2
+    drain(spool, clock)
+    assert api.created == [build_no(0).name, build_no(3).name]
+    assert sorted(os.listdir(directory)) == sorted([LOCK_FILE, QUARANTINE, "projects.json", "README"])
+    assert (directory / "projects.json").read_text() == "{}"
+    assert len([event for event in events if event["log_level"] is LogLevel.error]) == 2
+
+
+def test_unreadable_record_at_start(
+    api: ApiBuilds, clock: Clock, directory: Path, make: Callable[..., SpooledBuilds], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A record the disk cannot read (EIO) is quarantined at start rather than keeping the spool from starting."""
+    api.down = True
+    first = new_spool(directory, api, clock)
+    result_of(first.start())
+    first.submit(build_no(1))
+    first.submit(build_no(2))
+    stop(first, clock)
+    bad = record_filename(1, build_no(1).name)
+    read_bytes = Path.read_bytes
+
+    def failing_read(path: Path) -> bytes:
+        if path.name == bad:
+            raise OSError(errno.EIO, "Input/output error")
+        return read_bytes(path)
+
+    monkeypatch.setattr(Path, "read_bytes", failing_read)
+    api.down = False
+    spool = make()
+    monkeypatch.undo()
+    drain(spool, clock)
+    assert api.created == [build_no(2).name]
+    reason = json.loads((directory / QUARANTINE / (bad + ".reason.json")).read_text())
+    assert reason["reason"] == "unreadable: Input/output error"
+
+
+def test_damaged_while_queued(
+    make: Callable[..., SpooledBuilds], api: ApiBuilds, clock: Clock, directory: Path
+) -> None:
+    """A record damaged after it was written is quarantined when the drainer reads it."""
+    api.down = True
+    spool = make()
+    for n in (1, 2, 3):
+        spool.submit(build_no(n))
+    (directory / record_filename(2, build_no(2).name)).write_bytes(b"garbage")
+    api.down = False
+    drain(spool, clock)
+    assert api.created == [build_no(1).name, build_no(3).name]
+    assert spool.stats().quarantined == 1
+    assert (directory / QUARANTINE / record_filename(2, build_no(2).name)).read_bytes() == b"garbage"
+
+
+def test_temporary_files_discarded_at_start(
+    api: ApiBuilds, clock: Clock, directory: Path, make: Callable[..., SpooledBuilds]
+) -> None:
+    """Half-written records are deleted at start (their senders were never answered); others' temp files stay."""
+    directory.mkdir()
+    half = directory / f".{record_filename(7, build_no(7).name)}.tmp"
+    half.write_bytes(encode_record(build_no(7))[:20])
+    other = directory / ".projects.json.tmp"
+    other.write_text("{")
+    spool = make()
+    assert not half.exists()
+    assert other.exists()
+    assert spool.stats().discarded == 1
+    assert api.calls == []
+
+
+# -- backpressure -------------------------------------------------------------------------------
+
+
+def test_full_by_count(make: Callable[..., SpooledBuilds], api: ApiBuilds, clock: Clock, directory: Path) -> None:
+    """At max_records the spool refuses (BackendUnavailable, Retry-After) and is not ready; draining frees it."""
+    api.down = True
+    spool = make(max_records=3)
+    for n in range(3):
+        result_of(spool.submit(build_no(n)))
+    assert not spool.accepting()
+    error = failure_of(spool.submit(build_no(3)))
+    assert isinstance(error, BackendUnavailable)
+    assert error.retry_after == 30
+    assert records(directory) == [build_no(n).name for n in range(3)]
+    api.down = False
+    drain(spool, clock)
+    assert spool.accepting()
+    assert result_of(spool.submit(build_no(3))) == Receipt(build_no(3).name)
+
+
+def test_full_by_bytes(make: Callable[..., SpooledBuilds], api: ApiBuilds, directory: Path) -> None:
+    """A record that would take the spool past max_bytes is refused; the ones before it are kept."""
+    api.down = True
+    size = len(encode_record(build_no(1)))
+    spool = make(max_bytes=2 * size + size // 2)
+    result_of(spool.submit(build_no(1)))
+    result_of(spool.submit(build_no(2)))
+    assert spool.accepting()
+    error = failure_of(spool.submit(build_no(3)))
+    assert isinstance(error, BackendUnavailable)
+    assert error.retry_after == 30
+    assert spool.stats().queued_bytes == 2 * size
+    assert records(directory) == [build_no(1).name, build_no(2).name]
+
+
+def test_write_failure_refuses_and_recovers(make: Callable[..., SpooledBuilds], directory: Path) -> None:
+    """
+    A write that fails (disk full) is refused with BackendUnavailable, leaves
+    no file behind and makes the spool not ready, until a write succeeds.
+    """
+    failures = {"write:temp-written"}
+
+    def disk_full(step: str) -> None:
+        if step in failures:
+            failures.discard(step)
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    spool = make(at_step=disk_full)
+    error = failure_of(spool.submit(build_no(1)))
+    assert isinstance(error, BackendUnavailable)
+    assert error.reason == "cannot write to the spool: No space left on device"
+    assert error.retry_after == 30
+    assert not spool.accepting()
+    assert sorted(os.listdir(directory)) == [LOCK_FILE]
+    assert result_of(spool.submit(build_no(1))) == Receipt(build_no(1).name)
+    assert spool.accepting()
+
+
+@pytest.mark.parametrize("step", ["write:start", "write:temp-fsynced", "write:renamed", "write:dir-fsynced"])
+def test_write_failure_at_any_step_leaves_nothing(
+    make: Callable[..., SpooledBuilds], api: ApiBuilds, directory: Path, step: str
+) -> None:
+    """Whatever step of the write fails, the sender is refused and no record or temporary file remains."""
+
+    def failing(at: str) -> None:
+        if at == step:
+            raise OSError(errno.EIO, "Input/output error")
+
+    spool = make(at_step=failing)
+    assert isinstance(failure_of(spool.submit(build_no(1))), BackendUnavailable)
+    assert sorted(os.listdir(directory)) == [LOCK_FILE]
+    assert api.calls == []
+
+
+def test_unwritable_directory(make: Callable[..., SpooledBuilds], directory: Path, tmp_path: Path) -> None:
+    """A spool directory that became unusable (here: replaced by a file) refuses with BackendUnavailable."""
+    spool = make()
+    directory.rename(tmp_path / "moved")
+    directory.write_text("not a directory")
+    error = failure_of(spool.submit(build_no(1)))
+    assert isinstance(error, BackendUnavailable)
+    assert not spool.accepting()
+
+
+def test_probe_restores_readiness(
+    make: Callable[..., SpooledBuilds], clock: Clock, directory: Path, tmp_path: Path
+) -> None:
+    """
+    After a failed write the spool tests the directory every 5 s and is
+    ready again once it is writable, without waiting for traffic (which an
+    unready pod would not get).
+    """
+    spool = make()
+    directory.rename(tmp_path / "moved")
+    directory.write_text("not a directory")
+    assert isinstance(failure_of(spool.submit(build_no(1))), BackendUnavailable)
+    assert not spool.accepting()
+    advance_to(clock, 5.0)
+    assert not spool.accepting()
+    directory.unlink()
+    (tmp_path / "moved").rename(directory)
+    advance_to(clock, 9.9)
+    assert not spool.accepting()
+    advance_to(clock, 10.0)
+    assert spool.accepting()
+    assert clock.getDelayedCalls() == []
+    assert sorted(os.listdir(directory)) == [LOCK_FILE]
+
+
+def test_start_on_a_file_fails(api: ApiBuilds, clock: Clock, tmp_path: Path) -> None:
+    """A spool path that is a file fails start() with OSError; the spool stays not ready."""
+    path = tmp_path / "file"
+    path.write_text("")
+    spool = new_spool(path, api, clock)
+    assert isinstance(failure_of(spool.start()), OSError)
+    assert not spool.accepting()
+
+
+def test_refused_before_start_and_after_stop(api: ApiBuilds, clock: Clock, directory: Path) -> None:
+    """Before start and once stop began, submits are refused with BackendUnavailable and the spool is not ready."""
+    spool = new_spool(directory, api, clock)
+    assert not spool.accepting()
+    assert isinstance(failure_of(spool.submit(build_no(1))), BackendUnavailable)
+    result_of(spool.start())
+    assert spool.accepting()
+    stopping = spool.stop(10)
+    assert not spool.accepting()
+    error = failure_of(spool.submit(build_no(1)))
+    assert isinstance(error, BackendUnavailable)
+    assert error.reason == "the spool is shutting down"
+    result_of(stopping)
+
+
+# -- stop and restart ------------------------------------------------------------------------------
+
+
+def test_stop_drains_within_deadline_and_keeps_the_rest(api: ApiBuilds, clock: Clock, directory: Path) -> None:
+    """
+    stop(2.5) with five records and an API taking 1 s per build: two are
+    created, the third's call is cancelled at the deadline, and the next
+    start creates the remaining three, each once.
+    """
+    api.down = True
+    spool = new_spool(directory, api, clock)
+    result_of(spool.start())
+    for n in range(5):
+        spool.submit(build_no(n))
+    api.down = False
+    api.latency = 1.0
+    stopping = spool.stop(2.5)
+    # The drainer is waiting out its backoff (0.25 s); then 1 s per build.
+    advance_to(clock, 2.49)
+    assert not stopping.called
+    advance_to(clock, 2.5)
+    assert result_of(stopping) is None
+    assert api.created == [build_no(0).name, build_no(1).name]
+    assert records(directory) == [build_no(n).name for n in range(2, 5)]
+    assert clock.getDelayedCalls() == []
+    again = new_spool(directory, api, clock)
+    result_of(again.start())
+    drain(again, clock)
+    assert api.created == [build_no(n).name for n in range(5)]
+    stop(again, clock)
+
+
+def test_stop_waits_for_writes_in_progress(api: ApiBuilds, clock: Clock, directory: Path) -> None:
+    """A write under way when stop begins is finished and answered before the directory is released."""
+    io = ManualIO()
+    spool = new_spool(directory, api, clock, io=io)
+    started = spool.start()
+    io.complete()
+    result_of(started)
+    api.down = True
+    submitted = spool.submit(build_no(1))
+    stopping = spool.stop(0)
+    clock.advance(0)
+    assert not stopping.called
+    io.complete_all()
+    assert result_of(stopping) is None
+    assert result_of(submitted) == Receipt(build_no(1).name, queued=True)
+    assert records(directory) == [build_no(1).name]
+    other = new_spool(directory, api, clock)
+    result_of(other.start())
+    stop(other, clock)
+
+
+def test_stop_answers_waiting_submits(make: Callable[..., SpooledBuilds], api: ApiBuilds, clock: Clock) -> None:
+    """A submit waiting for a slow API when the deadline passes is answered queued: its record is kept."""
+    api.latency = 10.0
+    spool = make()
+    d = spool.submit(build_no(1))
+    stopping = spool.stop(1.0)
+    advance_to(clock, 1.0)
+    assert result_of(stopping) is None
+    assert result_of(d) == Receipt(build_no(1).name, queued=True)
+    assert spool.stats().queued == 1
+
+
+def test_stop_twice(make: Callable[..., SpooledBuilds], clock: Clock) -> None:
+    """Both callers of stop() learn when it is done."""
+    spool = make()
+    first, second = spool.stop(0), spool.stop(0)
+    clock.advance(0)
+    assert result_of(first) is None
+    assert result_of(second) is None
+
+
+def test_lock_excludes_a_second_instance(api: ApiBuilds, clock: Clock, directory: Path) -> None:
+    """A second spool on a directory in use fails to start with SpoolLocked naming the holder; after stop it starts."""
+    first = new_spool(directory, api, clock)
+    result_of(first.start())
+    second = new_spool(directory, api, clock)
+    error = failure_of(second.start())
+    assert isinstance(error, SpoolLocked)
+    assert f"pid {os.getpid()}" in str(error)
+    assert not second.accepting()
+    stop(first, clock)
+    third = new_spool(directory, api, clock)
+    result_of(third.start())
+    assert third.accepting()
+    stop(third, clock)
+
+
+def test_start_twice_is_an_error(make: Callable[..., SpooledBuilds]) -> None:
+    """start() is once per object."""
+    spool = make()
+    assert isinstance(failure_of(spool.start()), RuntimeError)
+
+
+def test_sequence_continues_after_restart(api: ApiBuilds, clock: Clock, directory: Path) -> None:
+    """Records written after a restart sort after the ones recovered."""
+    api.down = True
+    first = new_spool(directory, api, clock)
+    result_of(first.start())
+    first.submit(build_no(1))
+    first.submit(build_no(2))
+    stop(first, clock)
+    second = new_spool(directory, api, clock)
+    result_of(second.start())
+    second.submit(build_no(3))
+    assert records(directory) == [build_no(n).name for n in (1, 2, 3)]
+    assert sorted(os.listdir(directory))[:3] == [record_filename(n, build_no(n).name) for n in (1, 2, 3)]
+    stop(second, clock)
+
+
+def test_nothing_logged_holds_the_payload(
+    make: Callable[..., SpooledBuilds], api: ApiBuilds, clock: Clock, events: list[dict[str, Any]]
+) -> None:
+    """Through an outage, retries, a duplicate and a refusal, no log event carries payload bytes."""
+    api.down = True
+    api.rejects.add(build_no(2).name)
+    spool = make()
+    for n in range(3):
+        spool.submit(build_no(n))
+    spool.submit(build_no(0))
+    api.down = False
+    drain(spool, clock)
+    assert events
+    assert_never_logged_payload(events)
+    assert MARKER.decode() not in repr(spool)
+
+
+# -- the property ----------------------------------------------------------------------------------
+
+operations = st.lists(
+    st.one_of(
+        st.tuples(st.just("submit"), st.integers(min_value=0, max_value=7)),
+        st.tuples(st.just("down"), st.none()),
+        st.tuples(st.just("up"), st.none()),
+        st.tuples(st.just("advance"), st.floats(min_value=0.0, max_value=120.0)),
+        st.tuples(st.just("restart"), st.none()),
+    ),
+    max_size=40,
+)
+
+
+@settings(max_examples=60, suppress_health_check=[HealthCheck.too_slow])
+@given(operations)
+def test_any_history_creates_each_build_once_in_order(history: list[tuple[str, Any]]) -> None:
+    """
+    Whatever mix of submits (re-deliveries included), outages, waiting and
+    restarts, once the API is up and the spool drained, every accepted
+    build exists exactly once, created in the order it was first accepted,
+    with its exact payload.
+    """
+    directory = Path(tempfile.mkdtemp(prefix="spool-property-"))
+    try:
+        clock = Clock()
+        api = ApiBuilds(clock)
+        spool = new_spool(directory, api, clock)
+        result_of(spool.start())
+        accepted: list[str] = []
+        for action, argument in history:
+            if action == "submit":
+                build = build_no(argument)
+                receipt = result_of(spool.submit(build))
+                assert receipt.build_name == build.name
+                if build.name not in accepted:
+                    accepted.append(build.name)
+            elif action == "down":
+                api.down = True
+            elif action == "up":
+                api.down = False
+            elif action == "advance":
+                advance_to(clock, clock.seconds() + argument)
+            else:
+                stop(spool, clock)
+                spool = new_spool(directory, api, clock)
+                result_of(spool.start())
+        api.down = False
+        drain(spool, clock)
+        assert api.created == accepted
+        for name in accepted:
+            assert api.payload(name) == build_no(int(name[-16:])).payload
+        assert records(directory) == []
+        stop(spool, clock)
+    finally:
+        shutil.rmtree(directory)
+
+
+def test_build_secret_from_spool_is_the_contract_secret(make: Callable[..., SpooledBuilds], api: ApiBuilds) -> None:
+    """What inner stores after the round trip through disk is exactly the build's Secret."""
+    build = attrs.evolve(build_no(5), script="console.log(1)", config='{"a": 1}')
+    make().submit(build)
+    assert api.store.secrets[build.name] == build_secret(build, "brigade")
+
+
+def test_inline_io_reports_errors() -> None:
+    """InlineIO hands back a function's exception as a failed Deferred."""
+
+    def broken() -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    assert isinstance(failure_of(InlineIO().run(broken)), OSError)
+    assert result_of(InlineIO().run(lambda: 3)) == 3
