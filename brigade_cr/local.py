@@ -12,18 +12,18 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 import attrs
 import yaml
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorFromThreads
-from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
 from .brigade import build_secret, project_from_secret, same_build
 from .errors import BackendRejected, BackendUnavailable, ProjectNotFound
+from .fileio import BlockingIO, ThreadedIO, fsync_directory
 from .interfaces import IBuilds, IProjects
 from .values import Build, Project, Receipt
 
@@ -73,14 +73,6 @@ def _manifests(path: Path) -> list[dict[str, Any]]:
     return found
 
 
-def _fsync_directory(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def write_build(builds_dir: Path, build: Build, namespace: str) -> Receipt:
     """
     Write ``build`` as ``builds_dir/<name>.json``: to a temporary file,
@@ -105,7 +97,7 @@ def write_build(builds_dir: Path, build: Build, namespace: str) -> Receipt:
             if same_build(existing, build):
                 return Receipt(build.name, duplicate=True)
             raise BackendRejected(f"{final.name} exists with other content") from None
-        _fsync_directory(builds_dir)
+        fsync_directory(builds_dir)
     except OSError as e:
         raise BackendUnavailable(f"cannot write {final}: {e.strerror}", retry_after=5) from None
     finally:
@@ -116,22 +108,13 @@ def write_build(builds_dir: Path, build: Build, namespace: str) -> Receipt:
     return Receipt(build.name)
 
 
-@attrs.define
-class _Blocking:
-    reactor: IReactorFromThreads
-    pool: ThreadPool
-
-    def run(self, function: Callable[..., T], *args: Any) -> Deferred[T]:
-        return deferToThreadPool(self.reactor, self.pool, function, *args)
-
-
 @implementer(IProjects)
 @attrs.define
 class DirectoryProjects:
     """Projects from Secret manifests in ``root/projects/``."""
 
     root: Path
-    blocking: _Blocking
+    blocking: BlockingIO
 
     def get(self, project_id: str) -> Deferred[Project]:
         return self.blocking.run(read_project, self.root / "projects", project_id)
@@ -144,7 +127,7 @@ class DirectoryBuilds:
 
     root: Path
     namespace: str
-    blocking: _Blocking
+    blocking: BlockingIO
 
     def submit(self, build: Build) -> Deferred[Receipt]:
         return self.blocking.run(write_build, self.root / "builds", build, self.namespace)
@@ -154,5 +137,5 @@ def directory_backend(
     reactor: IReactorFromThreads, pool: ThreadPool, root: Path, namespace: str
 ) -> tuple[DirectoryProjects, DirectoryBuilds]:
     """The projects and builds of a directory, doing their I/O in ``pool``."""
-    blocking = _Blocking(reactor, pool)
+    blocking = ThreadedIO(reactor, pool)
     return DirectoryProjects(root, blocking), DirectoryBuilds(root, namespace, blocking)

@@ -82,19 +82,18 @@ import re
 from collections import deque
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Generic, Mapping, Protocol, TypeVar
+from typing import Any, Callable, ClassVar, Generic, Mapping, TypeVar
 
 import attrs
 from twisted.internet.defer import CancelledError, Deferred, fail, maybeDeferred, succeed
-from twisted.internet.interfaces import IDelayedCall, IReactorFromThreads, IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import deferLater
-from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
 from .errors import BackendRejected, BackendUnavailable
+from .fileio import BlockingIO, fsync_directory
 from .interfaces import IBuilds
 from .retry import Backoff
 from .values import Build, Receipt
@@ -218,14 +217,6 @@ def _build_from_fields(fields: Any) -> Build:
 # -- blocking file operations (run in the thread pool) --------------------------------
 
 
-def _fsync_directory(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
@@ -256,7 +247,7 @@ def write_record(directory: Path, filename: str, record: bytes, at_step: Callabl
         os.rename(temporary, final)
         renamed = True
         at_step("write:renamed")
-        _fsync_directory(directory)
+        fsync_directory(directory)
         at_step("write:dir-fsynced")
     except BaseException:
         for path in (final, temporary) if renamed else (temporary,):
@@ -281,7 +272,7 @@ def remove_record(directory: Path, filename: str, at_step: Callable[[str], None]
     except FileNotFoundError:
         pass
     at_step("drain:removed")
-    _fsync_directory(directory)
+    fsync_directory(directory)
     at_step("drain:dir-fsynced")
 
 
@@ -335,12 +326,12 @@ def park_record(
     finally:
         os.close(fd)
     os.rename(temporary, target / (name + REASON_SUFFIX))
-    _fsync_directory(target)
+    fsync_directory(target)
     at_step(f"{place}:reason-written")
     os.rename(directory / filename, target / name)
     at_step(f"{place}:moved")
-    _fsync_directory(target)
-    _fsync_directory(directory)
+    fsync_directory(target)
+    fsync_directory(directory)
     return name
 
 
@@ -412,47 +403,11 @@ def recover(directory: Path, now: str, at_step: Callable[[str], None] = _no_step
                 continue
             records.append((sequence, name, len(data)))
         if discarded:
-            _fsync_directory(directory)
+            fsync_directory(directory)
         return Recovery(fd, tuple(sorted(records)), tuple(discarded), tuple(quarantined))
     except BaseException:
         os.close(fd)
         raise
-
-
-# -- running blocking code ------------------------------------------------------------------
-
-
-class BlockingIO(Protocol):
-    """A way to run a blocking function without blocking the reactor."""
-
-    def run(self, function: Callable[..., T], *args: Any) -> Deferred[T]:
-        """A Deferred that fires with ``function(*args)``, or fails with what it raised."""
-
-
-@attrs.define
-class ThreadedIO:
-    """Blocking calls in ``pool``, their results delivered on ``reactor``: the production ``BlockingIO``."""
-
-    reactor: IReactorFromThreads
-    pool: ThreadPool
-
-    def run(self, function: Callable[..., T], *args: Any) -> Deferred[T]:
-        return deferToThreadPool(self.reactor, self.pool, function, *args)
-
-
-@attrs.define
-class InlineIO:
-    """
-    Blocking calls made at once on the calling thread: a ``BlockingIO`` for
-    tests (everything fires synchronously), never for a serving reactor.
-    """
-
-    def run(self, function: Callable[..., T], *args: Any) -> Deferred[T]:
-        try:
-            result = function(*args)
-        except Exception:
-            return fail()
-        return succeed(result)
 
 
 # -- the spool --------------------------------------------------------------------

@@ -14,6 +14,7 @@ from twisted.application import strports
 from twisted.application.service import IService
 from twisted.python import usage
 
+from .fileio import ThreadedIO
 from .gateway import Gateway
 from .interfaces import IBuilds, IProjects
 from .local import directory_backend
@@ -28,7 +29,7 @@ from .site import (
     DEFAULT_REQUEST_TIMEOUT,
     BrigadeSite,
 )
-from .spool import SpooledBuilds, ThreadedIO
+from .spool import SpooledBuilds
 from .web import WebhookSite
 
 DEFAULT_DIRECTORY = "brigade-cr-data"

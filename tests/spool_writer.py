@@ -30,10 +30,11 @@ from twisted.internet.task import react
 from zope.interface import implementer
 
 from brigade_cr.errors import BackendRejected, BackendUnavailable
+from brigade_cr.fileio import ThreadedIO
 from brigade_cr.interfaces import IBuilds
 from brigade_cr.local import directory_backend
 from brigade_cr.retry import Backoff
-from brigade_cr.spool import SpooledBuilds, ThreadedIO
+from brigade_cr.spool import SpooledBuilds
 from brigade_cr.values import Build, Receipt
 from tests.backend_contract import a_build
 

@@ -34,6 +34,7 @@ from zope.interface.verify import verifyObject
 
 from brigade_cr.brigade import build_secret, secret_data
 from brigade_cr.errors import BackendRejected, BackendUnavailable
+from brigade_cr.fileio import InlineIO, ThreadedIO
 from brigade_cr.interfaces import IBuilds
 from brigade_cr.memory import MemoryBuilds, MemoryProjects
 from brigade_cr.retry import Backoff
@@ -42,11 +43,9 @@ from brigade_cr.spool import (
     LOCK_FILE,
     QUARANTINE,
     CorruptRecord,
-    InlineIO,
     SpooledBuilds,
     SpoolLocked,
     SpoolStats,
-    ThreadedIO,
     decode_record,
     encode_record,
     parse_record_filename,

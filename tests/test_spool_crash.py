@@ -34,6 +34,7 @@ from zope.interface import implementer
 
 from brigade_cr.brigade import secret_data
 from brigade_cr.errors import BackendRejected
+from brigade_cr.fileio import InlineIO
 from brigade_cr.interfaces import IBuilds
 from brigade_cr.local import write_build
 from brigade_cr.spool import (
@@ -43,7 +44,6 @@ from brigade_cr.spool import (
     QUARANTINE,
     WRITE_STEPS,
     CorruptRecord,
-    InlineIO,
     SpooledBuilds,
     decode_record,
     encode_record,
