@@ -1,8 +1,9 @@
 # The two commands a newcomer needs: `make run` and `make test`.
 PYTHON ?= python3
 VENV := .venv
-# tox finds python3.10 ... python3.13 through pyenv's shims when they are all active.
-PYENV_ALL := $(shell command -v pyenv >/dev/null 2>&1 && pyenv versions --bare | grep -E '^3\.1[0-3]\.' | sort -t. -k2,2n -k3,3n | awk -F. '{v[$$1"."$$2]=$$0} END {for (k in v) print v[k]}' | paste -sd: -)
+# tox looks for python3.10 ... python3.13 on PATH: put each pyenv-installed
+# CPython 3.10-3.13 (the newest of each) on it directly, not through shims.
+PYENV_BINS := $(shell command -v pyenv >/dev/null 2>&1 && root=$$(pyenv root) && ls -d $$root/versions/3.1[0-3].* 2>/dev/null | sort -t. -k2,2n -k3,3n | awk -F/ '{split($$NF, v, "."); last[v[1]"."v[2]] = $$0} END {for (k in last) print last[k] "/bin"}' | paste -sd: -)
 
 .PHONY: run test venv clean
 
@@ -23,7 +24,7 @@ run: venv
 test:
 	$(PYTHON) -m venv .venv-tox
 	.venv-tox/bin/pip install -q --upgrade pip 'tox>=4.11'
-	PYENV_VERSION="$(PYENV_ALL)$${PYENV_VERSION:+:$$PYENV_VERSION}" .venv-tox/bin/tox run $(TOXARGS)
+	PATH="$(if $(PYENV_BINS),$(PYENV_BINS):)$$PATH" .venv-tox/bin/tox run $(TOXARGS)
 
 clean:
 	rm -rf $(VENV) .venv-tox .tox build *.egg-info

@@ -103,6 +103,8 @@ class CachedProjects:
     _loop: LoopingCall | None = attrs.field(default=None, init=False)
     _saved: list[dict[str, Any]] | None = attrs.field(default=None, init=False)
     _failing: bool = attrs.field(default=False, init=False)
+    _persisting: Deferred[None] | None = attrs.field(default=None, init=False)
+    _persist_again: bool = attrs.field(default=False, init=False)
 
     log = Logger()
 
@@ -151,12 +153,33 @@ class CachedProjects:
             )
             return entry.project
         self._failing = False
+        known = self._entries.get(project_id)
         self._entries[project_id] = _Entry(project, self.clock.seconds())
+        if known is None or known.project != project:
+            # Saved at once, so that a crash right after still knows it.
+            self._save_soon()
         return project
+
+    def _save_soon(self) -> None:
+        if self.store is None:
+            return
+        if self._persisting is not None:
+            self._persist_again = True
+            return
+
+        def done(_: object) -> None:
+            self._persisting = None
+            if self._persist_again:
+                self._persist_again = False
+                self._save_soon()
+
+        self._persisting = Deferred.fromCoroutine(self._persist())
+        self._persisting.addBoth(done)
 
     def _forget(self, project_id: str) -> None:
         if self._entries.pop(project_id, None) is not None:
             self.log.info("Project {project_id} is gone: no longer accepted", project_id=project_id)
+            self._save_soon()
 
     async def refresh(self) -> None:
         """Refresh every known project older than half the TTL, one at a time."""
@@ -171,7 +194,7 @@ class CachedProjects:
             except BackendUnavailable:
                 # The API is down: keep what we know, try again next round.
                 break
-        await self._persist()
+        self._save_soon()
 
     async def _persist(self) -> None:
         if self.store is None or self.run_blocking is None:
@@ -184,3 +207,5 @@ class CachedProjects:
             self._saved = snapshot
         except OSError as e:
             self.log.warn("Cannot save known projects to {path}: {error}", path=self.store, error=e.strerror)
+        except Exception:
+            self.log.failure("Cannot save known projects to {path}", path=self.store)

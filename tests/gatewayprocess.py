@@ -119,6 +119,11 @@ class GatewayProcess:
     def post(self, path: str, body: bytes, headers: Mapping[str, str] | None = None) -> Response:
         return self.request("POST", path, body, headers)
 
+    def kill(self) -> int:
+        """SIGKILL: no chance to flush or clean up."""
+        self.process.kill()
+        return self.process.wait(15)
+
     def stop(self, timeout: float = 15.0) -> int:
         """SIGTERM, then SIGKILL after ``timeout`` seconds; the exit code."""
         if self.process.poll() is None:

@@ -19,8 +19,14 @@ reactor with L{serve_tls} or L{serve_http}, or as a process with::
 
     python -m tests.kubeapi --port 0 --token T --cert-dir DIR
 
-which prints one line of JSON (C{url}, C{ca}, C{kubeconfig}, ...) once it
-listens and runs until SIGTERM.
+which prints one line of JSON (C{url}, C{ca}, C{kubeconfig},
+C{control_url}, ...) once it listens and runs until SIGTERM.
+
+Fault modes (API down, error storms, 429, latency, 500 after commit,
+resets mid-response, hangs) are composable objects in L{FakeKube.faults}
+(see L{InjectedFault}) plus L{ServedKube.stop_listening}; a process is
+driven through its control endpoint (L{FakeKubeControl}, a second,
+plain-HTTP loopback port).
 
 Known differences from a real apiserver are listed in L{FakeKube}'s
 docstring.
@@ -32,6 +38,8 @@ import base64
 import binascii
 import copy
 import datetime
+import errno
+import itertools
 import json
 import os
 import random
@@ -40,17 +48,20 @@ import sys
 import uuid
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Protocol, TypeVar
 
 from attrs import Factory, define, field, frozen
+from attrs import fields as attrs_fields
+from attrs import validators as attrs_validators
 from klein import Klein
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, ensureDeferred, succeed
 from twisted.internet.interfaces import (
     IDelayedCall,
     IListeningPort,
     IReactorTCP,
     IReactorTime,
 )
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
@@ -58,20 +69,37 @@ from twisted.web.server import Site
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 __all__ = [
+    "FAULT_KINDS",
     "FIELD_SELECTABLE_SECRET_FIELDS",
     "MAX_SECRET_SIZE",
     "APICall",
+    "CommitThenRespond",
+    "DelayAction",
+    "ErrorStorm",
+    "FailAfterCommit",
     "FailWith",
     "FakeKube",
+    "FakeKubeControl",
     "Fault",
+    "FaultAction",
     "FaultResponse",
+    "Hang",
+    "HangAction",
+    "InjectedFault",
     "KubeError",
     "LabelSelector",
+    "Latency",
+    "ResetAction",
+    "ResetMidResponse",
     "SelectorError",
     "ServedKube",
+    "TooManyRequests",
+    "describe_fault",
     "main",
+    "make_fault",
     "parse_field_selector",
     "parse_label_selector",
+    "serve_control",
     "serve_http",
     "serve_tls",
     "status_failure",
@@ -997,21 +1025,28 @@ class APICall:
 
 @frozen
 class FaultResponse:
-    """What a fault answers instead of the real handler."""
+    """
+    What a fault answers instead of the real handler: C{body} is sent as
+    JSON, or as-is if it is C{bytes} (then give a C{Content-Type} header).
+    """
 
     code: int
-    body: JSON
+    body: JSON | bytes
     headers: Mapping[str, str] = Factory(dict)
 
 
 class Fault(Protocol):
     """
     A fault is consulted for every authenticated API request, in the order
-    of L{FakeKube.faults}; the first that returns a L{FaultResponse} answers
-    the request instead of the real handler.  Faults may keep state.
+    of L{FakeKube.faults}.  It returns C{None} (not concerned), a
+    L{DelayAction} (wait, then go on consulting the next faults), or a
+    terminal action, which decides the request: a L{FaultResponse} answers
+    instead of the real handler, L{CommitThenRespond}, L{ResetAction} and
+    L{HangAction} are described there.  Faults may keep state; the
+    composable ones are the L{InjectedFault} subclasses.
     """
 
-    def __call__(self, call: APICall) -> FaultResponse | None: ...
+    def __call__(self, call: APICall) -> FaultAction | None: ...
 
 
 @frozen
@@ -1036,6 +1071,374 @@ class FailWith:
             details = {"retryAfterSeconds": self.retry_after}
             headers["Retry-After"] = str(self.retry_after)
         return FaultResponse(self.code, status_failure(self.code, reason, message, details), headers)
+
+
+# -- composable fault objects ------------------------------------------------
+#
+# A fault returns None (not concerned), or one of these actions:
+#   FaultResponse      answer this instead of the real handler;
+#   DelayAction        wait (on the fake's clock), then go on: later faults
+#                      and the handler still apply (not terminal); or
+#                      go on at once and delay only the answer;
+#   CommitThenRespond  run the real handler (the write IS committed), then
+#                      answer this instead of its answer;
+#   ResetAction        start a response, then abort the TCP connection;
+#   HangAction         never answer.
+
+
+@frozen
+class DelayAction:
+    """
+    Delay the rest of the request's processing by C{seconds} (fake's
+    clock), or, if C{answer_only}, process it at once and hold back only
+    the answer.
+    """
+
+    seconds: float
+    answer_only: bool = False
+
+
+@frozen
+class CommitThenRespond:
+    """
+    Run the real handler, then answer C{response} instead of its answer,
+    if it succeeded (2xx; C{on_commit} is then called).  A failing handler
+    (nothing committed) answers its own error.
+    """
+
+    response: FaultResponse
+    on_commit: Callable[[], None] | None = None
+
+
+@frozen
+class ResetAction:
+    """
+    Start a response and abort the connection mid-body.
+
+    @ivar commit: run the real handler first (its status code and body are
+        the ones started), else start a C{200} with a made-up object.
+    @ivar fraction: the share of the body sent before the abort.
+    @ivar code: the status code to start, overriding the above.
+    @ivar send_headers: C{False} aborts before sending anything at all.
+    """
+
+    commit: bool = False
+    fraction: float = 0.5
+    code: int | None = None
+    send_headers: bool = True
+
+
+@frozen
+class HangAction:
+    """Never answer (after running the real handler, if C{commit})."""
+
+    commit: bool = False
+
+
+FaultAction = FaultResponse | DelayAction | CommitThenRespond | ResetAction | HangAction
+_F = TypeVar("_F", bound=Fault)
+
+_RESOURCE_OF_KIND = {
+    "secrets": "secrets",
+    "secret": "secrets",
+    "namespaces": "namespaces",
+    "namespace": "namespaces",
+}
+
+
+def _name_set(values: str | Iterable[str] | None) -> frozenset[str] | None:
+    if values is None:
+        return None
+    if isinstance(values, str):
+        return frozenset([values])
+    return frozenset(values)
+
+
+def _non_negative(instance: Any, attribute: Any, value: float | None) -> None:
+    if value is not None and value < 0:
+        raise ValueError(f"{attribute.name} must not be negative, not {value!r}")
+
+
+def _a_fraction(instance: Any, attribute: Any, value: float) -> None:
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"{attribute.name} must be between 0 and 1, not {value!r}")
+
+
+def _http_error_code(instance: Any, attribute: Any, value: int | None) -> None:
+    if value is not None and not 100 <= value <= 599:
+        raise ValueError(f"{attribute.name} must be an HTTP status code, not {value!r}")
+
+
+_fault_ids = itertools.count(1)
+
+
+@define(eq=False, kw_only=True)
+class InjectedFault:
+    """
+    Base of the composable fault modes: who is hit, how often, and a count.
+
+    A fault is concerned with an authenticated request when it is still
+    active and every given selector matches; it then I{fires} with
+    probability C{probability} (drawn from its own C{random.Random(seed)},
+    so a run is reproducible) and returns its action.
+
+    @ivar verbs: Kubernetes verbs hit (C{create}, C{get}, ...; see
+        L{APICall.verb}); C{None} hits all, including discovery.
+    @ivar kinds: path kinds hit (L{APICall.kind}: C{secrets} is a
+        collection, C{secret} one object, C{discovery}, ...).
+    @ivar resources: resources hit: C{secrets} (both kinds C{secret} and
+        C{secrets}) or C{namespaces}.
+    @ivar namespaces: namespaces hit (requests naming no namespace are not).
+    @ivar times: fire at most this many times, then deactivate (C{None}:
+        forever).
+    @ivar probability: the share of concerned requests it fires on.
+    @ivar seed: seed of the random draws.
+    @ivar fired: how many times it fired.
+    @ivar id: a process-wide unique number (for the control endpoint).
+    """
+
+    kind: ClassVar[str] = ""
+
+    verbs: frozenset[str] | None = field(default=None, converter=_name_set)
+    kinds: frozenset[str] | None = field(default=None, converter=_name_set)
+    resources: frozenset[str] | None = field(default=None, converter=_name_set)
+    namespaces: frozenset[str] | None = field(default=None, converter=_name_set)
+    times: int | None = field(default=None, validator=_non_negative)
+    probability: float = field(default=1.0, validator=_a_fraction)
+    seed: int = 0
+    fired: int = field(init=False, default=0)
+    id: int = field(init=False, factory=lambda: next(_fault_ids))
+    _rng: random.Random = field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self._rng = random.Random(self.seed)
+
+    @property
+    def active(self) -> bool:
+        """Whether it may still fire (C{times} not used up)."""
+        return self.times is None or self.fired < self.times
+
+    def matches(self, call: APICall) -> bool:
+        """Whether the selectors hit C{call} (ignoring C{times} and chance)."""
+        if self.verbs is not None and call.verb not in self.verbs:
+            return False
+        if self.kinds is not None and call.kind not in self.kinds:
+            return False
+        if self.resources is not None and _RESOURCE_OF_KIND.get(call.kind) not in self.resources:
+            return False
+        return self.namespaces is None or call.namespace in self.namespaces
+
+    def __call__(self, call: APICall) -> FaultAction | None:
+        if not self.active or not self.matches(call):
+            return None
+        if self.probability < 1.0 and self._rng.random() >= self.probability:
+            return None
+        self.fired += 1
+        return self.action(call)
+
+    def action(self, call: APICall) -> FaultAction:
+        """What to do with a request this fault fires on."""
+        raise NotImplementedError
+
+    def describe(self) -> JSON:
+        """
+        This fault as JSON: C{kind}, C{id}, C{fired}, C{active} and every
+        constructor parameter (sets as sorted lists), plus fault-specific
+        counters.
+        """
+        out: JSON = {"kind": self.kind, "id": self.id, "fired": self.fired, "active": self.active}
+        for attribute in attrs_fields(type(self)):
+            if not attribute.init or attribute.name.startswith("_"):
+                continue
+            value = getattr(self, attribute.name)
+            out[attribute.name] = sorted(value) if isinstance(value, frozenset) else value
+        return out
+
+
+def _failure_body(code: int, message: str | None, details: JSON | None = None) -> JSON:
+    reason, default = _REASONS.get(code, ("InternalError", f"injected fault {code}"))
+    return status_failure(code, reason, message or default, details)
+
+
+@define(eq=False, kw_only=True)
+class ErrorStorm(InjectedFault):
+    """
+    Answer C{code} (default 503) with the matching C{Status}, e.g. an
+    apiserver whose etcd is unreachable; with C{Retry-After} and
+    C{details.retryAfterSeconds} when C{retry_after} is given.  Combine
+    with C{times} (the next N requests) or C{probability} (a share).
+    """
+
+    kind: ClassVar[str] = "error_storm"
+
+    code: int = field(default=503, validator=_http_error_code)
+    retry_after: int | None = field(default=None, validator=_non_negative)
+    message: str | None = None
+
+    def action(self, call: APICall) -> FaultAction:
+        details: JSON | None = None
+        headers: dict[str, str] = {}
+        if self.retry_after is not None:
+            details = {"retryAfterSeconds": self.retry_after}
+            headers["Retry-After"] = str(self.retry_after)
+        return FaultResponse(self.code, _failure_body(self.code, self.message, details), headers)
+
+
+_LIMITER_MESSAGE = "Too many requests, please try again later."
+
+
+@define(eq=False, kw_only=True)
+class TooManyRequests(InjectedFault):
+    """
+    Answer 429 with C{Retry-After: <retry_after>}.
+
+    C{style="status"} (default) sends a C{Status} with reason
+    C{TooManyRequests} and C{details.retryAfterSeconds}, as the apiserver
+    does for C{errors.NewTooManyRequests} (and as client-go reports every
+    429).  C{style="limiter"} sends exactly what the max-in-flight and
+    priority-and-fairness filters send: Go's C{http.Error}, i.e.
+    C{text/plain} C{"Too many requests, please try again later.\\n"} and
+    C{Retry-After}, no C{Status}: a client must take the delay from the
+    header.
+    """
+
+    kind: ClassVar[str] = "too_many_requests"
+
+    retry_after: int = field(default=1, validator=_non_negative)
+    style: str = field(default="status", validator=attrs_validators.in_(("status", "limiter")))
+    message: str = _LIMITER_MESSAGE
+
+    def action(self, call: APICall) -> FaultAction:
+        headers = {"Retry-After": str(self.retry_after)}
+        if self.style == "limiter":
+            headers["Content-Type"] = "text/plain; charset=utf-8"
+            headers["X-Content-Type-Options"] = "nosniff"
+            return FaultResponse(429, (self.message + "\n").encode("utf-8"), headers)
+        details = {"retryAfterSeconds": self.retry_after}
+        return FaultResponse(429, status_failure(429, "TooManyRequests", self.message, details), headers)
+
+
+@define(eq=False, kw_only=True)
+class Latency(InjectedFault):
+    """
+    Delay requests by C{seconds} on the fake's clock (a C{Clock} in tests:
+    nothing happens until it is advanced); the request is then handled
+    (and later faults applied) as usual.  A client that gives up first
+    cancels it: nothing is handled.
+
+    With C{answer_only}, the request is handled at once (a create IS
+    stored) and only its answer waits: a client that gives up first has
+    timed out on a write that succeeded.  (Streaming answers, i.e.
+    watches, are not held back.)
+    """
+
+    kind: ClassVar[str] = "latency"
+
+    seconds: float = field(default=1.0, validator=_non_negative)
+    answer_only: bool = False
+
+    def action(self, call: APICall) -> FaultAction:
+        return DelayAction(self.seconds, self.answer_only)
+
+
+@define(eq=False, kw_only=True)
+class FailAfterCommit(InjectedFault):
+    """
+    Perform the request (a create IS stored), then answer C{code} (default
+    500 InternalError; 504 is the apiserver's C{Timeout}) instead: "a
+    create answered 500 may have succeeded".  A request the real handler
+    refuses (409, 422, ...) gets its real answer.  Usually with
+    C{verbs=["create"]}.
+
+    @ivar committed: how many requests were performed and then failed.
+    """
+
+    kind: ClassVar[str] = "fail_after_commit"
+
+    code: int = field(default=500, validator=_http_error_code)
+    retry_after: int | None = field(default=None, validator=_non_negative)
+    message: str | None = None
+    committed: int = field(init=False, default=0)
+
+    def action(self, call: APICall) -> FaultAction:
+        details = None
+        headers = {}
+        if self.retry_after is not None:
+            details = {"retryAfterSeconds": self.retry_after}
+            headers["Retry-After"] = str(self.retry_after)
+        response = FaultResponse(self.code, _failure_body(self.code, self.message, details), headers)
+        return CommitThenRespond(response, self._commit)
+
+    def _commit(self) -> None:
+        self.committed += 1
+
+    def describe(self) -> JSON:
+        out = super().describe()
+        out["committed"] = self.committed
+        return out
+
+
+@define(eq=False, kw_only=True)
+class ResetMidResponse(InjectedFault):
+    """
+    Start a response (status line, headers with the full
+    C{Content-Length}, C{fraction} of the body), then abort the TCP
+    connection (a RST once the bytes are on the wire): the client sees a
+    connection error, not an HTTP answer.
+
+    @ivar commit: perform the request first (a create IS stored, and its
+        real status and body are the ones started), or not (a C{200} with a
+        made-up object is started and nothing is stored).
+    @ivar code: start this status code instead.
+    @ivar send_headers: C{False} aborts before sending a single byte.
+    """
+
+    kind: ClassVar[str] = "reset"
+
+    commit: bool = False
+    fraction: float = field(default=0.5, validator=_a_fraction)
+    code: int | None = field(default=None, validator=_http_error_code)
+    send_headers: bool = True
+
+    def action(self, call: APICall) -> FaultAction:
+        return ResetAction(self.commit, self.fraction, self.code, self.send_headers)
+
+
+@define(eq=False, kw_only=True)
+class Hang(InjectedFault):
+    """
+    Never answer: the request stays open until the client gives up (or
+    the server stops).  With C{commit}, the request is performed first (a
+    create IS stored).  L{FakeKube.hanging} counts requests left hanging.
+    """
+
+    kind: ClassVar[str] = "hang"
+
+    commit: bool = False
+
+    def action(self, call: APICall) -> FaultAction:
+        return HangAction(self.commit)
+
+
+FAULT_KINDS: dict[str, type[InjectedFault]] = {
+    cls.kind: cls for cls in (ErrorStorm, TooManyRequests, Latency, FailAfterCommit, ResetMidResponse, Hang)
+}
+
+
+def make_fault(kind: str, **params: Any) -> InjectedFault:
+    """
+    Build a fault from its C{kind} name (see L{FAULT_KINDS}) and
+    constructor parameters, as the control endpoint does.
+
+    @raise ValueError: for an unknown kind or bad parameters.
+    """
+    cls = FAULT_KINDS.get(kind)
+    if cls is None:
+        raise ValueError(f"unknown fault kind {kind!r}; known: {', '.join(sorted(FAULT_KINDS))}")
+    try:
+        return cls(**params)
+    except TypeError as e:
+        raise ValueError(f"bad parameters for {kind}: {e}") from None
 
 
 # ---------------------------------------------------------------------------
@@ -1131,7 +1534,9 @@ class FakeKube:
         resume from a C{resourceVersion}; older ones get C{410 Expired}.
     @ivar default_watch_timeout: seconds after which a watch without
         C{timeoutSeconds} is closed.
-    @ivar faults: consulted in order for every authenticated request.
+    @ivar faults: consulted in order for every authenticated request (see
+        L{Fault}; L{add_fault} with an L{InjectedFault} for the ready-made
+        modes, L{fail_with} for the simplest).
     @ivar calls: every request received, oldest first.
     """
 
@@ -1149,6 +1554,7 @@ class FakeKube:
     _history_floor: int = 0
     _watches: set[_Watch] = Factory(set)
     _random: random.Random = Factory(random.Random)
+    _hung: set[Deferred[Any]] = Factory(set)
 
     app: ClassVar[Klein] = Klein()
 
@@ -1254,6 +1660,30 @@ class FakeKube:
                 FailWith(code, retry_after, frozenset(verbs) if verbs else None),
             )
 
+    def add_fault(self, fault: _F, first: bool = False) -> _F:
+        """
+        Add C{fault} after the existing ones (before them if C{first});
+        return it, e.g. to read its C{fired} count later::
+
+            storm = fake.add_fault(ErrorStorm(code=503, times=3, verbs=["create"]))
+        """
+        if first:
+            self.faults.insert(0, fault)
+        else:
+            self.faults.append(fault)
+        return fault
+
+    def clear_faults(self) -> int:
+        """Remove every fault (C{fail_with} included); return how many."""
+        removed = len(self.faults)
+        self.faults.clear()
+        return removed
+
+    @property
+    def hanging(self) -> int:
+        """How many requests a L{Hang} or L{ResetMidResponse} holds open."""
+        return len(self._hung)
+
     def count(
         self,
         method: str | None = None,
@@ -1350,7 +1780,7 @@ class FakeKube:
         self,
         request: IRequest,
         code: int,
-        body: JSON,
+        body: JSON | bytes,
         headers: Mapping[str, str] | None = None,
     ) -> bytes:
         request.setResponseCode(code)
@@ -1359,7 +1789,10 @@ class FakeKube:
         request.setHeader(b"audit-id", str(uuid.uuid4()).encode())
         for name, value in (headers or {}).items():
             request.setHeader(name.encode("latin-1"), value.encode("latin-1"))
-        payload = json.dumps(body, separators=(",", ":")).encode("utf-8") + b"\n"
+        if isinstance(body, bytes):
+            payload = body
+        else:
+            payload = json.dumps(body, separators=(",", ":")).encode("utf-8") + b"\n"
         request.setHeader(b"content-length", str(len(payload)).encode("ascii"))
         return payload
 
@@ -1375,7 +1808,9 @@ class FakeKube:
         """
         Record the call, authenticate, consult faults, then run C{handler}:
         it returns (code, body) or (code, body, headers), a Deferred (watch),
-        or raises L{KubeError}.
+        or raises L{KubeError}.  Delays of every firing L{DelayAction} add
+        up (those holding back only the answer apart); the first terminal
+        action decides what happens after them.
         """
         method = request.method.decode("ascii", "replace")
         path = request.path.decode("utf-8", "replace")
@@ -1385,17 +1820,107 @@ class FakeKube:
         _log.debug("{method} {uri}", method=method, uri=request.uri)
         if not authenticated:
             return self._respond(request, 401, status_failure(401, "Unauthorized", "Unauthorized"))
+        before = after = 0.0
+        action: FaultAction | None = None
         for fault in list(self.faults):
-            response = fault(call)
-            if response is not None:
-                return self._respond(request, response.code, response.body, response.headers)
+            outcome = fault(call)
+            if isinstance(outcome, DelayAction):
+                if outcome.answer_only:
+                    after += outcome.seconds
+                else:
+                    before += outcome.seconds
+            elif outcome is not None:
+                action = outcome
+                break
+
+        def act() -> Any:
+            answer = self._act(request, call, action, handler)
+            if after > 0 and isinstance(answer, bytes):
+                return deferLater(self.clock, after, lambda: answer)
+            return answer
+
+        if before > 0:
+            return deferLater(self.clock, before, act)
+        return act()
+
+    @staticmethod
+    def _outcome(handler: Callable[[], Any]) -> _Reply | Deferred[Any]:
+        """Run C{handler}: (code, body, headers), or its Deferred."""
         try:
             result = handler()
         except KubeError as e:
-            return self._respond(request, e.code, e.body, e.headers)
+            return e.code, e.body, e.headers
         if isinstance(result, Deferred):
             return result
-        return self._respond(request, *result)
+        code, body, *rest = result
+        return code, body, rest[0] if rest else {}
+
+    def _act(
+        self,
+        request: IRequest,
+        call: APICall,
+        action: FaultAction | None,
+        handler: Callable[[], Any],
+    ) -> Any:
+        """Answer C{request} as the terminal C{action} says (C{None}: normally)."""
+        if isinstance(action, FaultResponse):
+            return self._respond(request, action.code, action.body, action.headers)
+        if isinstance(action, HangAction):
+            if action.commit and call.verb != "watch":
+                self._outcome(handler)
+            return self._hang()
+        if isinstance(action, ResetAction):
+            return self._reset(request, call, action, handler)
+        outcome = self._outcome(handler)
+        if isinstance(outcome, Deferred):
+            return outcome
+        if isinstance(action, CommitThenRespond) and 200 <= outcome[0] < 300:
+            if action.on_commit is not None:
+                action.on_commit()
+            response = action.response
+            return self._respond(request, response.code, response.body, response.headers)
+        return self._respond(request, *outcome)
+
+    def _hang(self) -> Deferred[Any]:
+        """A Deferred that never fires; cancelled when the client goes away."""
+
+        def cancel(d: Deferred[Any]) -> None:
+            self._hung.discard(d)
+
+        d: Deferred[Any] = Deferred(cancel)
+        self._hung.add(d)
+        return d
+
+    def _reset(
+        self,
+        request: IRequest,
+        call: APICall,
+        action: ResetAction,
+        handler: Callable[[], Any],
+    ) -> Deferred[Any]:
+        """Start a response as C{action} says, then abort the connection."""
+        outcome = self._outcome(handler) if action.commit and call.verb != "watch" else None
+        if isinstance(outcome, tuple):
+            code, body, headers = outcome
+        else:
+            code, headers = 200, {}
+            body = {
+                "kind": "Secret",
+                "apiVersion": "v1",
+                "metadata": {"name": call.name or "", "namespace": call.namespace or ""},
+                "type": "Opaque",
+            }
+        if action.code is not None:
+            code = action.code
+        transport = request.channel.transport  # type: ignore[attr-defined]
+        if action.send_headers:
+            payload = self._respond(request, code, body, headers)
+            keep = min(int(len(payload) * action.fraction), len(payload) - 1)
+            if action.fraction > 0:
+                keep = max(keep, 1)
+            request.write(payload[:keep])
+        _abort_when_flushed(transport)
+        return self._hang()
 
     @staticmethod
     def _arg(request: IRequest, name: str, default: str = "") -> str:
@@ -2227,6 +2752,64 @@ class FakeKube:
 # Serving
 # ---------------------------------------------------------------------------
 
+_FLUSH_POLL = 0.002  # seconds between checks that a reset's bytes left
+_FLUSH_POLLS = 500  # checks at most (about one second), then abort anyway
+
+
+def _unsent(transport: Any) -> int:
+    """
+    Bytes written to C{transport} (a TCP transport, or a TLS wrapper
+    around one) that the kernel has not taken yet.  Small writes that
+    Twisted's TLS transport holds back for the next reactor iteration are
+    pushed down first (as its C{loseConnection} does).
+    """
+    from twisted.internet.abstract import FileDescriptor
+
+    layer = transport
+    for _ in range(4):
+        if layer is None:
+            break
+        attributes = getattr(layer, "__dict__", {})
+        aggregator = attributes.get("_aggregator")
+        if aggregator is not None:
+            aggregator.flush()
+        if isinstance(layer, FileDescriptor):
+            buffered = len(getattr(layer, "dataBuffer", b"")) - getattr(layer, "offset", 0)
+            return max(buffered, 0) + int(getattr(layer, "_tempDataLen", 0))
+        if getattr(layer, "_appSendBuffer", None):
+            return sum(len(chunk) for chunk in layer._appSendBuffer)
+        layer = attributes.get("transport")
+    return 0
+
+
+def _abort_when_flushed(transport: Any, polls: int = _FLUSH_POLLS) -> None:
+    """
+    Abort C{transport} (Twisted then closes the socket with a RST) once
+    what was written to it is on the wire: C{abortConnection} drops
+    buffered bytes, and a reset mid-response must send the start of the
+    response first.  Polls the running reactor (real time) at most
+    C{polls} times; an in-memory transport is aborted at once (it keeps
+    its bytes).
+    """
+    try:
+        if _unsent(transport) and polls > 0:
+            from twisted.internet import reactor
+
+            reactor.callLater(_FLUSH_POLL, _abort_when_flushed, transport, polls - 1)  # type: ignore[attr-defined]
+            return
+        transport.abortConnection()
+    except Exception:  # the client went away first: nothing left to cut
+        _log.debug("connection already closed: {transport!r}", transport=transport)
+
+
+def _transport_of(protocol: Any) -> Any:
+    """
+    The transport of an HTTP channel built by a L{Site}: Twisted hands out
+    a proxy (C{_GenericHTTPChannelProtocol}) whose C{_channel} holds it.
+    """
+    channel = getattr(protocol, "_channel", protocol)
+    return getattr(channel, "transport", None)
+
 
 class _TrackingSite(Site):
     """A quiet L{Site} that remembers its connections so they can be cut."""
@@ -2239,16 +2822,21 @@ class _TrackingSite(Site):
 
     def buildProtocol(self, addr: Any) -> Any:
         protocol = super().buildProtocol(addr)
-        self.connections = [p for p in self.connections if getattr(p, "transport", None) is not None]
+        self.connections = [p for p in self.connections if not getattr(_transport_of(p), "disconnected", False)]
         self.connections.append(protocol)
         return protocol
 
     def abort_connections(self) -> None:
+        """Abort every open connection (a RST, like a server that died)."""
         for protocol in self.connections:
-            transport = getattr(protocol, "transport", None)
-            if transport is not None:
-                abort = getattr(transport, "abortConnection", None)
+            transport = _transport_of(protocol)
+            if transport is None:
+                continue
+            abort = getattr(transport, "abortConnection", None)
+            try:
                 (abort or transport.loseConnection)()
+            except Exception:  # already closed: TLS forgot its state
+                _log.debug("connection already closed: {transport!r}", transport=transport)
         self.connections = []
 
 
@@ -2260,9 +2848,13 @@ class ServedKube:
     @ivar url: the base URL, e.g. C{https://127.0.0.1:PORT}.
     @ivar ca_path: PEM file of the CA that signed the server certificate
         (C{None} for plain HTTP).
-    @ivar port: the listening port.
+    @ivar port: the listening port (replaced by L{start_listening}).
     @ivar fake: the fake being served.
     @ivar pki: the generated certificates (C{tests.certs.TestPKI}) or C{None}.
+    @ivar listen: listens on a given port number again (for
+        L{start_listening}); set by L{serve_tls} and L{serve_http}.
+    @ivar reactor: waits between attempts to listen again.
+    @ivar listening: whether the port is open (see L{stop_listening}).
     """
 
     url: str
@@ -2271,6 +2863,60 @@ class ServedKube:
     fake: FakeKube
     site: _TrackingSite
     pki: Any = None
+    listen: Callable[[int], Deferred[IListeningPort]] | None = None
+    reactor: Any = None
+    listening: bool = True
+
+    @property
+    def port_number(self) -> int:
+        """The TCP port number of the API (kept across stop/start)."""
+        return int(self.url.rsplit(":", 1)[1])
+
+    def stop_listening(self, cut_connections: bool = True) -> Deferred[None]:
+        """
+        Simulate an API server that is down: close the listening port, so
+        new connections are refused, and (if C{cut_connections}) abort the
+        open ones, so clients holding pooled connections see resets too.
+        Fires once the port is closed.  Idempotent.
+        """
+        if cut_connections:
+            self.site.abort_connections()
+        if not self.listening:
+            return succeed(None)
+        self.listening = False
+        d = self.port.stopListening()
+        return d if isinstance(d, Deferred) else succeed(None)
+
+    def start_listening(self, attempts: int = 50, interval: float = 0.1) -> Deferred[None]:
+        """
+        Listen again on the same port number (so clients' configuration
+        stays valid).  If that port is taken (C{EADDRINUSE}, e.g. by a
+        lingering socket) try again every C{interval} seconds, at most
+        C{attempts} times, then fail with the last
+        C{CannotListenError}.  Idempotent.
+        """
+        if self.listening:
+            return succeed(None)
+        if self.listen is None:
+            raise RuntimeError("this ServedKube cannot listen again (no listen function)")
+        listen = self.listen
+
+        async def run() -> None:
+            from twisted.internet.error import CannotListenError
+
+            for attempt in range(max(attempts, 1)):
+                try:
+                    self.port = await listen(self.port_number)
+                except CannotListenError as e:
+                    in_use = getattr(e.socketError, "errno", None) == errno.EADDRINUSE
+                    if not in_use or attempt + 1 >= attempts or self.reactor is None:
+                        raise
+                    await deferLater(self.reactor, interval, lambda: None)
+                else:
+                    self.listening = True
+                    return
+
+        return ensureDeferred(run())
 
     def write_kubeconfig(
         self,
@@ -2301,9 +2947,7 @@ class ServedKube:
     def stop(self) -> Deferred[None]:
         """Close watches, stop listening and cut open connections."""
         self.fake.close_watches()
-        d = self.port.stopListening()
-        self.site.abort_connections()
-        return d if isinstance(d, Deferred) else succeed(None)
+        return self.stop_listening(cut_connections=True)
 
 
 def write_kubeconfig(
@@ -2401,7 +3045,11 @@ def serve_tls(
 
     pki = write_test_pki(cert_dir)
     site = _TrackingSite(fake.resource())
-    endpoint = SSL4ServerEndpoint(reactor, port, _tls_options(pki), interface="127.0.0.1")
+    options = _tls_options(pki)
+
+    def listen(number: int) -> Deferred[IListeningPort]:
+        endpoint = SSL4ServerEndpoint(reactor, number, options, interface="127.0.0.1")
+        return endpoint.listen(site)  # type: ignore[no-any-return]
 
     def listening(listening_port: IListeningPort) -> ServedKube:
         address: Any = listening_port.getHost()
@@ -2412,9 +3060,11 @@ def serve_tls(
             fake=fake,
             site=site,
             pki=pki,
+            listen=listen,
+            reactor=reactor,
         )
 
-    return endpoint.listen(site).addCallback(listening)  # type: ignore[no-any-return]
+    return listen(port).addCallback(listening)
 
 
 def serve_http(reactor: IReactorTCP, fake: FakeKube, port: int = 0) -> Deferred[ServedKube]:
@@ -2422,7 +3072,10 @@ def serve_http(reactor: IReactorTCP, fake: FakeKube, port: int = 0) -> Deferred[
     from twisted.internet.endpoints import TCP4ServerEndpoint
 
     site = _TrackingSite(fake.resource())
-    endpoint = TCP4ServerEndpoint(reactor, port, interface="127.0.0.1")
+
+    def listen(number: int) -> Deferred[IListeningPort]:
+        endpoint = TCP4ServerEndpoint(reactor, number, interface="127.0.0.1")
+        return endpoint.listen(site)  # type: ignore[no-any-return]
 
     def listening(listening_port: IListeningPort) -> ServedKube:
         address: Any = listening_port.getHost()
@@ -2432,9 +3085,216 @@ def serve_http(reactor: IReactorTCP, fake: FakeKube, port: int = 0) -> Deferred[
             port=listening_port,
             fake=fake,
             site=site,
+            listen=listen,
+            reactor=reactor,
         )
 
-    return endpoint.listen(site).addCallback(listening)  # type: ignore[no-any-return]
+    return listen(port).addCallback(listening)
+
+
+# ---------------------------------------------------------------------------
+# Control endpoint (a separate plain-HTTP listener, never the API port)
+# ---------------------------------------------------------------------------
+
+
+def _call_json(call: APICall) -> JSON:
+    return {
+        "method": call.method,
+        "path": call.path,
+        "kind": call.kind,
+        "verb": call.verb,
+        "namespace": call.namespace,
+        "name": call.name,
+        "authenticated": call.authenticated,
+    }
+
+
+def describe_fault(fault: Fault) -> JSON:
+    """A fault as JSON: L{InjectedFault.describe}, or a summary of others."""
+    if isinstance(fault, InjectedFault):
+        return fault.describe()
+    if isinstance(fault, FailWith):
+        return {
+            "kind": "fail_with",
+            "code": fault.code,
+            "retry_after": fault.retry_after,
+            "verbs": sorted(fault.verbs) if fault.verbs is not None else None,
+        }
+    return {"kind": "custom", "repr": repr(fault)}
+
+
+class _ControlError(Exception):
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@define(eq=False, slots=False)
+class FakeKubeControl:
+    """
+    The test-side API of a served fake, over HTTP (for a fake running as a
+    process).  Served by L{serve_control} on its own loopback port, plain
+    HTTP and without authentication: the Kubernetes API port never answers
+    these paths (they are 404 there, as on a real apiserver).
+
+    Every answer is JSON; errors are C{{"error": "<message>"}} with 400
+    (bad request body or fault parameters) or 404.
+
+      - C{GET /faults}: C{{"faults": [<fault>, ...], "hanging": N}}, in
+        consultation order; a C{<fault>} is L{InjectedFault.describe}:
+        C{{"kind", "id", "fired", "active", <parameters>}} (plus
+        C{"committed"} for C{fail_after_commit}).  C{hanging} counts
+        requests held open by C{hang}/C{reset}.
+      - C{POST /faults} C{{"kind": K, <parameters>..., "first": false}}:
+        add a fault (L{make_fault}: K is one of L{FAULT_KINDS}, parameters
+        are the constructor's, sets as lists), after the others (before
+        them with C{"first": true}); answers 201 with the C{<fault>}.
+        E.g. C{{"kind": "error_storm", "code": 503, "times": 5,
+        "verbs": ["create"], "resources": ["secrets"]}}.
+      - C{DELETE /faults}: remove all; C{{"removed": N}}.
+      - C{DELETE /faults/<id>}: remove one; C{{"removed": 1}} (404 if none).
+      - C{GET /listening}: C{{"listening": bool, "port": N}}.
+      - C{POST /listening} C{{"listening": bool, "cut_connections": true}}:
+        stop listening on the API port (new connections are refused; open
+        ones are aborted unless C{cut_connections} is false) or listen again
+        on the same port number; answers C{{"listening": bool, "port": N}}
+        once done.
+      - C{GET /secrets[?namespace=NS]}: C{{"items": [<Secret>, ...]}}, the
+        stored Secrets (all namespaces without C{namespace}), sorted.
+      - C{GET /calls}: C{{"count": N, "by_verb": {"create": N, ...},
+        "calls": [<call>, ...]}}, every request the API port received
+        (C{by_verb} counts those with a verb), oldest first; a C{<call>} is
+        C{{"method", "path", "kind", "verb", "namespace", "name",
+        "authenticated"}} (see L{APICall}).
+      - C{DELETE /calls}: forget them; C{{"removed": N}}.
+    """
+
+    served: ServedKube
+
+    app: ClassVar[Klein] = Klein()
+
+    @property
+    def fake(self) -> FakeKube:
+        return self.served.fake
+
+    def resource(self) -> Any:
+        """The Klein resource serving this control API."""
+        return self.app.resource()
+
+    @staticmethod
+    def _answer(request: IRequest, code: int, body: JSON) -> bytes:
+        request.setResponseCode(code)
+        request.setHeader(b"content-type", b"application/json")
+        request.setHeader(b"cache-control", b"no-store")
+        return json.dumps(body).encode("utf-8") + b"\n"
+
+    @staticmethod
+    def _body(request: IRequest) -> JSON:
+        raw = request.content.read() if request.content is not None else b""
+        try:
+            body = json.loads(raw.decode("utf-8") or "{}")
+        except (UnicodeDecodeError, ValueError) as e:
+            raise _ControlError(400, f"body is not JSON: {e}") from None
+        if not isinstance(body, dict):
+            raise _ControlError(400, "body must be a JSON object")
+        return body
+
+    @app.handle_errors(_ControlError)
+    def _error(self, request: IRequest, failure: Failure) -> bytes:
+        error: _ControlError = failure.value  # type: ignore[assignment]
+        return self._answer(request, error.code, {"error": str(error)})
+
+    @app.handle_errors(NotFound)
+    def _not_found(self, request: IRequest, failure: Failure) -> bytes:
+        return self._answer(request, 404, {"error": "no such control path"})
+
+    @app.handle_errors(MethodNotAllowed)
+    def _not_allowed(self, request: IRequest, failure: Failure) -> bytes:
+        return self._answer(request, 405, {"error": "method not allowed"})
+
+    @app.route("/faults", methods=["GET", "POST", "DELETE"])
+    def _faults(self, request: IRequest) -> bytes:
+        if request.method == b"POST":
+            body = self._body(request)
+            kind = body.pop("kind", None)
+            first = bool(body.pop("first", False))
+            if not isinstance(kind, str):
+                raise _ControlError(400, f"'kind' must be one of {', '.join(sorted(FAULT_KINDS))}")
+            try:
+                fault = make_fault(kind, **body)
+            except ValueError as e:
+                raise _ControlError(400, str(e)) from None
+            self.fake.add_fault(fault, first=first)
+            return self._answer(request, 201, fault.describe())
+        if request.method == b"DELETE":
+            return self._answer(request, 200, {"removed": self.fake.clear_faults()})
+        return self._answer(
+            request,
+            200,
+            {"faults": [describe_fault(f) for f in self.fake.faults], "hanging": self.fake.hanging},
+        )
+
+    @app.route("/faults/<int:fault_id>", methods=["DELETE"])
+    def _fault(self, request: IRequest, fault_id: int) -> bytes:
+        for fault in list(self.fake.faults):
+            if isinstance(fault, InjectedFault) and fault.id == fault_id:
+                self.fake.faults.remove(fault)
+                return self._answer(request, 200, {"removed": 1})
+        raise _ControlError(404, f"no fault with id {fault_id}")
+
+    def _listening_state(self) -> JSON:
+        return {"listening": self.served.listening, "port": self.served.port_number}
+
+    @app.route("/listening", methods=["GET", "POST"])
+    def _listening(self, request: IRequest) -> Any:
+        if request.method == b"GET":
+            return self._answer(request, 200, self._listening_state())
+        body = self._body(request)
+        wanted = body.get("listening")
+        cut = body.get("cut_connections", True)
+        if not isinstance(wanted, bool) or not isinstance(cut, bool):
+            raise _ControlError(400, "'listening' (and 'cut_connections') must be true or false")
+        if wanted:
+            d = self.served.start_listening()
+        else:
+            d = self.served.stop_listening(cut_connections=cut)
+
+        def done(_: object) -> bytes:
+            return self._answer(request, 200, self._listening_state())
+
+        def failed(failure: Failure) -> bytes:
+            return self._answer(request, 500, {"error": failure.getErrorMessage(), **self._listening_state()})
+
+        return d.addCallbacks(done, failed)
+
+    @app.route("/secrets", methods=["GET"])
+    def _secrets(self, request: IRequest) -> bytes:
+        values = request.args.get(b"namespace")
+        namespace = values[0].decode("utf-8", "replace") if values else None
+        return self._answer(request, 200, {"items": self.fake.secrets(namespace)})
+
+    @app.route("/calls", methods=["GET", "DELETE"])
+    def _calls(self, request: IRequest) -> bytes:
+        if request.method == b"DELETE":
+            removed = len(self.fake.calls)
+            self.fake.calls.clear()
+            return self._answer(request, 200, {"removed": removed})
+        calls = [_call_json(c) for c in self.fake.calls]
+        by_verb = Counter(c.verb for c in self.fake.calls if c.verb is not None)
+        return self._answer(request, 200, {"count": len(calls), "by_verb": dict(by_verb), "calls": calls})
+
+
+def serve_control(reactor: IReactorTCP, served: ServedKube, port: int = 0) -> Deferred[IListeningPort]:
+    """
+    Serve L{FakeKubeControl} for C{served} over plain HTTP on
+    C{127.0.0.1:port} (0 picks a free port); its URL is
+    C{http://127.0.0.1:<getHost().port>}.
+    """
+    from twisted.internet.endpoints import TCP4ServerEndpoint
+
+    site = Site(FakeKubeControl(served).resource())
+    site.noisy = False
+    return TCP4ServerEndpoint(reactor, port, interface="127.0.0.1").listen(site)  # type: ignore[no-any-return]
 
 
 # ---------------------------------------------------------------------------
@@ -2456,10 +3316,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     Run the fake as a process: serve over TLS (or plain HTTP with
     C{--plain-http}) on 127.0.0.1, write C{kubeconfig} into C{--cert-dir},
-    print one line of JSON (C{url}, C{ca}, C{kubeconfig}, C{port},
-    C{client_cert}, C{client_key}, C{pid}) to stdout once listening, and
-    run until SIGTERM/SIGINT (or until stdin closes, with
-    C{--exit-on-stdin-eof}).
+    serve the control API (L{FakeKubeControl}) over plain HTTP on another
+    loopback port (C{--control-port}), print one line of JSON (C{url},
+    C{ca}, C{kubeconfig}, C{port}, C{control_url}, C{client_cert},
+    C{client_key}, C{pid}) to stdout once both listen, and run until
+    SIGTERM/SIGINT (or until stdin closes, with C{--exit-on-stdin-eof}).
     """
     import argparse
 
@@ -2480,6 +3341,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="JSON file with a Secret, a list of Secrets or a SecretList to store at start (repeatable)",
     )
     parser.add_argument("--plain-http", action="store_true")
+    parser.add_argument(
+        "--control-port", type=int, default=0, help="port of the plain-HTTP control API on 127.0.0.1 (default: any)"
+    )
     parser.add_argument("--exit-on-stdin-eof", action="store_true", help="exit when stdin is closed (parent died)")
     parser.add_argument("--history-limit", type=int, default=1000)
     parser.add_argument("--verbose", action="store_true", help="log every request to stderr")
@@ -2517,7 +3381,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.makedirs(args.cert_dir, exist_ok=True)
     exit_code = [0]
 
-    def ready(served: ServedKube) -> None:
+    def control(served: ServedKube) -> Deferred[None]:
+        def listening(control_port: IListeningPort) -> None:
+            ready(served, control_port.getHost().port)  # type: ignore[attr-defined]
+
+        return serve_control(reactor, served, args.control_port).addCallback(listening)
+
+    def ready(served: ServedKube, control_port: int) -> None:
         kubeconfig = served.write_kubeconfig(
             os.path.join(os.path.abspath(args.cert_dir), "kubeconfig"),
             namespace=fake.namespaces()[0] if "default" not in fake.namespaces() else "default",
@@ -2526,7 +3396,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "url": served.url,
             "ca": served.ca_path,
             "kubeconfig": kubeconfig,
-            "port": served.port.getHost().port,  # type: ignore[attr-defined]
+            "port": served.port_number,
+            "control_url": f"http://127.0.0.1:{control_port}",
             "client_cert": served.pki.client_cert if served.pki else None,
             "client_key": served.pki.client_key if served.pki else None,
             "pid": os.getpid(),
@@ -2543,7 +3414,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         d = serve_http(reactor, fake, args.port)
     else:
         d = serve_tls(reactor, fake, args.cert_dir, args.port)
-    d.addCallbacks(ready, failed)
+    d.addCallback(control).addErrback(failed)
 
     if args.exit_on_stdin_eof:
         from twisted.internet.protocol import Protocol

@@ -31,6 +31,9 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
+import urllib.parse
+import urllib.request
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -42,6 +45,7 @@ __all__ = [
     "ENV_KUBECONFIG",
     "ENV_NAMESPACE",
     "TEST_LABEL",
+    "ControlError",
     "FakeKubeProcess",
     "KubeTarget",
     "fake_kube_process",
@@ -57,14 +61,37 @@ OTHER_NAMESPACE = "brigade-cr-other"
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REQUEST_TIMEOUT = 10.0  # seconds, for every client call made here
 
+# Loopback only: never through an HTTP proxy from the environment.
+_CONTROL_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+class ControlError(Exception):
+    """
+    The fake's control endpoint refused a call.
+
+    @ivar code: the HTTP status.
+    @ivar body: the decoded JSON answer (C{{"error": message}}).
+    """
+
+    def __init__(self, code: int, body: Any) -> None:
+        super().__init__(f"control endpoint answered {code}: {body}")
+        self.code = code
+        self.body = body
+
 
 @define
 class FakeKubeProcess:
     """
     A running C{python -m tests.kubeapi} process (TLS on 127.0.0.1).
 
+    Its faults and listening state are driven through its control endpoint
+    (see C{tests.kubeapi.FakeKubeControl} for the JSON shapes) with
+    L{add_fault}, L{faults}, L{remove_fault}, L{clear_faults},
+    L{set_listening}, L{secrets}, L{calls} and L{reset_calls}: synchronous,
+    C{urllib}, each bounded by C{REQUEST_TIMEOUT}.
+
     @ivar info: the JSON line it printed (C{url}, C{ca}, C{kubeconfig},
-        C{client_cert}, C{client_key}, C{port}, C{pid}).
+        C{client_cert}, C{client_key}, C{port}, C{control_url}, C{pid}).
     """
 
     process: subprocess.Popen[bytes]
@@ -93,6 +120,112 @@ class FakeKubeProcess:
     def stderr_path(self) -> str:
         return os.path.join(self.cert_dir, "kubeapi.stderr")
 
+    @property
+    def port(self) -> int:
+        """The API's TCP port (the same after L{set_listening})."""
+        return int(self.info["port"])
+
+    @property
+    def control_url(self) -> str:
+        """C{http://127.0.0.1:PORT} of the control endpoint."""
+        return str(self.info["control_url"])
+
+    # -- control endpoint --------------------------------------------------
+
+    def control(self, method: str, path: str, body: Any = None, timeout: float = REQUEST_TIMEOUT) -> Any:
+        """
+        Call the control endpoint: send C{body} as JSON, return the decoded
+        JSON answer.
+
+        @raise ControlError: for an HTTP error answer.
+        """
+        data = None if body is None else json.dumps(body).encode("utf-8")
+        request = urllib.request.Request(
+            self.control_url + path,
+            data=data,
+            method=method,
+            headers={"Content-Type": "application/json", "Accept": "application/json"},
+        )
+        try:
+            with _CONTROL_OPENER.open(request, timeout=timeout) as response:
+                return json.loads(response.read())
+        except urllib.error.HTTPError as e:
+            with e:
+                raw = e.read()
+            try:
+                answer = json.loads(raw)
+            except ValueError:
+                answer = raw.decode("utf-8", "replace")
+            raise ControlError(e.code, answer) from None
+
+    def add_fault(self, kind: str, first: bool = False, **params: Any) -> dict[str, Any]:
+        """
+        Add a fault (C{kind} is a C{tests.kubeapi.FAULT_KINDS} name,
+        C{params} its constructor's: e.g.
+        C{add_fault("error_storm", code=503, times=3, verbs=["create"])});
+        return its description (C{id}, C{fired}, parameters).
+        """
+        answer: dict[str, Any] = self.control("POST", "/faults", {"kind": kind, "first": first, **params})
+        return answer
+
+    def faults(self) -> list[dict[str, Any]]:
+        """The faults in order, each with its C{fired} count."""
+        faults: list[dict[str, Any]] = self.control("GET", "/faults")["faults"]
+        return faults
+
+    def hanging(self) -> int:
+        """How many requests a C{hang} or C{reset} fault holds open."""
+        return int(self.control("GET", "/faults")["hanging"])
+
+    def remove_fault(self, fault_id: int) -> None:
+        """Remove the fault with this C{id}."""
+        self.control("DELETE", f"/faults/{int(fault_id)}")
+
+    def clear_faults(self) -> int:
+        """Remove every fault; return how many there were."""
+        return int(self.control("DELETE", "/faults")["removed"])
+
+    def set_listening(self, listening: bool, cut_connections: bool = True) -> None:
+        """
+        Stop listening on the API port (connections are refused; open ones
+        are aborted unless C{cut_connections} is false) or listen again on
+        the same port.  Returns once done.
+        """
+        answer = self.control("POST", "/listening", {"listening": listening, "cut_connections": cut_connections})
+        if answer["listening"] is not listening:
+            raise ControlError(200, answer)
+
+    def secrets(self, namespace: str | None = None) -> list[dict[str, Any]]:
+        """The stored Secrets (of C{namespace}, or all), read without the API."""
+        query = "?" + urllib.parse.urlencode({"namespace": namespace}) if namespace is not None else ""
+        items: list[dict[str, Any]] = self.control("GET", "/secrets" + query)["items"]
+        return items
+
+    def calls(self) -> list[dict[str, Any]]:
+        """
+        Every request the API port received, oldest first: dicts with
+        C{method}, C{path}, C{kind}, C{verb}, C{namespace}, C{name},
+        C{authenticated}.
+        """
+        calls: list[dict[str, Any]] = self.control("GET", "/calls")["calls"]
+        return calls
+
+    def count(self, **criteria: Any) -> int:
+        """
+        How many recorded requests match every C{key=value} given (keys of
+        a L{calls} dict, e.g. C{count(verb="create", namespace="ns")}).
+        """
+        return sum(1 for call in self.calls() if all(call.get(k) == v for k, v in criteria.items()))
+
+    def calls_by_verb(self) -> dict[str, int]:
+        """Recorded requests per Kubernetes verb (discovery and unknown paths left out)."""
+        counts: dict[str, int] = self.control("GET", "/calls")["by_verb"]
+        return counts
+
+    def reset_calls(self) -> int:
+        """Forget the recorded requests; return how many there were."""
+        return int(self.control("DELETE", "/calls")["removed"])
+
     @classmethod
     def start(
         cls,
@@ -119,8 +252,8 @@ class FakeKubeProcess:
             "tests.kubeapi",
             "--port",
             "0",
-            "--token",
-            token,
+            # One argument: a random token may start with "-".
+            f"--token={token}",
             "--cert-dir",
             cert_dir,
             "--exit-on-stdin-eof",

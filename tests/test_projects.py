@@ -122,9 +122,9 @@ def test_recovery_after_outage() -> None:
 def test_persisted_for_restart_during_outage(tmp_path: Path) -> None:
     """With a store, a restart during an outage still knows the project; the file is private."""
     store = tmp_path / "projects.json"
-    cache, _, clock = make(store=store)
+    cache, _, _ = make(store=store)
     result_of(cache.get(PID))
-    clock.advance(10)
+    # Saved as soon as it is first known, not at the next refresh.
     assert [p.id for p in load_store(store)] == [PID]
     assert stat.S_IMODE(os.stat(store).st_mode) == 0o600
     cache.stop()
@@ -149,3 +149,14 @@ def test_refresh_interval(ttl: float) -> None:
     assert counting.calls == 1
     clock.advance(ttl / 3)  # now older than ttl/2: refreshed
     assert counting.calls == 2
+
+
+def test_deleted_project_removed_from_store(tmp_path: Path) -> None:
+    """A project found deleted is removed from the store too, so a restart does not revive it."""
+    store = tmp_path / "projects.json"
+    cache, counting, clock = make(store=store)
+    result_of(cache.get(PID))
+    del counting.inner.secrets[PID]
+    for _ in range(3):
+        clock.advance(10)
+    assert load_store(store) == []
