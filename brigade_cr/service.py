@@ -67,6 +67,9 @@ class GatewayService(Service):
     announcements: list[str] = attrs.Factory(list)
     drain_deadline: float = DEFAULT_DRAIN_DEADLINE
     stop_reactor: Callable[[], Any] | None = None
+    # Called once a stop has finished in order: twistd then exits 0 rather
+    # than re-raising the SIGTERM that stopped it.
+    stopped_cleanly: Callable[[], Any] | None = None
 
     log = Logger()
 
@@ -116,3 +119,5 @@ class GatewayService(Service):
         if self.close is not None:
             await maybeDeferred(self.close)
         self.log.info("Stopped after {seconds:.1f}s", seconds=self.clock.seconds() - started)
+        if self.stopped_cleanly is not None:
+            self.stopped_cleanly()

@@ -368,4 +368,13 @@ def makeService(options: Options) -> IService:
         announcements=announcements,
         drain_deadline=options["shutdown-timeout"],
         stop_reactor=reactor.stop,  # type: ignore[attr-defined]
+        stopped_cleanly=lambda: _forget_exit_signal(reactor),
     )
+
+
+def _forget_exit_signal(reactor: Any) -> None:
+    # twistd re-raises the signal that stopped the reactor so that the exit
+    # status shows it (143 for SIGTERM). A SIGTERM that led to a complete
+    # graceful stop is a success: exit 0, as Kubernetes and systemd expect.
+    if hasattr(reactor, "_exitSignal"):
+        reactor._exitSignal = None

@@ -79,6 +79,7 @@ def make(spool: bool = True) -> tuple[GatewayService, list[str], Clock, FakeSpoo
         close=close,
         drain_deadline=25.0,
         stop_reactor=lambda: events.append("reactor stopped"),
+        stopped_cleanly=lambda: events.append("clean exit"),
     )
     return service, events, clock, fake_spool
 
@@ -126,7 +127,7 @@ def test_graceful_stop_order() -> None:
     site._in_flight = 0
     for waiter in site._idle_waiters:
         waiter.callback(None)
-    assert events[-3:] == ["spool stopped", "task stopped", "closed"]
+    assert events[-4:] == ["spool stopped", "task stopped", "closed", "clean exit"]
     assert spool.stopped_with == [22.0]
     assert stopped == [None]
 
@@ -144,4 +145,4 @@ def test_stop_deadline_with_stuck_delivery() -> None:
     clock.advance(0.2)
     assert stopped == [None]
     assert spool.stopped_with == [0.0]
-    assert events[-1] == "closed"
+    assert events[-2:] == ["closed", "clean exit"]
