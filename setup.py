@@ -26,6 +26,7 @@ setup(
         # API client never runs on the reactor.
         "kubernetes>=29.0.0",
         "PyYAML>=6.0",
+        "prometheus_client>=0.17",
     ],
     classifiers=[
         "Framework :: Twisted",

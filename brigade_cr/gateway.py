@@ -16,9 +16,17 @@ from twisted.logger import Logger
 
 from .auth import HmacScheme, check_credentials
 from .brigade import project_id
-from .errors import BadRequest, ProjectNotFound, RateLimited, Unauthorized
+from .errors import (
+    BackendRejected,
+    BackendUnavailable,
+    BadRequest,
+    ProjectNotFound,
+    RateLimited,
+    Unauthorized,
+)
 from .identity import build_ulid, identity_of
 from .interfaces import IBuilds, IPayloadFormat, IProjects
+from .metrics import GatewayMetrics
 from .payload import decode_document
 from .ratelimit import RateLimiter
 from .registries import FORMATS, recognise
@@ -35,6 +43,23 @@ from .values import (
 )
 
 BUILDABLE = frozenset({PUSH, DELETE, QUARANTINE})
+_OUTCOME_OF: dict[type[Exception], str] = {
+    Unauthorized: "unauthorized",
+    ProjectNotFound: "unauthorized",
+    RateLimited: "rate_limited",
+    BadRequest: "malformed",
+    BackendUnavailable: "unavailable",
+    BackendRejected: "rejected",
+}
+
+
+@attrs.define
+class _Seen:
+    """What a delivery turned out to be, as far as it got (for metrics)."""
+
+    format: str = "none"
+
+
 TITLE_LIMIT = 1024
 
 
@@ -125,6 +150,7 @@ class Gateway:
     auth_required: bool = True
     auth_failures: RateLimiter | None = None
     project_rate: RateLimiter | None = None
+    metrics: GatewayMetrics | None = None
     _warned: set[str] = attrs.field(factory=set, init=False)
 
     log = Logger()
@@ -200,6 +226,26 @@ class Gateway:
         ``BackendUnavailable`` or ``BackendRejected``; the web layer maps
         each to a status.
         """
+        seen = _Seen()
+        try:
+            outcome = await self._receive(delivery, seen)
+        except Exception as e:
+            self._count(seen.format, _OUTCOME_OF.get(type(e), "error"))
+            raise
+        if isinstance(outcome, Ignored):
+            self._count(seen.format, "ignored")
+        else:
+            receipt = outcome.receipt
+            self._count(seen.format, "queued" if receipt.queued else "duplicate" if receipt.duplicate else "built")
+            if self.metrics is not None and not receipt.duplicate:
+                self.metrics.built(outcome.build.project_id, outcome.build.event_type)
+        return outcome
+
+    def _count(self, payload_format: str, outcome: str) -> None:
+        if self.metrics is not None:
+            self.metrics.delivered(payload_format, outcome)
+
+    async def _receive(self, delivery: Delivery, seen: _Seen) -> Accepted | Ignored:
         pid = project_id(delivery.project_ref)
         await self._authenticate(delivery, pid)
         if self.project_rate is not None:
@@ -209,6 +255,7 @@ class Gateway:
                 raise RateLimited("project rate limit", wait)
         document = decode_document(delivery.body)
         sender = self._choose_format(delivery, document)
+        seen.format = sender.name
         events = list(sender.parse(delivery, document))
         buildable = [event for event in events if event.action in BUILDABLE]
         self.log.info(

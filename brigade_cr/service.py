@@ -70,6 +70,8 @@ class GatewayService(Service):
     # Called once a stop has finished in order: twistd then exits 0 rather
     # than re-raising the SIGTERM that stopped it.
     stopped_cleanly: Callable[[], Any] | None = None
+    # Listeners with no part in the drain (metrics): up from the start, down last.
+    side_listening: list[IService] = attrs.Factory(list)
 
     log = Logger()
 
@@ -79,6 +81,8 @@ class GatewayService(Service):
             self.log.info("{text}", text=text)
         for task in self.background:
             task.start()
+        for service in self.side_listening:
+            service.startService()
         if self.spool is None:
             self.listening.startService()
             return
@@ -118,6 +122,9 @@ class GatewayService(Service):
             task.stop()
         if self.close is not None:
             await maybeDeferred(self.close)
+        for service in self.side_listening:
+            if service.running:
+                await maybeDeferred(service.stopService)
         self.log.info("Stopped after {seconds:.1f}s", seconds=self.clock.seconds() - started)
         if self.stopped_cleanly is not None:
             self.stopped_cleanly()

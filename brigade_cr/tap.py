@@ -13,11 +13,14 @@ import attrs
 from twisted.application import strports
 from twisted.application.service import IService
 from twisted.python import usage
+from twisted.web.resource import Resource
+from twisted.web.server import Site
 
 from .fileio import ThreadedIO
 from .gateway import Gateway
 from .interfaces import IBuilds, IProjects
 from .local import directory_backend
+from .metrics import GatewayMetrics
 from .projects import DEFAULT_TTL, CachedProjects
 from .ratelimit import RateLimiter
 from .retry import RetryingBuilds, Throttle, ThrottledBuilds
@@ -175,6 +178,14 @@ class Options(usage.Options):
         ["kube-qps", None, 5.0, "Build creations per second at most (client-side rate limit).", positive_number],
         ["kube-burst", None, 10, "Build creations in a burst at most.", positive_int],
         [
+            "metrics",
+            None,
+            None,
+            "Endpoint serving Prometheus metrics at /metrics, e.g. tcp:9100:interface=127.0.0.1 "
+            "(default: none; keep it off the public webhook port).",
+            port_description,
+        ],
+        [
             "shutdown-timeout",
             None,
             DEFAULT_DRAIN_DEADLINE,
@@ -276,7 +287,13 @@ def _directory(
     )
 
 
-def make_gateway(options: Mapping[str, Any], projects: IProjects, builds: IBuilds, clock: Any) -> Gateway:
+def make_gateway(
+    options: Mapping[str, Any],
+    projects: IProjects,
+    builds: IBuilds,
+    clock: Any,
+    metrics: GatewayMetrics | None = None,
+) -> Gateway:
     """The gateway use case, configured by ``options``."""
     per_project = options["project-rate"]
     return Gateway(
@@ -289,6 +306,7 @@ def make_gateway(options: Mapping[str, Any], projects: IProjects, builds: IBuild
             clock, per_second=options["auth-failure-rate"] / 60.0, burst=options["auth-failure-burst"]
         ),
         project_rate=RateLimiter(clock, per_second=per_project / 60.0, burst=per_project) if per_project else None,
+        metrics=metrics,
     )
 
 
@@ -331,7 +349,10 @@ def makeService(options: Options) -> IService:
         accepted: IBuilds = spool
     else:
         accepted = RetryingBuilds(builds, reactor)  # type: ignore[arg-type]
-    gateway = make_gateway(options, projects, accepted, reactor)
+    metrics = GatewayMetrics()
+    if spool is not None:
+        metrics.watch_spool(spool.stats)
+    gateway = make_gateway(options, projects, accepted, reactor, metrics)
 
     def readiness() -> str | None:
         if spool is not None and not spool.accepting():
@@ -369,7 +390,14 @@ def makeService(options: Options) -> IService:
         drain_deadline=options["shutdown-timeout"],
         stop_reactor=reactor.stop,  # type: ignore[attr-defined]
         stopped_cleanly=lambda: _forget_exit_signal(reactor),
+        side_listening=[_metrics_service(options["metrics"], metrics, reactor)] if options["metrics"] else [],
     )
+
+
+def _metrics_service(endpoint: str, metrics: GatewayMetrics, reactor: Any) -> IService:
+    root = Resource()
+    root.putChild(b"metrics", metrics.resource())
+    return strports.service(endpoint, Site(root, reactor=reactor), reactor=reactor)
 
 
 def _forget_exit_signal(reactor: Any) -> None:

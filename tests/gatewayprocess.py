@@ -21,7 +21,8 @@ import attrs
 
 STARTUP_TIMEOUT = 30.0
 REQUEST_TIMEOUT = 15.0
-_LISTENING = re.compile(rb"Site starting on (\d+)")
+_LISTENING = re.compile(rb"BrigadeSite starting on (\d+)")
+_METRICS_LISTENING = re.compile(rb"\] Site starting on (\d+)")
 
 
 @attrs.define
@@ -118,6 +119,13 @@ class GatewayProcess:
 
     def post(self, path: str, body: bytes, headers: Mapping[str, str] | None = None) -> Response:
         return self.request("POST", path, body, headers)
+
+    @property
+    def metrics_port(self) -> int:
+        """The port of the --metrics listener (a plain twisted.web Site)."""
+        match = _METRICS_LISTENING.search(self.log_path.read_bytes())
+        assert match, "no metrics listener in the log"
+        return int(match.group(1))
 
     def kill(self) -> int:
         """SIGKILL: no chance to flush or clean up."""

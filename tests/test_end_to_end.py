@@ -6,6 +6,7 @@ Kubernetes API, served over TLS with a bearer token, both on loopback.
 from __future__ import annotations
 
 import base64
+import http.client
 import json
 import shutil
 import subprocess
@@ -287,3 +288,26 @@ def test_redelivery_makes_one_build(gateway: GatewayProcess, kube: FakeKubeProce
     assert (first.json["duplicate"], second.json["duplicate"]) == (False, True)
     [secret] = new_builds(kube, before)
     assert secret["metadata"]["name"] == first.json["build_id"]
+
+
+def test_metrics_endpoint(tmp_path: Path, kube: FakeKubeProcess) -> None:
+    """--metrics serves Prometheus text on its own port, counting deliveries by format and outcome."""
+    process = GatewayProcess.start(
+        ["--kubeconfig", kube.kubeconfig, "--namespace", NAMESPACE, "--metrics", "tcp:0:interface=127.0.0.1"],
+        tmp_path,
+    )
+    try:
+        body = (PAYLOADS / "acr_push.json").read_bytes().replace(b"0f4c2b8e", b"0f4c2b90")
+        assert process.post("/events/webhook/solo", body, AUTH).status == 200
+        assert process.post("/events/webhook/solo?token=wrong", body).status == 403
+        connection = http.client.HTTPConnection("127.0.0.1", process.metrics_port, timeout=10)
+        try:
+            connection.request("GET", "/metrics")
+            text = connection.getresponse().read().decode()
+        finally:
+            connection.close()
+        assert 'brigade_cr_deliveries_total{format="acr",outcome="built"} 1.0' in text
+        assert 'brigade_cr_deliveries_total{format="none",outcome="unauthorized"} 1.0' in text
+        assert process.request("GET", "/metrics").status == 404
+    finally:
+        process.stop()

@@ -1,0 +1,95 @@
+"""
+Prometheus metrics (promise P10: label values come from configuration, never
+from payloads).
+
+- ``brigade_cr_deliveries_total{format, outcome}``: ``format`` is one of the
+  known payload formats (or ``none`` when a delivery was refused before its
+  body was read); ``outcome`` is one of ``OUTCOMES``.
+- ``brigade_cr_builds_total{project, event_type}``: ``project`` is the ID of
+  a project that authenticated the delivery (so it exists in Kubernetes);
+  ``event_type`` one of the Brigade event types brigade-cr emits.
+- ``brigade_cr_spool_*``: the spool's queue and parking counts.
+
+Metrics are served on their own listener (``--metrics``), not on the
+webhook port, which may face the internet.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterator
+
+import attrs
+from prometheus_client import CollectorRegistry, Counter
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+from prometheus_client.twisted import MetricsResource
+
+OUTCOMES = (
+    "built",
+    "duplicate",
+    "queued",
+    "ignored",
+    "unauthorized",
+    "rate_limited",
+    "malformed",
+    "unavailable",
+    "rejected",
+    "error",
+)
+
+
+@attrs.define
+class _SpoolCollector(Collector):
+    stats: Callable[[], Any]
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        stats = self.stats()
+        for name, help_text, value in (
+            ("brigade_cr_spool_queued_records", "Deliveries durably queued, not yet built.", stats.queued),
+            ("brigade_cr_spool_queued_bytes", "Bytes of the queued records.", stats.queued_bytes),
+            ("brigade_cr_spool_dead_lettered", "Records parked in dead-letter/ since start.", stats.dead_lettered),
+            ("brigade_cr_spool_quarantined", "Corrupt records parked in quarantine/ since start.", stats.quarantined),
+            ("brigade_cr_spool_accepting", "1 when the spool accepts deliveries.", int(stats.accepting)),
+        ):
+            yield GaugeMetricFamily(name, help_text, value=value)
+
+
+@attrs.define
+class GatewayMetrics:
+    """The gateway's counters, in their own registry (no global state)."""
+
+    registry: CollectorRegistry = attrs.field(factory=lambda: CollectorRegistry(auto_describe=True))
+    deliveries: Counter = attrs.field(init=False)
+    builds: Counter = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self.deliveries = Counter(
+            "brigade_cr_deliveries",
+            "Webhook deliveries, by payload format and outcome.",
+            ["format", "outcome"],
+            registry=self.registry,
+        )
+        self.builds = Counter(
+            "brigade_cr_builds",
+            "Builds accepted (created or queued), by project and event type.",
+            ["project", "event_type"],
+            registry=self.registry,
+        )
+
+    def delivered(self, payload_format: str, outcome: str) -> None:
+        """Count a delivery; ``outcome`` must be one of ``OUTCOMES``."""
+        if outcome not in OUTCOMES:
+            raise ValueError(f"unknown outcome {outcome!r}")
+        self.deliveries.labels(format=payload_format, outcome=outcome).inc()
+
+    def built(self, project_id: str, event_type: str) -> None:
+        """Count a build accepted for an authenticated project."""
+        self.builds.labels(project=project_id, event_type=event_type).inc()
+
+    def watch_spool(self, stats: Callable[[], Any]) -> None:
+        """Export the spool's ``stats()`` as gauges."""
+        self.registry.register(_SpoolCollector(stats))
+
+    def resource(self) -> Any:
+        """A ``twisted.web`` resource serving the metrics in the text format."""
+        return MetricsResource(registry=self.registry)

@@ -1,0 +1,105 @@
+"""Metrics: exact counts per outcome, and label values only from configuration (P10)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+
+from brigade_cr.brigade import project_id
+from brigade_cr.gateway import Gateway
+from brigade_cr.memory import MemoryBuilds, MemoryProjects
+from brigade_cr.metrics import OUTCOMES, GatewayMetrics
+from brigade_cr.ratelimit import RateLimiter
+from brigade_cr.registries import FORMATS
+from brigade_cr.values import Delivery
+from tests.backend_contract import project_secret
+
+NOW = datetime(2026, 11, 26, 12, 0, tzinfo=timezone.utc)
+SECRET = "metrics-secret"
+PAYLOADS = Path(__file__).parent / "payloads"
+EVENT_TYPES = {"image_push", "chart_push", "artifact_push", "image_delete", "chart_delete", "image_quarantine"}
+
+
+def make() -> tuple[Gateway, GatewayMetrics, MemoryBuilds]:
+    projects = MemoryProjects()
+    projects.add(project_secret("solo", crGatewaySecret=SECRET.encode()))
+    builds = MemoryBuilds()
+    clock = Clock()
+    metrics = GatewayMetrics()
+    gateway = Gateway(
+        projects, builds, clock, metrics=metrics, auth_failures=RateLimiter(clock, per_second=0.0, burst=3)
+    )
+    return gateway, metrics, builds
+
+
+def send(gateway: Gateway, ref: str, body: bytes, token: str | None = SECRET, source: str = "192.0.2.1") -> None:
+    query = [("token", token)] if token is not None else []
+    Deferred.fromCoroutine(gateway.receive(Delivery(ref, "", body, NOW, {}, query, source=source))).addErrback(
+        lambda failure: None
+    )
+
+
+def test_counts_by_outcome() -> None:
+    """Each kind of delivery is counted once under its format and outcome."""
+    gateway, metrics, _ = make()
+    acr = (PAYLOADS / "acr_push.json").read_bytes()
+    send(gateway, "solo", acr)  # built
+    send(gateway, "solo", acr)  # duplicate
+    send(gateway, "solo", (PAYLOADS / "acr_ping.json").read_bytes())  # ignored
+    send(gateway, "solo", b"[]")  # malformed
+    send(gateway, "solo", acr, token="wrong")  # unauthorized
+    send(gateway, "nobody", acr)  # unauthorized
+    send(gateway, "solo", acr, token="wrong")  # unauthorized (third failure)
+    send(gateway, "solo", acr)  # rate limited
+    sample = metrics.registry.get_sample_value
+    assert sample("brigade_cr_deliveries_total", {"format": "acr", "outcome": "built"}) == 1
+    assert sample("brigade_cr_deliveries_total", {"format": "acr", "outcome": "duplicate"}) == 1
+    assert sample("brigade_cr_deliveries_total", {"format": "acr", "outcome": "ignored"}) == 1
+    assert sample("brigade_cr_deliveries_total", {"format": "none", "outcome": "malformed"}) == 1
+    assert sample("brigade_cr_deliveries_total", {"format": "none", "outcome": "unauthorized"}) == 3
+    assert sample("brigade_cr_deliveries_total", {"format": "none", "outcome": "rate_limited"}) == 1
+    assert sample("brigade_cr_builds_total", {"project": project_id("solo"), "event_type": "image_push"}) == 1
+
+
+def test_unknown_outcome_refused() -> None:
+    """Outcomes are a closed set."""
+    with pytest.raises(ValueError):
+        GatewayMetrics().delivered("acr", "whatever")
+
+
+def _label_values(metrics: GatewayMetrics) -> dict[str, set[str]]:
+    values: dict[str, set[str]] = {}
+    for family in metrics.registry.collect():
+        for sample in family.samples:
+            for name, value in sample.labels.items():
+                values.setdefault(name, set()).add(value)
+    return values
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["solo", "nobody", "brigade-x"]) | st.text(min_size=1, max_size=30),
+            st.binary(max_size=80) | st.sampled_from([b"{}", (PAYLOADS / "harbor_push.json").read_bytes()]),
+            st.sampled_from([SECRET, "wrong", None]),
+            st.text(max_size=10),
+        ),
+        max_size=25,
+    )
+)
+def test_label_values_come_from_configuration(deliveries: list[tuple[str, bytes, str | None, str]]) -> None:
+    """Whatever arrives, labels take only known formats, outcomes, configured projects and event types."""
+    gateway, metrics, _ = make()
+    for ref, body, token, source in deliveries:
+        send(gateway, ref, body, token, source)
+    values = _label_values(metrics)
+    assert values.get("format", set()) <= {f.name for f in FORMATS} | {"none"}
+    assert values.get("outcome", set()) <= set(OUTCOMES)
+    assert values.get("project", set()) <= {project_id("solo")}
+    assert values.get("event_type", set()) <= EVENT_TYPES
