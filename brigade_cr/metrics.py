@@ -38,7 +38,7 @@ OUTCOMES = (
 )
 
 
-@attrs.define
+@attrs.define(eq=False)  # a registry keys its collectors by identity
 class _SpoolCollector(Collector):
     stats: Callable[[], Any]
 

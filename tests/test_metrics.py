@@ -103,3 +103,33 @@ def test_label_values_come_from_configuration(deliveries: list[tuple[str, bytes,
     assert values.get("outcome", set()) <= set(OUTCOMES)
     assert values.get("project", set()) <= {project_id("solo")}
     assert values.get("event_type", set()) <= EVENT_TYPES
+
+
+def test_spool_gauges() -> None:
+    """The spool's stats are exported as gauges, read at scrape time."""
+    from brigade_cr.spool import SpoolStats
+
+    metrics = GatewayMetrics()
+    current = {"queued": 3}
+
+    def stats() -> SpoolStats:
+        return SpoolStats(
+            queued=current["queued"],
+            queued_bytes=1234,
+            created=0,
+            duplicates=0,
+            dead_lettered=1,
+            quarantined=2,
+            discarded=0,
+            accepting=True,
+        )
+
+    metrics.watch_spool(stats)
+    sample = metrics.registry.get_sample_value
+    assert sample("brigade_cr_spool_queued_records") == 3
+    current["queued"] = 5
+    assert sample("brigade_cr_spool_queued_records") == 5
+    assert sample("brigade_cr_spool_queued_bytes") == 1234
+    assert sample("brigade_cr_spool_dead_lettered") == 1
+    assert sample("brigade_cr_spool_quarantined") == 2
+    assert sample("brigade_cr_spool_accepting") == 1
