@@ -162,7 +162,7 @@ class Gateway:
 
     def _refuse(self, delivery: Delivery, pid: str, reason: str) -> Unauthorized:
         self.log.info(
-            "Refused a delivery for {project_id} from {source}: {reason}",
+            "Refused a delivery for {project_id!r} from {source}: {reason}",
             project_id=pid,
             source=delivery.source,
             reason=reason,

@@ -188,11 +188,11 @@ async def test_project_lookup_unavailable(kube: tuple[FakeKube, Any, Stores], co
 
 @pytest.mark.parametrize(
     "code, retry_after",
-    [(503, 7), (429, 2), (500, None), (504, None), (403, None), (401, None)],
+    [(503, 7), (429, 2), (500, None), (504, None), (401, None)],
 )
 @pytest_twisted.ensureDeferred
 async def test_submit_unavailable(kube: tuple[FakeKube, Any, Stores], code: int, retry_after: int | None) -> None:
-    """Creates answered 429/5xx/401/403 are BackendUnavailable with the server's Retry-After, and create nothing."""
+    """Creates answered 429/5xx/401 are BackendUnavailable with the server's Retry-After, and create nothing."""
     fake, _, made = kube
     fake.fail_with(code, retry_after=retry_after)
     with pytest.raises(BackendUnavailable) as raised:
@@ -202,10 +202,10 @@ async def test_submit_unavailable(kube: tuple[FakeKube, Any, Stores], code: int,
     assert fake.secrets(NAMESPACE) == []
 
 
-@pytest.mark.parametrize("code", [400, 404, 422])
+@pytest.mark.parametrize("code", [400, 403, 404, 422])
 @pytest_twisted.ensureDeferred
 async def test_submit_rejected(kube: tuple[FakeKube, Any, Stores], code: int) -> None:
-    """Creates answered 400/404/422 are BackendRejected."""
+    """Creates answered 400/403/404/422 are BackendRejected (promise P4: parked, not retried)."""
     fake, _, made = kube
     fake.fail_with(code, verbs=["create"])
     with pytest.raises(BackendRejected) as raised:

@@ -13,7 +13,8 @@ Kubernetes answer                       ``KubeProjects``    ``KubeBuilds``
 409 on create, same build stored        (n/a)               ``Receipt(duplicate)``
 409 on create, other content stored     (n/a)               ``BackendRejected``
 400, 422, other 4xx                     ``Unavailable``     ``BackendRejected``
-401 (after one token refresh), 403      ``Unavailable``     ``Unavailable``
+403                                     ``Unavailable``     ``BackendRejected``
+401 (after one token refresh)           ``Unavailable``     ``Unavailable``
 408, 429, 5xx                           ``Unavailable``     ``Unavailable``
 connection/TLS failure, timeout         ``Unavailable``     ``Unavailable``
 ======================================  ==================  =====================
@@ -21,13 +22,14 @@ connection/TLS failure, timeout         ``Unavailable``     ``Unavailable``
 (``Unavailable`` is ``BackendUnavailable``, with ``retry_after`` when the
 server sent ``Retry-After``.)
 
-401 and 403 are ``BackendUnavailable``, not rejections: on a Secret create
-in our own namespace they mean missing RBAC, an expired credential or an
-admission policy, which an operator fixes, after which the very same build
-succeeds. Treating them as permanent would dead-letter (or, without a spool,
-answer a sender with a final refusal) every event until the fix. A 400 or
-422 is about the object itself and will not pass on retry; a 404 on create
-means the namespace is missing.
+A 401 is ``BackendUnavailable``: the token may have rotated, and the client
+has already re-read it once. A 403 on create is permanent, as promise P4
+says (400/403/404/422 are parked, not retried): the API refused this object
+(RBAC, an admission policy), so with a spool the record is dead-lettered with
+the reason, and an operator re-queues it after the fix (README). A 400 or
+422 is about the object itself; a 404 on create means the namespace is
+missing. For a project lookup every failure but 404 is ``BackendUnavailable``:
+the gateway cannot check anyone's secret, which no sender can fix.
 
 A create answered 5xx or timed out may still have been stored (promise P3):
 retrying ``submit`` is safe, since the retry's 409 is checked against the
@@ -61,7 +63,7 @@ def _describe(error: KubeStatusError) -> str:
 
 
 def _transient(error: KubeStatusError) -> bool:
-    return error.code in (401, 403, 408, 429) or error.code >= 500
+    return error.code in (401, 408, 429) or error.code >= 500
 
 
 def _unavailable(error: KubeStatusError | KubeTransportError) -> BackendUnavailable:
@@ -132,10 +134,10 @@ class KubeBuilds:
         Fires with ``Receipt(build.name)`` when it was created, and with
         ``Receipt(build.name, duplicate=True)`` when a Secret of that name
         already holds this very build. Fails with ``BackendRejected`` when the
-        name holds something else or the API refuses the object (400, 404,
-        422, other 4xx), and with ``BackendUnavailable`` (``retry_after`` set
-        when the server sent one) for 401, 403, 408, 429, 5xx and transport
-        failures. See the module docstring for why 401/403 are transient.
+        name holds something else or the API refuses the object (400, 403,
+        404, 422, other 4xx), and with ``BackendUnavailable`` (``retry_after``
+        set when the server sent one) for 401, 408, 429, 5xx and transport
+        failures.
         """
         return Deferred.fromCoroutine(self._submit(build))
 
