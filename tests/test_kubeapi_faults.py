@@ -369,7 +369,11 @@ def test_reset_mid_response(proc: FakeKubeProcess, target: KubeTarget, commit: b
     api = core(target)
     with pytest.raises(urllib3.exceptions.ProtocolError) as info:
         api.create_namespaced_secret(NS, secret(target, f"reset-{commit}".lower()), _request_timeout=T)
-    assert "IncompleteRead" in str(info.value)  # headers arrived, then the body broke off
+    # Headers and part of the body were sent, then a RST. Whether the client
+    # reads those bytes first (IncompleteRead) or the kernel reports the RST
+    # and drops them (ECONNRESET) is a race the client loses at random.
+    message = str(info.value)
+    assert "IncompleteRead" in message or "Connection reset by peer" in message, message
     if commit:
         assert api.read_namespaced_secret("reset-true", NS, _request_timeout=T).metadata.name == "reset-true"
     else:
