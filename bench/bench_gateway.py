@@ -31,9 +31,26 @@ from twisted.internet.task import Clock  # noqa: E402
 from brigade_cr.gateway import Gateway  # noqa: E402
 from brigade_cr.memory import MemoryBuilds, MemoryProjects  # noqa: E402
 from brigade_cr.web import make_site_resource  # noqa: E402
-from tests.backend_contract import project_secret  # noqa: E402
+from brigade_cr.brigade import project_id  # noqa: E402
 
 BODY = (REPO / "tests" / "payloads" / "acr_push.json").read_bytes()
+SECRET = "bench-secret"
+
+
+def project_secret(name: str) -> dict[str, object]:
+    """A project Secret for ``name`` with the bench's crGatewaySecret."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "brigade.sh/project",
+        "metadata": {"name": project_id(name), "annotations": {"projectName": name}},
+        "stringData": {"crGatewaySecret": SECRET},
+    }
+
+
+def event(n: int) -> bytes:
+    """A distinct ACR push (a re-delivery would be a duplicate, not a build)."""
+    return BODY.replace(b"0f4c2b8e-6a1d", f"{n:08x}-6a1d".encode())
 
 
 def inprocess(count: int) -> float:
@@ -45,8 +62,8 @@ def inprocess(count: int) -> float:
     clock.advance(1_767_225_600)
     treq = StubTreq(make_site_resource(Gateway(projects, builds, clock), clock))
     start = time.perf_counter()
-    for _ in range(count):
-        treq.post("http://bench/events/webhook/bench", data=BODY)
+    for n in range(count):
+        treq.post("http://bench/events/webhook/bench?token=" + SECRET, data=event(n))
         treq.flush()
     elapsed = time.perf_counter() - start
     assert len(builds.secrets) == count
@@ -65,8 +82,8 @@ def loopback(count: int) -> float:
         process = GatewayProcess.start(["--backend", f"dir:{workdir / 'data'}"], workdir)
         try:
             start = time.perf_counter()
-            for _ in range(count):
-                assert process.post("/events/webhook/bench", BODY).status == 200
+            for n in range(count):
+                assert process.post("/events/webhook/bench?token=" + SECRET, event(n)).status == 200
             elapsed = time.perf_counter() - start
         finally:
             process.stop()

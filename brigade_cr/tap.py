@@ -215,6 +215,8 @@ class Backend:
     builds: IBuilds
     description: str
     close: Callable[[], Any] | None = None
+    # The client-side rate limit protects an API server, not a directory.
+    throttled: bool = False
 
 
 def choose_backend(options: Mapping[str, Any], reactor: Any, environ: Mapping[str, str]) -> Backend:
@@ -261,6 +263,7 @@ def choose_backend(options: Mapping[str, Any], reactor: Any, environ: Mapping[st
         builds,
         f"Creating Brigade builds in Kubernetes namespace {namespace!r} at {config.server} ({config.source})",
         close=client.close,
+        throttled=True,
     )
 
 
@@ -314,7 +317,7 @@ def makeService(options: Options) -> IService:
     """
     Build the gateway's object graph:
 
-    backend stores (Kubernetes or a directory), throttled to the API's pace;
+    backend stores (Kubernetes, throttled to the API's pace, or a directory);
     projects behind a cache that survives outages; builds behind the durable
     spool (``--spool``) or, without one, retried within the request's time;
     the use case; the web application and its limited site; and the service
@@ -324,10 +327,12 @@ def makeService(options: Options) -> IService:
 
     backend = choose_backend(options, reactor, os.environ)
     io = ThreadedIO(reactor, reactor.getThreadPool())  # type: ignore[arg-type,attr-defined]
-    builds: IBuilds = ThrottledBuilds(
-        backend.builds,
-        Throttle(reactor, per_second=options["kube-qps"], burst=options["kube-burst"]),  # type: ignore[arg-type]
-    )
+    builds: IBuilds = backend.builds
+    if backend.throttled:
+        builds = ThrottledBuilds(
+            builds,
+            Throttle(reactor, per_second=options["kube-qps"], burst=options["kube-burst"]),  # type: ignore[arg-type]
+        )
     spool_dir = options["spool"]
     projects = CachedProjects(
         backend.projects,

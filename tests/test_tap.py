@@ -134,3 +134,24 @@ def test_plugin_options_help() -> None:
     assert result.returncode == 0, result.stderr
     for option in ("--port=", "--namespace=", "--kubeconfig=", "--context=", "--backend=", "--default-ref="):
         assert option in result.stdout
+
+
+def test_kube_backend_is_throttled(tmp_path: Path) -> None:
+    """The Kubernetes backend gets the client-side rate limit; the directory backend does not."""
+    from twisted.internet import reactor
+
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        "apiVersion: v1\nkind: Config\ncurrent-context: c\n"
+        "clusters: [{name: k, cluster: {server: 'https://127.0.0.1:6443', insecure-skip-tls-verify: true}}]\n"
+        "users: [{name: u, user: {token: t0k3n}}]\n"
+        "contexts: [{name: c, context: {cluster: k, user: u}}]\n"
+    )
+    kube = choose_backend(parse("--kubeconfig", str(kubeconfig), "--namespace", "brigade"), reactor, {})
+    assert kube.throttled
+    assert kube.description.startswith(
+        "Creating Brigade builds in Kubernetes namespace 'brigade' at https://127.0.0.1:6443"
+    )
+    assert "t0k3n" not in kube.description
+    directory = choose_backend(parse("--backend", f"dir:{tmp_path / 'd'}"), reactor, {})
+    assert not directory.throttled
