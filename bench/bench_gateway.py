@@ -34,7 +34,7 @@ from brigade_cr.memory import MemoryBuilds, MemoryProjects  # noqa: E402
 from brigade_cr.web import make_site_resource  # noqa: E402
 
 BODY = (REPO / "tests" / "payloads" / "acr_push.json").read_bytes()
-SECRET = "bench-secret"
+SECRET = "bench-secret"  # noqa: S105 (a throwaway project secret on loopback)
 
 
 def project_secret(name: str) -> dict[str, object]:
