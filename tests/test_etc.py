@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shlex
 from pathlib import Path
 from typing import Any
@@ -61,3 +62,15 @@ def test_systemd_unit_runs_the_plugin() -> None:
         "kube",
         "/var/lib/brigade-cr/spool",
     )
+
+
+def test_container_image_uses_the_spool() -> None:
+    """The container's default command runs the plugin with a spool on its volume."""
+    text = (ETC / "Containerfile").read_text()
+    entrypoint = json.loads(text[text.index("ENTRYPOINT ") + len("ENTRYPOINT ") :].splitlines()[0])
+    command = json.loads(text[text.index("CMD ") + len("CMD ") :].splitlines()[0])
+    assert entrypoint == ["twistd", "-n", "--pidfile=", "--logfile=-", "brigade-cr"]
+    options = Options()
+    options.parseOptions(command)
+    assert options["spool"] == "/var/lib/brigade-cr/spool"
+    assert "VOLUME /var/lib/brigade-cr" in text
