@@ -21,6 +21,15 @@ class BadRequest(Exception):
         return str(self.args[0]) if self.args else "Malformed body"
 
 
+class InvalidText(BadRequest):
+    """
+    A part of the request that becomes data (a path segment, a query name or
+    value, a header value that is read, a JSON string) is not valid Unicode
+    encodable as UTF-8: a lone surrogate from ``%ff`` or ``"\\udc80"``, say.
+    ``args[0]`` names the part, never its content.
+    """
+
+
 class ProjectNotFound(Exception):
     """
     No Brigade project answers to the reference.
