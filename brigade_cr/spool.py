@@ -3,9 +3,29 @@ A durable spool in front of a build store (promises P1, P2, P5, P6).
 
 ``SpooledBuilds`` is an ``IBuilds`` that answers ``submit`` only once the
 build is on disk, then hands it to the ``IBuilds`` it wraps (``inner``,
-normally ``KubeBuilds``) in the background, in order, one at a time, and
-removes it once ``inner`` has it. An outage of ``inner`` costs nothing but
-time: the records wait, and are retried with backoff until it is back.
+normally ``KubeBuilds``) in the background, and removes it once ``inner``
+has it. An outage of ``inner`` costs nothing but time: the records wait, and
+are retried with backoff until it is back.
+
+No record holds back another. Records are handed over oldest first among
+those that are due, up to ``max_in_flight`` (4) at once, and each has its own
+attempt count and its own next-attempt time:
+
+- ``BackendRejected`` (the store refused the build for good) moves the record
+  to ``dead-letter/`` at once.
+- ``BackendUnavailable`` (the store is failing: API down, 503, 429) is the
+  store's trouble, not the record's: it is retried without limit, and the
+  drainer backs off as a whole (jittered exponential backoff honouring
+  ``Retry-After``), then sends one probe record at a time until one
+  succeeds, so a failing store is not hammered by the whole queue.
+- Any other exception while reading or submitting a record (a surprise in
+  ``inner``: a bug, a value its client cannot encode) is the record's
+  trouble: that record alone is retried with its own backoff while the
+  others go on, and after ``max_attempts`` (``MAX_ATTEMPTS``, 5) such
+  failures it moves to ``dead-letter/``, its reason file naming the
+  exception's type and its innermost frames (never the exception's message
+  or any variable, which could hold payload data or credentials).
+- A record that cannot be decoded is damaged: it moves to ``quarantine/``.
 
 One writer per directory: ``start()`` takes an exclusive ``flock`` on
 ``DIR/spool.lock`` and fails with ``SpoolLocked`` while another process holds
@@ -25,13 +45,15 @@ The directory
 ``.NNNNNNNNNNNNNNNNNNNN.<build name>.build.tmp``
     A record being written. Its sender has not been answered.
 ``dead-letter/``
-    Records ``inner`` refused for good (``BackendRejected``), each beside a
-    ``<record>.reason.json`` giving the reason and the time. A record is
-    still a valid record there: to try one again, stop brigade-cr and move
-    it back.
+    Records ``inner`` refused for good (``BackendRejected``) or that failed
+    unexpectedly ``max_attempts`` times, each beside a
+    ``<record>.reason.json`` giving the reason and the time (and, for the
+    latter, the attempts, the exception type and a traceback summary). A
+    record is still a valid record there: to try one again, stop
+    brigade-cr and move it back.
 ``quarantine/``
-    Records found damaged (bad checksum, truncated, unreadable), each beside
-    a ``.reason.json``.
+    Records found damaged (bad checksum, truncated, unreadable, not a valid
+    build), each beside a ``.reason.json``.
 ``spool.lock``
     The lock file; it holds the owner's PID, for the operator.
 ``.spool-probe.tmp``
@@ -49,23 +71,24 @@ The record format
 The body is a JSON object holding every field of ``Build`` as a string, the
 payload in base64, so that it comes back byte for byte. A record is accepted
 only if the header parses, ``v`` is 1, the body is exactly ``length`` bytes
-and hashes to ``sha256``, the body holds a well-typed ``Build`` and that
-build's name is the one in the file name: a truncated record, trailing
-garbage or any flipped bit is detected.
+and hashes to ``sha256``, the body holds a valid ``Build`` and that build's
+name is the one in the file name: a truncated record, trailing garbage or
+any flipped bit is detected.
 
 Writing, draining, recovering
 =============================
 
 A record is written to its temporary file, fsynced, renamed into place and
 the directory fsynced, all in a thread pool; only then does ``submit`` answer
-(P1). The drainer submits the oldest record to ``inner``; once ``inner`` says
-created or duplicate it unlinks the record and fsyncs the directory. A crash
-between the two only means the build is submitted again after restart, and
-``inner`` answers that with a duplicate (build names are idempotency keys).
+(P1). The drainer submits a record to ``inner``; once ``inner`` says created
+or duplicate it unlinks the record and fsyncs the directory. A crash between
+the two only means the build is submitted again after restart, and ``inner``
+answers that with a duplicate (build names are idempotency keys).
 
 On ``start()``: temporary files are deleted (their senders never got a 2xx);
 every record is read and checked, damaged ones are moved to ``quarantine/``;
-the rest are drained, oldest first.
+the rest are drained, oldest first. Attempt counts live in memory: after a
+restart a record that had failed unexpectedly gets its full count again.
 """
 
 from __future__ import annotations
@@ -79,15 +102,15 @@ import hashlib
 import json
 import os
 import re
+import traceback
 from collections import deque
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Generic, Mapping, TypeVar
+from typing import Any, Callable, ClassVar, Generic, Mapping, TypeVar, cast
 
 import attrs
-from twisted.internet.defer import CancelledError, Deferred, fail, maybeDeferred, succeed
+from twisted.internet.defer import CancelledError, Deferred, DeferredList, fail, maybeDeferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
-from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -106,6 +129,20 @@ DEAD_LETTER = "dead-letter"
 QUARANTINE = "quarantine"
 REASON_SUFFIX = ".reason.json"
 PROBE_FILE = ".spool-probe.tmp"
+
+# How many times a record may fail unexpectedly (any exception but the
+# store's BackendUnavailable / BackendRejected) before it is dead-lettered.
+# With the default backoff the attempts span about eight seconds: enough for
+# a passing surprise, and a record that fails the same way five times in a
+# row will not succeed on the sixth.
+MAX_ATTEMPTS = 5
+# How many records are handed to ``inner`` at once, by default.
+MAX_IN_FLIGHT = 4
+# How many of the innermost frames a dead letter's traceback summary names.
+TRACEBACK_FRAMES = 5
+# Clock times closer than this count as the same moment: a timer set for a
+# due time must not fire a hair early and find nothing due.
+_EPSILON = 1e-6
 
 # The steps ``at_step`` is called with, in the order they happen.
 WRITE_STEPS = ("write:start", "write:temp-written", "write:temp-fsynced", "write:renamed", "write:dir-fsynced")
@@ -195,7 +232,15 @@ def decode_record(data: bytes, expected_name: str | None = None) -> Build:
         fields = json.loads(body)
     except ValueError:
         raise CorruptRecord("unreadable body") from None
-    build = _build_from_fields(fields)
+    try:
+        build = _build_from_fields(fields)
+    except CorruptRecord:
+        raise
+    except Exception:
+        # Build validates its text (errors.InvalidText, ValueError,
+        # TypeError): a record written before a rule existed, or edited by
+        # hand, is damaged, never a surprise for the drainer.
+        raise CorruptRecord("body is not a valid build") from None
     if expected_name is not None and build.name != expected_name:
         raise CorruptRecord("the record holds another build than its file name says")
     return build
@@ -358,7 +403,9 @@ class Recovery:
     """What ``recover`` found: the lock it holds and the records to drain, oldest first."""
 
     lock_fd: int
-    records: tuple[tuple[int, str, int], ...]  # (sequence, build name, size in bytes)
+    # (sequence, build name, size in bytes, modification time): the time
+    # stands in for when the record was accepted.
+    records: tuple[tuple[int, str, int, float], ...]
     discarded: tuple[str, ...]
     quarantined: tuple[tuple[str, str], ...]  # (file name, reason)
 
@@ -372,7 +419,7 @@ def recover(directory: Path, now: str, at_step: Callable[[str], None] = _no_step
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     fd = _lock(directory)
     try:
-        records: list[tuple[int, str, int]] = []
+        records: list[tuple[int, str, int, float]] = []
         discarded: list[str] = []
         quarantined: list[tuple[str, str]] = []
         for filename in sorted(os.listdir(directory)):
@@ -392,6 +439,7 @@ def recover(directory: Path, now: str, at_step: Callable[[str], None] = _no_step
             sequence, name = parsed
             try:
                 data = path.read_bytes()
+                modified = path.stat().st_mtime
                 decode_record(data, name)
             except (CorruptRecord, OSError) as e:
                 # A record that cannot be read (EIO) is as good as damaged,
@@ -401,7 +449,7 @@ def recover(directory: Path, now: str, at_step: Callable[[str], None] = _no_step
                 park_record(directory, filename, QUARANTINE, reason, at_step)
                 quarantined.append((filename, problem))
                 continue
-            records.append((sequence, name, len(data)))
+            records.append((sequence, name, len(data), modified))
         if discarded:
             fsync_directory(directory)
         return Recovery(fd, tuple(sorted(records)), tuple(discarded), tuple(quarantined))
@@ -417,7 +465,9 @@ def recover(directory: Path, now: str, at_step: Callable[[str], None] = _no_step
 class SpoolStats:
     """
     A snapshot for logs and metrics. ``queued``/``queued_bytes`` are records
-    on disk (or being written); the rest count events since ``start()``.
+    on disk (or being written); ``in_flight`` the records being handed to
+    ``inner`` now; ``oldest_age`` the seconds since the oldest queued record
+    was accepted (0 when none is); the rest count events since ``start()``.
     """
 
     queued: int
@@ -428,6 +478,8 @@ class SpoolStats:
     quarantined: int
     discarded: int
     accepting: bool
+    in_flight: int = 0
+    oldest_age: float = 0.0
 
 
 class _Phase(enum.Enum):
@@ -442,6 +494,7 @@ class _State(enum.Enum):
     WRITING = "writing"
     QUEUED = "queued"
     ABANDONED = "abandoned"
+    DONE = "done"  # handed over, parked or vanished: out of the queue
 
 
 @attrs.define(eq=False)
@@ -449,8 +502,17 @@ class _Entry:
     sequence: int
     name: str
     size: int
+    # clock time the record was accepted (its file's mtime after a restart)
+    accepted: float
     state: _State = _State.WRITING
+    # unexpected failures so far: at ``max_attempts`` it is dead-lettered
     attempts: int = 0
+    # times it was put off (any reason its own): the backoff's index
+    deferrals: int = 0
+    # clock time before which it is not tried again
+    due: float = 0.0
+    # being handed over right now
+    busy: bool = False
     # submits waiting to learn whether the build got created
     waiters: list[Deferred[Receipt]] = attrs.field(factory=list)
     # submits of the same build waiting for this record's write to finish
@@ -474,12 +536,35 @@ def _settle(waiter: Deferred[T], outcome: T | BaseException) -> None:
         waiter.callback(outcome)
 
 
+def error_type(error: BaseException) -> str:
+    """The qualified name of ``error``'s type (no module for builtins): what a dead letter says failed."""
+    kind = type(error)
+    if kind.__module__ == "builtins":
+        return kind.__qualname__
+    return f"{kind.__module__}.{kind.__qualname__}"
+
+
+def traceback_summary(error: BaseException, frames: int = TRACEBACK_FRAMES) -> list[str]:
+    """
+    The innermost ``frames`` frames of ``error``'s traceback, outermost
+    first, each as ``dir/file.py:line:function``. Only places in the code:
+    never the message or a variable, which could hold payload data or
+    credentials.
+    """
+    summary = []
+    for frame in traceback.extract_tb(error.__traceback__)[-frames:]:
+        parts = frame.filename.replace("\\", "/").split("/")
+        summary.append(f"{'/'.join(parts[-2:])}:{frame.lineno}:{frame.name}")
+    return summary
+
+
 @implementer(IBuilds)
 @attrs.define(repr=False)
 class SpooledBuilds:
     """
-    Builds recorded durably in ``directory``, then created by ``inner`` in
-    the order they were accepted.
+    Builds recorded durably in ``directory``, then created by ``inner``,
+    oldest first, up to ``max_in_flight`` at once (see the module docstring
+    for how failures are kept apart).
 
     ``io`` runs the blocking file operations (``ThreadedIO`` in production);
     ``clock`` times the backoff and the wait for an acknowledgement. A
@@ -487,10 +572,11 @@ class SpooledBuilds:
     so that, while ``inner`` is healthy, senders learn the build exists; it
     stops waiting as soon as ``inner`` fails (the record is safe). The spool
     refuses new records beyond ``max_records`` records or ``max_bytes``
-    bytes. ``at_step`` is called with each step of the write, drain and
-    park protocols (``WRITE_STEPS``, ``DRAIN_STEPS``, ``DEAD_LETTER_STEPS``,
-    ``quarantine:...``) as it completes: tests crash or fail there;
-    production leaves it alone.
+    bytes. A record that fails unexpectedly ``max_attempts`` times is
+    dead-lettered. ``at_step`` is called with each step of the write, drain
+    and park protocols (``WRITE_STEPS``, ``DRAIN_STEPS``,
+    ``DEAD_LETTER_STEPS``, ``quarantine:...``) as it completes: tests crash
+    or fail there; production leaves it alone.
     """
 
     directory: Path
@@ -509,6 +595,8 @@ class SpooledBuilds:
     # get no traffic, so no write, and stay unready for ever.
     probe_interval: float = 5.0
     at_step: Callable[[str], None] = _no_step
+    max_in_flight: int = attrs.field(default=MAX_IN_FLIGHT, validator=attrs.validators.ge(1))
+    max_attempts: int = attrs.field(default=MAX_ATTEMPTS, validator=attrs.validators.ge(1))
 
     _phase: _Phase = attrs.field(init=False, default=_Phase.NEW)
     _queue: deque[_Entry] = attrs.field(init=False, factory=deque)
@@ -521,10 +609,16 @@ class SpooledBuilds:
     _probe: IDelayedCall | None = attrs.field(init=False, default=None)
     _probing: Deferred[None] | None = attrs.field(init=False, default=None)
     _refusing: bool = attrs.field(init=False, default=False)
+    # The store said BackendUnavailable: until a hand-over succeeds, one
+    # probe at a time, none before _resume_at.
     _store_failing: bool = attrs.field(init=False, default=False)
+    _outage_attempts: int = attrs.field(init=False, default=0)
+    _resume_at: float = attrs.field(init=False, default=0.0)
+    _in_flight: int = attrs.field(init=False, default=0)
+    _flights: set[Deferred[None]] = attrs.field(init=False, factory=set)
     _halted: bool = attrs.field(init=False, default=False)
     _wake: Deferred[None] | None = attrs.field(init=False, default=None)
-    _interruptible: Deferred[Any] | None = attrs.field(init=False, default=None)
+    _interruptibles: set[Deferred[Any]] = attrs.field(init=False, factory=set)
     _starting: _Outcome[None] | None = attrs.field(init=False, default=None)
     _drainer: Deferred[None] | None = attrs.field(init=False, default=None)
     _stopping: _Outcome[None] | None = attrs.field(init=False, default=None)
@@ -578,8 +672,8 @@ class SpooledBuilds:
             )
         self._discarded += len(recovery.discarded)
         self._quarantined += len(recovery.quarantined)
-        for sequence, name, size in recovery.records:
-            entry = _Entry(sequence, name, size, state=_State.QUEUED)
+        for sequence, name, size, modified in recovery.records:
+            entry = _Entry(sequence, name, size, modified, state=_State.QUEUED)
             self._queue.append(entry)
             self._names[name] = entry
             self._bytes += size
@@ -657,8 +751,8 @@ class SpooledBuilds:
 
     def _halt(self) -> None:
         self._halted = True
-        if self._interruptible is not None:
-            self._interruptible.cancel()
+        for waiting in list(self._interruptibles):
+            waiting.cancel()
 
     # -- state for probes and metrics ------------------------------------------------
 
@@ -677,6 +771,7 @@ class SpooledBuilds:
 
     def stats(self) -> SpoolStats:
         """Counts for logs and metrics."""
+        oldest = max(0.0, self.clock.seconds() - self._queue[0].accepted) if self._queue else 0.0
         return SpoolStats(
             queued=len(self._queue),
             queued_bytes=self._bytes,
@@ -686,6 +781,8 @@ class SpooledBuilds:
             quarantined=self._quarantined,
             discarded=self._discarded,
             accepting=self.accepting(),
+            in_flight=self._in_flight,
+            oldest_age=oldest,
         )
 
     # -- submitting ----------------------------------------------------------------
@@ -751,7 +848,7 @@ class SpooledBuilds:
                 )
             raise BackendUnavailable("the spool is full", retry_after=self.refuse_retry_after)
         self._refusing = False
-        entry = _Entry(self._next_sequence, name, len(record))
+        entry = _Entry(self._next_sequence, name, len(record), self.clock.seconds())
         self._next_sequence += 1
         self._queue.append(entry)
         self._names[name] = entry
@@ -859,6 +956,8 @@ class SpooledBuilds:
 
     def _forget(self, entry: _Entry) -> None:
         """Take ``entry`` out of the queue and the accounting."""
+        if entry.state is _State.QUEUED:
+            entry.state = _State.DONE
         if self._names.get(entry.name) is entry:
             del self._names[entry.name]
         if self._queue and self._queue[0] is entry:
@@ -887,7 +986,7 @@ class SpooledBuilds:
             waiting.cancel()
             waiting.addErrback(lambda _: None)
             raise _Halted()
-        self._interruptible = waiting
+        self._interruptibles.add(waiting)
         try:
             return await waiting
         except CancelledError:
@@ -895,35 +994,111 @@ class SpooledBuilds:
                 raise _Halted() from None
             raise
         finally:
-            self._interruptible = None
+            self._interruptibles.discard(waiting)
 
     async def _drain(self) -> None:
-        errors = 0
+        """Hand records over as they fall due until stopped; then wait for the hand-overs in flight."""
         try:
             while not self._halted:
+                next_due = self._dispatch()
+                if not self._queue and self._phase is not _Phase.RUNNING:
+                    break  # stopping, and nothing left
+                # Idle, every slot busy, or every record waiting out its
+                # backoff: a submit, a finished hand-over or the timer wakes us.
+                wake: Deferred[None] = Deferred()
+                self._wake = wake
+                timer = None
+                if next_due is not None:
+                    timer = self.clock.callLater(max(0.0, next_due - self.clock.seconds()), self._poke)
                 try:
-                    if self._queue and self._queue[0].state is _State.QUEUED:
-                        await self._drain_one(self._queue[0])
-                        errors = 0
-                        continue
-                    if not self._queue and self._phase is not _Phase.RUNNING:
-                        return  # stopping, and nothing left
-                    # Idle, or the oldest record is still being written: in
-                    # order means waiting for it.
-                    self._wake = Deferred()
-                    await self._interruptibly(self._wake)
-                except _Halted:
-                    raise
-                except Exception:
-                    # A bug here must not end draining for the life of the
-                    # process: report it, pause, carry on.
-                    self.log.failure("The spool drainer failed unexpectedly; carrying on")
-                    await self._interruptibly(deferLater(self.clock, self.backoff.delay(errors)))
-                    errors += 1
+                    await self._interruptibly(wake)
+                finally:
+                    if timer is not None and timer.active():
+                        timer.cancel()
+        except _Halted:
+            pass
+        # Their calls to inner were cancelled, but a file step in a thread
+        # cannot be: let them finish, so nothing touches the directory after
+        # stop() has released it.
+        while self._flights:
+            await DeferredList(list(self._flights))
+
+    def _limit(self) -> int:
+        return 1 if self._store_failing else self.max_in_flight
+
+    def _dispatch(self) -> float | None:
+        """
+        Start hand-overs of the due records, oldest first, while slots are
+        free. Returns the time a waiting record (or the next probe) falls
+        due when a slot is free for it, else None.
+        """
+        while not self._halted:
+            now = self.clock.seconds()
+            if self._store_failing:
+                if self._in_flight:
+                    return None  # the probe's answer wakes us
+                if now + _EPSILON < self._resume_at:
+                    return self._resume_at
+            free = self._limit() - self._in_flight
+            if free <= 0:
+                return None
+            chosen: list[_Entry] = []
+            next_due: float | None = None
+            # Busy, waiting or half-written records are few and at the front
+            # of the queue: this stops after ``free`` due ones.
+            for entry in self._queue:
+                if entry.state is not _State.QUEUED or entry.busy:
+                    continue
+                if entry.due > now + _EPSILON:
+                    next_due = entry.due if next_due is None else min(next_due, entry.due)
+                    continue
+                chosen.append(entry)
+                if len(chosen) == free:
+                    break
+            if not chosen:
+                return next_due
+            for entry in chosen:
+                # A hand-over that finished at once may have turned the store
+                # failing (or taken the record away): look again each time.
+                if self._halted or self._in_flight >= self._limit():
+                    break
+                if self._store_failing and now + _EPSILON < self._resume_at:
+                    break
+                if entry.state is _State.QUEUED and not entry.busy:
+                    self._launch(entry)
+        return None
+
+    def _launch(self, entry: _Entry) -> None:
+        entry.busy = True
+        self._in_flight += 1
+        landed = False
+        flight = Deferred.fromCoroutine(self._attempt(entry, probe=self._store_failing))
+
+        def land(_: None) -> None:
+            nonlocal landed
+            landed = True
+            entry.busy = False
+            self._in_flight -= 1
+            self._flights.discard(flight)
+            self._poke()
+
+        flight.addBoth(land)
+        if not landed:
+            self._flights.add(flight)
+
+    async def _attempt(self, entry: _Entry, probe: bool) -> None:
+        """One hand-over of ``entry``; never fails (every outcome is dealt with here)."""
+        try:
+            await self._hand_over(entry, probe)
         except _Halted:
             return
+        except Exception:
+            # A bug in the spool's own steps. Blaming the record keeps it
+            # from stalling (it is bounded like any surprise), while the
+            # others go on.
+            await self._failed_unexpectedly(entry, None, Failure(), "handling", release=False)
 
-    async def _drain_one(self, entry: _Entry) -> None:
+    async def _hand_over(self, entry: _Entry, probe: bool) -> None:
         try:
             build = await self.io.run(read_record, self.directory / entry.filename, entry.name)
         except CorruptRecord as e:
@@ -935,40 +1110,32 @@ class SpooledBuilds:
             self._forget(entry)
             return
         except Exception:
-            self.log.failure("Cannot read the spool record {record}", record=entry.filename)
-            await self._retry_later(entry, None)
+            await self._failed_unexpectedly(entry, None, Failure(), "reading")
             return
-        await self._hand_over(entry, build)
-
-    async def _hand_over(self, entry: _Entry, build: Build) -> None:
         fields = {"build": entry.name, "project": build.project_id, "record": entry.filename}
-        while True:
-            if self._halted:
-                raise _Halted()
-            try:
-                receipt: Receipt = await self._interruptibly(maybeDeferred(self.inner.submit, build))
-            except _Halted:
-                raise
-            except BackendRejected as e:
-                await self._dead_letter(entry, build, e.reason)
-                return
-            except BackendUnavailable as e:
-                await self._retry_later(entry, e.retry_after, e.reason, fields)
-                continue
-            except Exception:
-                # A bug or a surprise in inner: keep the record and try again
-                # rather than lose it.
-                self.log.failure(
-                    "Submitting build {build} from the spool failed unexpectedly",
-                    build=entry.name,
-                    record=entry.filename,
-                )
-                await self._retry_later(entry, None)
-                continue
-            break
+        try:
+            receipt: Receipt = await self._interruptibly(maybeDeferred(self.inner.submit, build))
+        except _Halted:
+            raise
+        except BackendRejected as e:
+            self._store_answered()
+            await self._dead_letter(entry, build, e.reason)
+            return
+        except BackendUnavailable as e:
+            self._unavailable(e, probe, fields)
+            return
+        except CancelledError:
+            # Not ours (stop() raises _Halted): inner gave up on a call.
+            # Nothing says the record is to blame; try it again later.
+            self.log.warn("Submitting build {build} was cancelled; retrying it later", **fields)
+            self._defer(entry)
+            self._answer(entry, Receipt(entry.name, queued=True))
+            return
+        except Exception:
+            await self._failed_unexpectedly(entry, build, Failure(), "submitting")
+            return
         self.at_step("drain:submitted")
-        self._store_failing = False
-        entry.attempts = 0
+        self._store_answered()
         if receipt.duplicate:
             self._duplicates += 1
         else:
@@ -995,27 +1162,90 @@ class SpooledBuilds:
         self._forget(entry)
         self._write_failed = False  # space was freed
 
-    async def _retry_later(
-        self, entry: _Entry, retry_after: int | None, reason: str = "", fields: Mapping[str, Any] | None = None
-    ) -> None:
-        delay = self.backoff.delay(entry.attempts, retry_after)
-        entry.attempts += 1
-        if reason:
+    def _store_answered(self) -> None:
+        """The store answered (created, duplicate, refused): an outage is over."""
+        if self._store_failing:
+            self.log.info(
+                "The build store answers again: draining {queued} record(s), up to {in_flight} at once",
+                queued=len(self._queue),
+                in_flight=self.max_in_flight,
+            )
+        self._store_failing = False
+        self._outage_attempts = 0
+
+    def _unavailable(self, error: BackendUnavailable, probe: bool, fields: Mapping[str, Any]) -> None:
+        """
+        The store is failing. The record keeps its place and its count: the
+        whole drainer backs off, then probes with one record at a time.
+        """
+        now = self.clock.seconds()
+        if probe or not self._store_failing:
+            delay = self.backoff.delay(self._outage_attempts, error.retry_after)
+            self._outage_attempts += 1
+            self._store_failing = True
+            self._resume_at = max(self._resume_at, now + delay)
             self.log.warn(
                 "Build {build} stays spooled; retrying in {delay:.1f}s: {reason}",
                 delay=delay,
-                reason=reason,
-                attempt=entry.attempts,
-                retry_after=retry_after,
-                **(fields or {"build": entry.name}),
+                reason=error.reason,
+                attempt=self._outage_attempts,
+                retry_after=error.retry_after,
+                **fields,
             )
-        self._store_failing = True
+        else:
+            # One of several in flight when the outage began: the same news,
+            # already acted on; only a longer Retry-After adds to it.
+            if error.retry_after is not None:
+                wait = min(max(float(error.retry_after), 0.0), self.backoff.max_retry_after)
+                self._resume_at = max(self._resume_at, now + wait)
+            self.log.debug("Build {build} stays spooled: {reason}", reason=error.reason, **fields)
         # Nobody should wait on a store that is failing: the records are safe.
         self._release_waiters()
-        await self._interruptibly(deferLater(self.clock, delay))
+
+    def _defer(self, entry: _Entry) -> None:
+        """Try ``entry`` again after its own backoff."""
+        entry.due = self.clock.seconds() + self.backoff.delay(entry.deferrals)
+        entry.deferrals += 1
+
+    async def _failed_unexpectedly(
+        self, entry: _Entry, build: Build | None, failure: Failure, stage: str, release: bool = True
+    ) -> None:
+        """
+        ``entry`` failed in a way neither the store nor the spool expects: try
+        it again after its own backoff, or, after ``max_attempts`` failures,
+        dead-letter it with a summary of the failure.
+        """
+        entry.attempts += 1
+        self.log.failure(
+            "{stage} build {build} from the spool failed unexpectedly (attempt {attempt} of {attempts})",
+            failure,
+            stage=stage.capitalize(),
+            build=entry.name,
+            record=entry.filename,
+            attempt=entry.attempts,
+            attempts=self.max_attempts,
+        )
+        if entry.attempts < self.max_attempts:
+            self._defer(entry)
+            if release:
+                # Its record is safe, and it will not be built in a moment.
+                self._answer(entry, Receipt(entry.name, queued=True))
+            return
+        error = cast(BaseException, failure.value)  # a Failure always holds one
+        reason = f"{stage} it failed unexpectedly {entry.attempts} times"
+        details: dict[str, Any] = {
+            "reason": reason,
+            "time": self._now(),
+            "build": entry.name,
+            "attempts": entry.attempts,
+            "error": error_type(error),
+            "traceback": traceback_summary(error),
+        }
+        if build is not None:
+            details.update(project=build.project_id, event_type=build.event_type, event_provider=build.event_provider)
+        await self._park_dead(entry, details)
 
     async def _dead_letter(self, entry: _Entry, build: Build, reason: str) -> None:
-        self._answer(entry, BackendRejected(reason))
         details = {
             "reason": reason,
             "time": self._now(),
@@ -1024,19 +1254,23 @@ class SpooledBuilds:
             "event_type": build.event_type,
             "event_provider": build.event_provider,
         }
+        await self._park_dead(entry, details)
+
+    async def _park_dead(self, entry: _Entry, details: dict[str, Any]) -> None:
+        reason = details["reason"]
+        self._answer(entry, BackendRejected(reason))
         try:
             parked = await self.io.run(park_record, self.directory, entry.filename, DEAD_LETTER, details, self.at_step)
         except Exception:
-            self.log.failure("Cannot move the refused build {build} to the dead-letter directory", build=entry.name)
-            # It stays queued: submitted again, refused again, parked then.
-            await self._retry_later(entry, None)
+            self.log.failure("Cannot move the build {build} to the dead-letter directory", build=entry.name)
+            # It stays queued: tried again, and parked then.
+            self._defer(entry)
             return
         self._dead_lettered += 1
-        self._store_failing = False
         self.log.error(
-            "Build {build} for {project} was refused and parked in {dead_letter}: {reason}",
+            "Build {build} for {project} was parked in {dead_letter}: {reason}",
             build=entry.name,
-            project=build.project_id,
+            project=details.get("project", "(unknown)"),
             reason=reason,
             dead_letter=str(self.directory / DEAD_LETTER / parked),
         )
@@ -1048,7 +1282,7 @@ class SpooledBuilds:
             parked = await self.io.run(park_record, self.directory, entry.filename, QUARANTINE, details, self.at_step)
         except Exception:
             self.log.failure("Cannot quarantine the damaged spool record {record}", record=entry.filename)
-            await self._retry_later(entry, None)
+            self._defer(entry)
             return
         self._quarantined += 1
         self.log.error(

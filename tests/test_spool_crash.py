@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import selectors
 import signal
 import subprocess
@@ -58,6 +59,8 @@ pytestmark = pytest.mark.slow
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PROCESS_TIMEOUT = 60.0  # seconds; a writer normally finishes in well under one
+# local.write_build's temporary file: ".<build name>.<pid>.tmp"
+STORE_TEMPORARY = re.compile(r"\.brigade-worker-[0-9a-z]+\.[0-9]+\.tmp")
 
 
 @implementer(IBuilds)
@@ -83,6 +86,12 @@ class DirectoryStore:
             return {}
         found = {}
         for path in sorted(folder.iterdir()):
+            if STORE_TEMPORARY.fullmatch(path.name):
+                # The directory backend's own half-written file, left by a
+                # SIGKILL inside write_build (more likely now that four
+                # builds are handed over at once): never a build, and the
+                # backend ignores it.
+                continue
             assert path.suffix == ".json", f"unexpected file in the store: {path.name}"
             secret = json.loads(path.read_text())
             found[secret["metadata"]["name"]] = secret_data(secret)["payload"]
