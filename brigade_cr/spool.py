@@ -132,7 +132,7 @@ PROBE_FILE = ".spool-probe.tmp"
 
 # How many times a record may fail unexpectedly (any exception but the
 # store's BackendUnavailable / BackendRejected) before it is dead-lettered.
-# With the default backoff the attempts span about eight seconds: enough for
+# With the default backoff the attempts span four to eight seconds: enough for
 # a passing surprise, and a record that fails the same way five times in a
 # row will not succeed on the sixth.
 MAX_ATTEMPTS = 5
