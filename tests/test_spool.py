@@ -34,7 +34,6 @@ from twisted.logger import Logger, LogLevel, formatEvent
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from brigade_cr import spool as spool_module
 from brigade_cr.brigade import build_secret, secret_data
 from brigade_cr.errors import BackendRejected, BackendUnavailable, InvalidText
 from brigade_cr.fileio import InlineIO, ThreadedIO
@@ -57,6 +56,8 @@ from brigade_cr.spool import (
     parse_record_filename,
     record_filename,
 )
+from brigade_cr.spool import record as spool_record
+from brigade_cr.spool import spooled as spool_drainer
 from brigade_cr.values import Build, Receipt
 from tests.backend_contract import BackendContract, BackendUnderTest, a_build
 from tests.helpers import failure_of, result_of
@@ -1343,14 +1344,14 @@ def test_unreadable_record_is_retried_then_dead_lettered(
     spool.submit(build_no(1))
     spool.submit(build_no(2))
     bad = record_filename(1, build_no(1).name)
-    real_read = spool_module.read_record
+    real_read = spool_drainer.read_record
 
     def failing_read(path: Path, build_name: str) -> Build:
         if path.name == bad:
             raise OSError(errno.EIO, "Input/output error")
         return real_read(path, build_name)
 
-    monkeypatch.setattr(spool_module, "read_record", failing_read)
+    monkeypatch.setattr(spool_drainer, "read_record", failing_read)
     api.down = False
     advance_to(clock, 0.5)  # the outage's probe: record 1 fails to read, record 2 is built
     assert api.created == [build_no(2).name]
@@ -1572,7 +1573,7 @@ def test_invalid_build_in_a_record_is_corrupt(monkeypatch: pytest.MonkeyPatch, e
     """Whatever a Build's validators raise while decoding a record becomes CorruptRecord."""
     record = encode_record(build_no(1))
     monkeypatch.setattr(StrictBuild, "validate", staticmethod(error))
-    monkeypatch.setattr(spool_module, "Build", StrictBuild)
+    monkeypatch.setattr(spool_record, "Build", StrictBuild)
     with pytest.raises(CorruptRecord) as raised:
         decode_record(record, build_no(1).name)
     assert raised.value.args == ("body is not a valid build",)
@@ -1587,7 +1588,7 @@ def test_invalid_build_is_quarantined_at_start(
     first.submit(build_no(1))
     stop(first, clock)
     monkeypatch.setattr(StrictBuild, "validate", staticmethod(lambda: InvalidText("commit_ref")))
-    monkeypatch.setattr(spool_module, "Build", StrictBuild)
+    monkeypatch.setattr(spool_record, "Build", StrictBuild)
     api.down = False
     calls = len(api.calls)
     spool = make()

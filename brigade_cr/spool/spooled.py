@@ -1,107 +1,21 @@
 """
-A durable spool in front of a build store (promises P1, P2, P5, P6).
+``SpooledBuilds``: the drainer in front of a build store.
 
-``SpooledBuilds`` is an ``IBuilds`` that answers ``submit`` only once the
-build is on disk, then hands it to the ``IBuilds`` it wraps (``inner``,
-normally ``KubeBuilds``) in the background, and removes it once ``inner``
-has it. An outage of ``inner`` costs nothing but time: the records wait, and
-are retried with backoff until it is back.
+It answers ``submit`` once the build's record is durable (``disk.py``), then
+hands the record to the ``IBuilds`` it wraps (``inner``) in the background
+and removes it once ``inner`` has it. How failures are kept apart, so that no
+record holds back another, is in the package docstring (``__init__.py``).
 
-No record holds back another. Records are handed over oldest first among
-those that are due, up to ``max_in_flight`` (4) at once, and each has its own
-attempt count and its own next-attempt time:
-
-- ``BackendRejected`` (the store refused the build for good) moves the record
-  to ``dead-letter/`` at once.
-- ``BackendUnavailable`` (the store is failing: API down, 503, 429) is the
-  store's trouble, not the record's: it is retried without limit, and the
-  drainer backs off as a whole (jittered exponential backoff honouring
-  ``Retry-After``), then sends one probe record at a time until one
-  succeeds, so a failing store is not hammered by the whole queue.
-- Any other exception while reading or submitting a record (a surprise in
-  ``inner``: a bug, a value its client cannot encode) is the record's
-  trouble: that record alone is retried with its own backoff while the
-  others go on, and after ``max_attempts`` (``MAX_ATTEMPTS``, 5) such
-  failures it moves to ``dead-letter/``, its reason file naming the
-  exception's type and its innermost frames (never the exception's message
-  or any variable, which could hold payload data or credentials).
-- A record that cannot be decoded is damaged: it moves to ``quarantine/``.
-
-One writer per directory: ``start()`` takes an exclusive ``flock`` on
-``DIR/spool.lock`` and fails with ``SpoolLocked`` while another process holds
-it. Put the directory on a persistent volume that supports ``flock`` and
-``fsync`` (a local disk or a block-backed PersistentVolume; not an emptyDir
-if the spool must survive the pod, and not NFS). Everything the spool owns is
-named below; any other file in the directory (``projects.json``, say) is left
-alone.
-
-The directory
-=============
-
-``NNNNNNNNNNNNNNNNNNNN.<build name>.build``
-    One record per build, in the order the builds were accepted (a
-    20-digit sequence number). The build name in the file name makes a
-    re-delivery of a queued build cheap to recognise.
-``.NNNNNNNNNNNNNNNNNNNN.<build name>.build.tmp``
-    A record being written. Its sender has not been answered.
-``dead-letter/``
-    Records ``inner`` refused for good (``BackendRejected``) or that failed
-    unexpectedly ``max_attempts`` times, each beside a
-    ``<record>.reason.json`` giving the reason and the time (and, for the
-    latter, the attempts, the exception type and a traceback summary). A
-    record is still a valid record there: to try one again, stop
-    brigade-cr and move it back.
-``quarantine/``
-    Records found damaged (bad checksum, truncated, unreadable, not a valid
-    build), each beside a ``.reason.json``.
-``spool.lock``
-    The lock file; it holds the owner's PID, for the operator.
-``.spool-probe.tmp``
-    Briefly, after a write failed: a test write, to learn when the
-    directory is writable again.
-
-The record format
-=================
-
-::
-
-    {"length":<body bytes>,"sha256":"<hex digest of the body>","v":1}\\n
-    <body>
-
-The body is a JSON object holding every field of ``Build`` as a string, the
-payload in base64, so that it comes back byte for byte. A record is accepted
-only if the header parses, ``v`` is 1, the body is exactly ``length`` bytes
-and hashes to ``sha256``, the body holds a valid ``Build`` and that build's
-name is the one in the file name: a truncated record, trailing garbage or
-any flipped bit is detected.
-
-Writing, draining, recovering
-=============================
-
-A record is written to its temporary file, fsynced, renamed into place and
-the directory fsynced, all in a thread pool; only then does ``submit`` answer
-(P1). The drainer submits a record to ``inner``; once ``inner`` says created
-or duplicate it unlinks the record and fsyncs the directory. A crash between
-the two only means the build is submitted again after restart, and ``inner``
-answers that with a duplicate (build names are idempotency keys).
-
-On ``start()``: temporary files are deleted (their senders never got a 2xx);
-every record is read and checked, damaged ones are moved to ``quarantine/``;
-the rest are drained, oldest first. Attempt counts live in memory: after a
-restart a record that had failed unexpectedly gets its full count again.
+This module is longer than the others on purpose: it is one state machine
+(writes, acknowledgements, the drain, the outage, stop) over one set of
+fields, and its invariants (a record is answered, handed over, parked or
+kept, exactly once) are easier to check in one place than across modules.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import enum
-import errno
-import fcntl
-import hashlib
-import json
 import os
-import re
 import traceback
 from collections import deque
 from datetime import datetime, timezone
@@ -115,20 +29,25 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from .errors import BackendRejected, BackendUnavailable
-from .fileio import BlockingIO, fsync_directory
-from .interfaces import IBuilds
-from .retry import Backoff
-from .values import Build, Receipt
+from ..errors import BackendRejected, BackendUnavailable
+from ..fileio import BlockingIO
+from ..interfaces import IBuilds
+from ..retry import Backoff
+from ..values import Build, Receipt
+from .disk import (
+    DEAD_LETTER,
+    QUARANTINE,
+    no_step,
+    park_record,
+    probe_directory,
+    read_record,
+    recover,
+    remove_record,
+    write_record,
+)
+from .record import BUILD_NAME, CorruptRecord, encode_record, record_filename
 
 T = TypeVar("T")
-
-RECORD_VERSION = 1
-LOCK_FILE = "spool.lock"
-DEAD_LETTER = "dead-letter"
-QUARANTINE = "quarantine"
-REASON_SUFFIX = ".reason.json"
-PROBE_FILE = ".spool-probe.tmp"
 
 # How many times a record may fail unexpectedly (any exception but the
 # store's BackendUnavailable / BackendRejected) before it is dead-lettered.
@@ -143,322 +62,6 @@ TRACEBACK_FRAMES = 5
 # Clock times closer than this count as the same moment: a timer set for a
 # due time must not fire a hair early and find nothing due.
 _EPSILON = 1e-6
-
-# The steps ``at_step`` is called with, in the order they happen.
-WRITE_STEPS = ("write:start", "write:temp-written", "write:temp-fsynced", "write:renamed", "write:dir-fsynced")
-DRAIN_STEPS = ("drain:submitted", "drain:removed", "drain:dir-fsynced")
-DEAD_LETTER_STEPS = ("dead-letter:reason-written", "dead-letter:moved")
-
-# A build name as the spool accepts it: a DNS-1123 name short enough that
-# the record's file name stays under the usual 255-byte limit. Build names
-# are "brigade-worker-" and a ULID (41 characters).
-_NAME = r"[a-z0-9](?:[-a-z0-9.]{0,198}[a-z0-9])?"
-_BUILD_NAME = re.compile(_NAME)
-_RECORD_FILE = re.compile(rf"(\d{{20}})\.({_NAME})\.build")
-_TEMPORARY_FILE = re.compile(rf"\.(\d{{20}})\.({_NAME})\.build\.tmp")
-_REQUIRED = ("project_id", "ulid", "event_type", "event_provider", "commit_ref", "payload")
-# The header is a few dozen bytes; looking further for its end is pointless.
-_HEADER_LIMIT = 512
-
-
-class CorruptRecord(Exception):
-    """A spool record failed its checks; ``args[0]`` says which (never its content)."""
-
-
-class SpoolLocked(Exception):
-    """Another process holds the spool directory's lock: one writer per directory."""
-
-
-def _no_step(step: str) -> None:
-    """The production ``at_step``: nothing to inject."""
-
-
-# -- the record format ----------------------------------------------------------
-
-
-def record_filename(sequence: int, build_name: str) -> str:
-    """The file name of record number ``sequence`` for the build ``build_name``."""
-    return f"{sequence:020d}.{build_name}.build"
-
-
-def parse_record_filename(filename: str) -> tuple[int, str] | None:
-    """``(sequence, build name)`` of a record's file name, or None for any other file."""
-    match = _RECORD_FILE.fullmatch(filename)
-    if match is None:
-        return None
-    return int(match.group(1)), match.group(2)
-
-
-def encode_record(build: Build) -> bytes:
-    """``build`` as a spool record: a checksummed header line, then the body."""
-    fields: dict[str, str] = {}
-    for field in attrs.fields(Build):
-        value = getattr(build, field.name)
-        fields[field.name] = base64.b64encode(value).decode("ascii") if field.name == "payload" else value
-    # ensure_ascii (the default) keeps any str, lone surrogates included,
-    # representable and restores it exactly.
-    body = json.dumps(fields, sort_keys=True, separators=(",", ":")).encode("ascii")
-    header = {"v": RECORD_VERSION, "length": len(body), "sha256": hashlib.sha256(body).hexdigest()}
-    return json.dumps(header, sort_keys=True, separators=(",", ":")).encode("ascii") + b"\n" + body
-
-
-def decode_record(data: bytes, expected_name: str | None = None) -> Build:
-    """
-    The ``Build`` in the record ``data``.
-
-    Raises ``CorruptRecord`` unless every check passes (see the module
-    docstring); with ``expected_name``, also when the build has another name.
-    """
-    end = data.find(b"\n", 0, _HEADER_LIMIT)
-    if end < 0:
-        raise CorruptRecord("no header line")
-    try:
-        header = json.loads(data[:end])
-    except ValueError:
-        raise CorruptRecord("unreadable header") from None
-    if not isinstance(header, dict):
-        raise CorruptRecord("unreadable header")
-    version, length, digest = header.get("v"), header.get("length"), header.get("sha256")
-    if type(version) is not int or version != RECORD_VERSION:
-        raise CorruptRecord("unknown record version")
-    if type(length) is not int or not isinstance(digest, str):
-        raise CorruptRecord("incomplete header")
-    body = data[end + 1 :]
-    if len(body) != length:
-        raise CorruptRecord(f"body is {len(body)} bytes where the header says {length}")
-    if hashlib.sha256(body).hexdigest() != digest:
-        raise CorruptRecord("checksum mismatch")
-    try:
-        fields = json.loads(body)
-    except ValueError:
-        raise CorruptRecord("unreadable body") from None
-    try:
-        build = _build_from_fields(fields)
-    except CorruptRecord:
-        raise
-    except Exception:
-        # Build validates its text (errors.InvalidText, ValueError,
-        # TypeError): a record written before a rule existed, or edited by
-        # hand, is damaged, never a surprise for the drainer.
-        raise CorruptRecord("body is not a valid build") from None
-    if expected_name is not None and build.name != expected_name:
-        raise CorruptRecord("the record holds another build than its file name says")
-    return build
-
-
-def _build_from_fields(fields: Any) -> Build:
-    known = {field.name for field in attrs.fields(Build)}
-    if not isinstance(fields, dict) or not set(fields) <= known or not all(key in fields for key in _REQUIRED):
-        raise CorruptRecord("body is not a build")
-    if not all(isinstance(value, str) for value in fields.values()):
-        raise CorruptRecord("body is not a build")
-    try:
-        payload = base64.b64decode(fields["payload"], validate=True)
-    except (binascii.Error, ValueError):
-        raise CorruptRecord("payload is not base64") from None
-    return Build(**{**fields, "payload": payload})
-
-
-# -- blocking file operations (run in the thread pool) --------------------------------
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
-
-
-def write_record(directory: Path, filename: str, record: bytes, at_step: Callable[[str], None]) -> None:
-    """
-    Durably create ``directory/filename`` holding ``record``: temporary
-    file, fsync, rename, directory fsync. Raises ``OSError`` when any step
-    fails, having removed whatever it wrote (the caller will refuse the
-    delivery, so no record may stay behind).
-    """
-    temporary = directory / f".{filename}.tmp"
-    final = directory / filename
-    renamed = False
-    at_step("write:start")
-    try:
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        try:
-            _write_all(fd, record)
-            at_step("write:temp-written")
-            os.fsync(fd)
-            at_step("write:temp-fsynced")
-        finally:
-            os.close(fd)
-        # Sequence numbers make every final name new, so this never replaces.
-        os.rename(temporary, final)
-        renamed = True
-        at_step("write:renamed")
-        fsync_directory(directory)
-        at_step("write:dir-fsynced")
-    except BaseException:
-        for path in (final, temporary) if renamed else (temporary,):
-            try:
-                path.unlink()
-            except OSError:
-                pass
-        raise
-
-
-def read_record(path: Path, build_name: str) -> Build:
-    """The build in the record at ``path``; ``CorruptRecord`` or ``OSError`` otherwise."""
-    with path.open("rb") as f:
-        data = f.read()
-    return decode_record(data, build_name)
-
-
-def remove_record(directory: Path, filename: str, at_step: Callable[[str], None]) -> None:
-    """Unlink a drained record and fsync the directory, so it is not drained again."""
-    try:
-        (directory / filename).unlink()
-    except FileNotFoundError:
-        pass
-    at_step("drain:removed")
-    fsync_directory(directory)
-    at_step("drain:dir-fsynced")
-
-
-def probe_directory(directory: Path, size: int) -> None:
-    """
-    Write ``size`` bytes to a scratch file, fsync and remove it: can the
-    directory take a record of that size now? Raises ``OSError`` if not.
-    """
-    path = directory / PROBE_FILE
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    try:
-        try:
-            _write_all(fd, bytes(size))
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    finally:
-        path.unlink()
-
-
-def _unused_name(place: Path, filename: str) -> str:
-    # A reason with no record beside it is left by a crash between the two
-    # steps of park_record: its name is free (the reason is rewritten).
-    candidate, number = filename, 0
-    while (place / candidate).exists():
-        number += 1
-        candidate = f"{filename}.{number}"
-    return candidate
-
-
-def park_record(
-    directory: Path, filename: str, place: str, reason: Mapping[str, Any], at_step: Callable[[str], None]
-) -> str:
-    """
-    Move the record ``filename`` into ``directory/place/`` beside a
-    ``.reason.json`` holding ``reason``, and return the name it got there.
-
-    The reason is made durable before the record moves: a crash in between
-    leaves the record in the spool, to be handled again, rather than a record
-    with no reason. Raises ``OSError``.
-    """
-    target = directory / place
-    target.mkdir(mode=0o700, exist_ok=True)
-    name = _unused_name(target, filename)
-    text = json.dumps({**reason, "record": name}, indent=2, sort_keys=True).encode("utf-8") + b"\n"
-    temporary = target / f".{name}{REASON_SUFFIX}.tmp"
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    try:
-        _write_all(fd, text)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.rename(temporary, target / (name + REASON_SUFFIX))
-    fsync_directory(target)
-    at_step(f"{place}:reason-written")
-    os.rename(directory / filename, target / name)
-    at_step(f"{place}:moved")
-    fsync_directory(target)
-    fsync_directory(directory)
-    return name
-
-
-def _lock(directory: Path) -> int:
-    fd = os.open(directory / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as e:
-        holder = os.read(fd, 32).decode("ascii", "replace").strip() or "unknown"
-        os.close(fd)
-        if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-            raise SpoolLocked(
-                f"spool directory {directory} is in use by another process (pid {holder}); "
-                "each spool directory takes one writer"
-            ) from None
-        raise
-    os.ftruncate(fd, 0)
-    os.write(fd, f"{os.getpid()}\n".encode("ascii"))
-    return fd
-
-
-@attrs.frozen
-class Recovery:
-    """What ``recover`` found: the lock it holds and the records to drain, oldest first."""
-
-    lock_fd: int
-    # (sequence, build name, size in bytes, modification time): the time
-    # stands in for when the record was accepted.
-    records: tuple[tuple[int, str, int, float], ...]
-    discarded: tuple[str, ...]
-    quarantined: tuple[tuple[str, str], ...]  # (file name, reason)
-
-
-def recover(directory: Path, now: str, at_step: Callable[[str], None] = _no_step) -> Recovery:
-    """
-    Lock ``directory`` (creating it) and bring it to a known state: delete
-    temporary records, check every record and move damaged ones to
-    ``quarantine/``. Raises ``SpoolLocked`` or ``OSError``, holding no lock.
-    """
-    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd = _lock(directory)
-    try:
-        records: list[tuple[int, str, int, float]] = []
-        discarded: list[str] = []
-        quarantined: list[tuple[str, str]] = []
-        for filename in sorted(os.listdir(directory)):
-            path = directory / filename
-            if not path.is_file() or path.is_symlink():
-                continue
-            if _TEMPORARY_FILE.fullmatch(filename):
-                path.unlink()
-                discarded.append(filename)
-                continue
-            if filename == PROBE_FILE:
-                path.unlink()
-                continue
-            parsed = parse_record_filename(filename)
-            if parsed is None:
-                continue  # not ours: the lock, a project cache, an operator's note
-            sequence, name = parsed
-            try:
-                data = path.read_bytes()
-                modified = path.stat().st_mtime
-                decode_record(data, name)
-            except (CorruptRecord, OSError) as e:
-                # A record that cannot be read (EIO) is as good as damaged,
-                # and must not keep the rest from being drained.
-                problem = str(e) if isinstance(e, CorruptRecord) else f"unreadable: {e.strerror}"
-                reason = {"reason": problem, "time": now, "build": name}
-                park_record(directory, filename, QUARANTINE, reason, at_step)
-                quarantined.append((filename, problem))
-                continue
-            records.append((sequence, name, len(data), modified))
-        if discarded:
-            fsync_directory(directory)
-        return Recovery(fd, tuple(sorted(records)), tuple(discarded), tuple(quarantined))
-    except BaseException:
-        os.close(fd)
-        raise
-
-
-# -- the spool --------------------------------------------------------------------
 
 
 @attrs.frozen
@@ -594,7 +197,7 @@ class SpooledBuilds:
     # writable again. Without this a pod made unready by a failed write would
     # get no traffic, so no write, and stay unready for ever.
     probe_interval: float = 5.0
-    at_step: Callable[[str], None] = _no_step
+    at_step: Callable[[str], None] = no_step
     max_in_flight: int = attrs.field(default=MAX_IN_FLIGHT, validator=attrs.validators.ge(1))
     max_attempts: int = attrs.field(default=MAX_ATTEMPTS, validator=attrs.validators.ge(1))
 
@@ -829,7 +432,7 @@ class SpooledBuilds:
         if self._phase is not _Phase.RUNNING:
             state = "not started" if self._phase in (_Phase.NEW, _Phase.STARTING) else "shutting down"
             raise BackendUnavailable(f"the spool is {state}", retry_after=self.refuse_retry_after)
-        if not _BUILD_NAME.fullmatch(name):
+        if not BUILD_NAME.fullmatch(name):
             raise BackendRejected("the build name cannot be spooled")
         existing = self._names.get(name)
         if existing is not None:
