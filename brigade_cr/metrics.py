@@ -12,8 +12,9 @@ from payloads).
   scrape time: gauges ``queued_records``, ``queued_bytes``,
   ``in_flight_records`` (being handed to the store now),
   ``oldest_record_age_seconds`` (0 when nothing is queued) and
-  ``accepting``; counters ``dead_letters_total`` and ``quarantined_total``
-  (records parked since start).
+  ``accepting``; counters ``handed_over_total{result}`` (``created`` or
+  ``duplicate``: the drain rate), ``dead_letters_total`` and
+  ``quarantined_total`` (records parked), all since start.
 
 Metrics are served on their own listener (``--metrics``), not on the
 webhook port, which may face the internet.
@@ -74,6 +75,14 @@ class _SpoolCollector(Collector):
             ),
         ):
             yield CounterMetricFamily(name, help_text, value=value)
+        handed_over = CounterMetricFamily(
+            "brigade_cr_spool_handed_over",
+            "Records handed to the store since start, by what it answered (created or duplicate).",
+            labels=["result"],
+        )
+        handed_over.add_metric(["created"], stats.created)
+        handed_over.add_metric(["duplicate"], stats.duplicates)
+        yield handed_over
 
 
 @attrs.define

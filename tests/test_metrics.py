@@ -119,8 +119,8 @@ def test_spool_gauges() -> None:
         return SpoolStats(
             queued=current["queued"],
             queued_bytes=1234,
-            created=0,
-            duplicates=0,
+            created=7,
+            duplicates=6,
             dead_lettered=1,
             quarantined=2,
             discarded=0,
@@ -140,6 +140,8 @@ def test_spool_gauges() -> None:
     assert sample("brigade_cr_spool_dead_letters_total") == 1
     assert sample("brigade_cr_spool_quarantined_total") == 2
     assert sample("brigade_cr_spool_accepting") == 1
+    assert sample("brigade_cr_spool_handed_over_total", {"result": "created"}) == 7
+    assert sample("brigade_cr_spool_handed_over_total", {"result": "duplicate"}) == 6
     # The gauges these counters replace are gone.
     assert sample("brigade_cr_spool_dead_lettered") is None
     assert sample("brigade_cr_spool_quarantined") is None
@@ -152,4 +154,5 @@ def test_spool_gauges() -> None:
         "brigade_cr_spool_accepting": "gauge",
         "brigade_cr_spool_dead_letters": "counter",
         "brigade_cr_spool_quarantined": "counter",
+        "brigade_cr_spool_handed_over": "counter",
     }

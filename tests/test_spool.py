@@ -1277,6 +1277,8 @@ def test_poisoned_record_is_dead_lettered_while_the_others_are_built(
     sample = metrics.registry.get_sample_value
     assert sample("brigade_cr_spool_dead_letters_total") == 1
     assert sample("brigade_cr_spool_quarantined_total") == 0
+    assert sample("brigade_cr_spool_handed_over_total", {"result": "created"}) == 3
+    assert sample("brigade_cr_spool_handed_over_total", {"result": "duplicate"}) == 0
     assert sample("brigade_cr_spool_queued_records") == 0
     assert sample("brigade_cr_spool_oldest_record_age_seconds") == 0
     failures = [event for event in events if "log_failure" in event]
@@ -1597,3 +1599,35 @@ def test_invalid_build_is_quarantined_at_start(
     reason = json.loads((directory / QUARANTINE / (record_filename(1, build_no(1).name) + ".reason.json")).read_text())
     assert reason["reason"] == "body is not a valid build"
     assert len(api.calls) == calls
+
+
+def test_dead_letter_that_cannot_be_parked_is_tried_again(
+    make: Callable[..., SpooledBuilds], api: ApiBuilds, clock: Clock, directory: Path
+) -> None:
+    """
+    Parking a refused record fails once (EIO): the record stays and is tried
+    again on its own backoff (0.25 s) while the next one is built; then it is
+    refused again and parked, with one reason file.
+    """
+    failures = {"dead-letter:reason-written"}
+
+    def failing(step: str) -> None:
+        if step in failures:
+            failures.discard(step)
+            raise OSError(errno.EIO, "Input/output error")
+
+    api.rejects.add(build_no(1).name)
+    spool = make(at_step=failing)
+    assert isinstance(failure_of(spool.submit(build_no(1))), BackendRejected)
+    assert result_of(spool.submit(build_no(2))) == Receipt(build_no(2).name)
+    assert records(directory) == [build_no(1).name]
+    assert spool.stats().dead_lettered == 0
+    advance_to(clock, 0.25)
+    assert api.calls == [(0.0, build_no(1).name), (0.0, build_no(2).name), (0.25, build_no(1).name)]
+    assert records(directory) == []
+    assert sorted(os.listdir(directory / DEAD_LETTER)) == [
+        record_filename(1, build_no(1).name),
+        record_filename(1, build_no(1).name) + ".reason.json",
+    ]
+    assert spool.stats().dead_lettered == 1
+    assert api.created == [build_no(2).name]

@@ -62,6 +62,8 @@ TRACEBACK_FRAMES = 5
 # Clock times closer than this count as the same moment: a timer set for a
 # due time must not fire a hair early and find nothing due.
 _EPSILON = 1e-6
+# The shortest wait before a record is tried again.
+_MIN_DELAY = 1e-3
 
 
 @attrs.frozen
@@ -677,9 +679,11 @@ class SpooledBuilds:
         landed = False
         flight = Deferred.fromCoroutine(self._attempt(entry, probe=self._store_failing))
 
-        def land(_: None) -> None:
+        def land(result: Failure | None) -> None:
             nonlocal landed
             landed = True
+            if isinstance(result, Failure):  # _attempt deals with everything; a bug if not
+                self.log.failure("The spool drainer failed unexpectedly; carrying on", result, record=entry.filename)
             entry.busy = False
             self._in_flight -= 1
             self._flights.discard(flight)
@@ -807,7 +811,8 @@ class SpooledBuilds:
 
     def _defer(self, entry: _Entry) -> None:
         """Try ``entry`` again after its own backoff."""
-        entry.due = self.clock.seconds() + self.backoff.delay(entry.deferrals)
+        # Never at once, even with a zero backoff: the drainer must not spin.
+        entry.due = self.clock.seconds() + max(self.backoff.delay(entry.deferrals), _MIN_DELAY)
         entry.deferrals += 1
 
     async def _failed_unexpectedly(
