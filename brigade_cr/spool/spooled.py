@@ -15,6 +15,7 @@ kept, exactly once) are easier to check in one place than across modules.
 from __future__ import annotations
 
 import enum
+import heapq
 import os
 import traceback
 from collections import deque
@@ -220,6 +221,10 @@ class SpooledBuilds:
     _outage_attempts: int = attrs.field(init=False, default=0)
     _resume_at: float = attrs.field(init=False, default=0.0)
     _in_flight: int = attrs.field(init=False, default=0)
+    # The queued records not being handed over: due now, by sequence (oldest
+    # first), and waiting out their own backoff, by due time.
+    _ready: list[tuple[int, _Entry]] = attrs.field(init=False, factory=list)
+    _later: list[tuple[float, int, _Entry]] = attrs.field(init=False, factory=list)
     _flights: set[Deferred[None]] = attrs.field(init=False, factory=set)
     _halted: bool = attrs.field(init=False, default=False)
     _wake: Deferred[None] | None = attrs.field(init=False, default=None)
@@ -280,6 +285,7 @@ class SpooledBuilds:
         for sequence, name, size, modified in recovery.records:
             entry = _Entry(sequence, name, size, modified, state=_State.QUEUED)
             self._queue.append(entry)
+            self._ready_now(entry)
             self._names[name] = entry
             self._bytes += size
         if recovery.records:
@@ -473,6 +479,7 @@ class SpooledBuilds:
             self._schedule_probe()
             raise error from None
         entry.state = _State.QUEUED
+        self._ready_now(entry)
         self._write_failed = False
         for waiter in entry.written:
             _settle(waiter, None)
@@ -631,11 +638,20 @@ class SpooledBuilds:
     def _limit(self) -> int:
         return 1 if self._store_failing else self.max_in_flight
 
+    def _ready_now(self, entry: _Entry) -> None:
+        """``entry`` may be handed over as soon as a slot is free."""
+        heapq.heappush(self._ready, (entry.sequence, entry))
+
     def _dispatch(self) -> float | None:
         """
         Start hand-overs of the due records, oldest first, while slots are
         free. Returns the time a waiting record (or the next probe) falls
         due when a slot is free for it, else None.
+
+        Each queued record that is neither being handed over nor written is
+        in ``_ready`` (due, by sequence) or ``_later`` (by due time), so this
+        costs a heap operation per record, however many wait out a backoff.
+        Entries that left the queue meanwhile are dropped as they surface.
         """
         while not self._halted:
             now = self.clock.seconds()
@@ -644,33 +660,21 @@ class SpooledBuilds:
                     return None  # the probe's answer wakes us
                 if now + _EPSILON < self._resume_at:
                     return self._resume_at
-            free = self._limit() - self._in_flight
-            if free <= 0:
+            if self._in_flight >= self._limit():
                 return None
-            chosen: list[_Entry] = []
-            next_due: float | None = None
-            # Busy, waiting or half-written records are few and at the front
-            # of the queue: this stops after ``free`` due ones.
-            for entry in self._queue:
-                if entry.state is not _State.QUEUED or entry.busy:
-                    continue
-                if entry.due > now + _EPSILON:
-                    next_due = entry.due if next_due is None else min(next_due, entry.due)
-                    continue
-                chosen.append(entry)
-                if len(chosen) == free:
+            while self._later and self._later[0][0] <= now + _EPSILON:
+                _, _, waited = heapq.heappop(self._later)
+                if waited.state is _State.QUEUED and not waited.busy:
+                    self._ready_now(waited)
+            entry = None
+            while self._ready:
+                _, candidate = heapq.heappop(self._ready)
+                if candidate.state is _State.QUEUED and not candidate.busy:
+                    entry = candidate
                     break
-            if not chosen:
-                return next_due
-            for entry in chosen:
-                # A hand-over that finished at once may have turned the store
-                # failing (or taken the record away): look again each time.
-                if self._halted or self._in_flight >= self._limit():
-                    break
-                if self._store_failing and now + _EPSILON < self._resume_at:
-                    break
-                if entry.state is _State.QUEUED and not entry.busy:
-                    self._launch(entry)
+            if entry is None:
+                return self._later[0][0] if self._later else None
+            self._launch(entry)
         return None
 
     def _launch(self, entry: _Entry) -> None:
@@ -687,6 +691,10 @@ class SpooledBuilds:
             entry.busy = False
             self._in_flight -= 1
             self._flights.discard(flight)
+            if entry.state is _State.QUEUED and entry.due <= self.clock.seconds() + _EPSILON:
+                # Still queued and not put off (the store is failing): it
+                # keeps its place for the next hand-over.
+                self._ready_now(entry)
             self._poke()
 
         flight.addBoth(land)
@@ -813,6 +821,7 @@ class SpooledBuilds:
         """Try ``entry`` again after its own backoff."""
         # Never at once, even with a zero backoff: the drainer must not spin.
         entry.due = self.clock.seconds() + max(self.backoff.delay(entry.deferrals), _MIN_DELAY)
+        heapq.heappush(self._later, (entry.due, entry.sequence, entry))
         entry.deferrals += 1
 
     async def _failed_unexpectedly(
