@@ -8,7 +8,13 @@ from payloads).
 - ``brigade_cr_builds_total{project, event_type}``: ``project`` is the ID of
   a project that authenticated the delivery (so it exists in Kubernetes);
   ``event_type`` one of the Brigade event types brigade-cr emits.
-- ``brigade_cr_spool_*``: the spool's queue and parking counts.
+- ``brigade_cr_spool_*`` (with a spool), read from its ``stats()`` at
+  scrape time: gauges ``queued_records``, ``queued_bytes``,
+  ``in_flight_records`` (being handed to the store now),
+  ``oldest_record_age_seconds`` (0 when nothing is queued) and
+  ``accepting``; counters ``handed_over_total{result}`` (``created`` or
+  ``duplicate``: the drain rate), ``dead_letters_total`` and
+  ``quarantined_total`` (records parked), all since start.
 
 Metrics are served on their own listener (``--metrics``), not on the
 webhook port, which may face the internet.
@@ -20,7 +26,7 @@ from typing import Any, Callable, Iterator
 
 import attrs
 from prometheus_client import CollectorRegistry, Counter
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from prometheus_client.twisted import MetricsResource
 
@@ -42,16 +48,41 @@ OUTCOMES = (
 class _SpoolCollector(Collector):
     stats: Callable[[], Any]
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[Metric]:
         stats = self.stats()
         for name, help_text, value in (
             ("brigade_cr_spool_queued_records", "Deliveries durably queued, not yet built.", stats.queued),
             ("brigade_cr_spool_queued_bytes", "Bytes of the queued records.", stats.queued_bytes),
-            ("brigade_cr_spool_dead_lettered", "Records parked in dead-letter/ since start.", stats.dead_lettered),
-            ("brigade_cr_spool_quarantined", "Corrupt records parked in quarantine/ since start.", stats.quarantined),
+            ("brigade_cr_spool_in_flight_records", "Queued records being handed to the store now.", stats.in_flight),
+            (
+                "brigade_cr_spool_oldest_record_age_seconds",
+                "Seconds since the oldest queued record was accepted; 0 when none is queued.",
+                stats.oldest_age,
+            ),
             ("brigade_cr_spool_accepting", "1 when the spool accepts deliveries.", int(stats.accepting)),
         ):
             yield GaugeMetricFamily(name, help_text, value=value)
+        for name, help_text, value in (
+            (
+                "brigade_cr_spool_dead_letters",
+                "Records moved to dead-letter/ since start (refused by the store, or failing unexpectedly).",
+                stats.dead_lettered,
+            ),
+            (
+                "brigade_cr_spool_quarantined",
+                "Damaged records moved to quarantine/ since start.",
+                stats.quarantined,
+            ),
+        ):
+            yield CounterMetricFamily(name, help_text, value=value)
+        handed_over = CounterMetricFamily(
+            "brigade_cr_spool_handed_over",
+            "Records handed to the store since start, by what it answered (created or duplicate).",
+            labels=["result"],
+        )
+        handed_over.add_metric(["created"], stats.created)
+        handed_over.add_metric(["duplicate"], stats.duplicates)
+        yield handed_over
 
 
 @attrs.define
@@ -87,7 +118,7 @@ class GatewayMetrics:
         self.builds.labels(project=project_id, event_type=event_type).inc()
 
     def watch_spool(self, stats: Callable[[], Any]) -> None:
-        """Export the spool's ``stats()`` as gauges."""
+        """Export the spool's ``stats()`` as gauges and counters, read at scrape time."""
         self.registry.register(_SpoolCollector(stats))
 
     def resource(self) -> Any:

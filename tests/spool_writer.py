@@ -3,7 +3,8 @@ A process that submits builds through a ``SpooledBuilds`` and reports each
 acknowledgement, for the crash-consistency tests (``test_spool_crash.py``).
 
     python -m tests.spool_writer SPOOL_DIR BUILDS_ROOT --count N
-        [--crash STEP --at K] [--inner up|down|reject:I] [--concurrency C]
+        [--crash STEP --at K] [--inner up|down|reject:I|poison:I] [--concurrency C]
+        [--drain]
 
 The spool does its file I/O in the reactor's thread pool, as in production;
 its inner store is the directory backend (``BUILDS_ROOT/builds/``), so what
@@ -11,7 +12,10 @@ it created survives the process. Each acknowledged build is printed as one
 JSON line (``{"ack": index, "name": ..., "queued": ..., "duplicate": ...}``),
 flushed before anything else happens. With ``--crash STEP --at K`` the
 process exits with status 86 (``os._exit``: no cleanup, no flushing of
-anything not yet on disk) the K-th time the spool reaches STEP.
+anything not yet on disk) the K-th time the spool reaches STEP. With
+``--inner poison:I`` submitting build I raises ``UnicodeEncodeError`` every
+time; with ``--drain`` the writer waits (up to 30 s) for the spool to empty
+before it stops it, so that such a record reaches its dead letter.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from typing import Any
 
 import attrs
 from twisted.internet.defer import Deferred, DeferredSemaphore, fail, gatherResults
-from twisted.internet.task import react
+from twisted.internet.task import deferLater, react
 from zope.interface import implementer
 
 from brigade_cr.errors import BackendRejected, BackendUnavailable
@@ -70,6 +74,21 @@ class Refusing:
         return result
 
 
+@implementer(IBuilds)
+@attrs.define
+class Poisoned:
+    """``inner``, except that submitting the build named ``poisoned`` raises ``UnicodeEncodeError``, every time."""
+
+    inner: Any
+    poisoned: str
+
+    def submit(self, build: Build) -> Deferred[Receipt]:
+        if build.name == self.poisoned:
+            "\udc80".encode()  # the field case: a lone surrogate in the API client
+        result: Deferred[Receipt] = self.inner.submit(build)
+        return result
+
+
 def crash_at(step: str | None, occurrence: int) -> Any:
     """An ``at_step`` hook that kills the process the ``occurrence``-th time ``step`` is reached."""
     seen: Counter[str] = Counter()
@@ -90,6 +109,8 @@ async def run(reactor: Any, options: argparse.Namespace) -> None:
         inner = Outage()
     elif options.inner.startswith("reject:"):
         inner = Refusing(directory_builds, build_for(int(options.inner.split(":", 1)[1])).name)
+    elif options.inner.startswith("poison:"):
+        inner = Poisoned(directory_builds, build_for(int(options.inner.split(":", 1)[1])).name)
     spool = SpooledBuilds(
         Path(options.spool),
         inner,
@@ -111,6 +132,11 @@ async def run(reactor: Any, options: argparse.Namespace) -> None:
         return Deferred.fromCoroutine(one(index))
 
     await gatherResults([semaphore.run(submit, index) for index in range(options.count)], consumeErrors=True)
+    if options.drain:
+        for _ in range(600):
+            if spool.stats().queued == 0:
+                break
+            await deferLater(reactor, 0.05)
     await spool.stop(0)
     sys.stdout.write(json.dumps({"done": True}) + "\n")
     sys.stdout.flush()
@@ -125,6 +151,7 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--at", type=int, default=1)
     parser.add_argument("--inner", default="up")
     parser.add_argument("--concurrency", type=int, default=1)
+    parser.add_argument("--drain", action="store_true")
     options = parser.parse_args(argv)
     react(lambda reactor: Deferred.fromCoroutine(run(reactor, options)))
 

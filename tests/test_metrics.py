@@ -106,7 +106,10 @@ def test_label_values_come_from_configuration(deliveries: list[tuple[str, bytes,
 
 
 def test_spool_gauges() -> None:
-    """The spool's stats are exported as gauges, read at scrape time."""
+    """
+    The spool's stats are exported at scrape time: the queue, the records in
+    flight and the oldest record's age as gauges, parked records as counters.
+    """
     from brigade_cr.spool import SpoolStats
 
     metrics = GatewayMetrics()
@@ -116,12 +119,14 @@ def test_spool_gauges() -> None:
         return SpoolStats(
             queued=current["queued"],
             queued_bytes=1234,
-            created=0,
-            duplicates=0,
+            created=7,
+            duplicates=6,
             dead_lettered=1,
             quarantined=2,
             discarded=0,
             accepting=True,
+            in_flight=4,
+            oldest_age=12.5,
         )
 
     metrics.watch_spool(stats)
@@ -130,6 +135,24 @@ def test_spool_gauges() -> None:
     current["queued"] = 5
     assert sample("brigade_cr_spool_queued_records") == 5
     assert sample("brigade_cr_spool_queued_bytes") == 1234
-    assert sample("brigade_cr_spool_dead_lettered") == 1
-    assert sample("brigade_cr_spool_quarantined") == 2
+    assert sample("brigade_cr_spool_in_flight_records") == 4
+    assert sample("brigade_cr_spool_oldest_record_age_seconds") == 12.5
+    assert sample("brigade_cr_spool_dead_letters_total") == 1
+    assert sample("brigade_cr_spool_quarantined_total") == 2
     assert sample("brigade_cr_spool_accepting") == 1
+    assert sample("brigade_cr_spool_handed_over_total", {"result": "created"}) == 7
+    assert sample("brigade_cr_spool_handed_over_total", {"result": "duplicate"}) == 6
+    # The gauges these counters replace are gone.
+    assert sample("brigade_cr_spool_dead_lettered") is None
+    assert sample("brigade_cr_spool_quarantined") is None
+    types = {family.name: family.type for family in metrics.registry.collect() if "spool" in family.name}
+    assert types == {
+        "brigade_cr_spool_queued_records": "gauge",
+        "brigade_cr_spool_queued_bytes": "gauge",
+        "brigade_cr_spool_in_flight_records": "gauge",
+        "brigade_cr_spool_oldest_record_age_seconds": "gauge",
+        "brigade_cr_spool_accepting": "gauge",
+        "brigade_cr_spool_dead_letters": "counter",
+        "brigade_cr_spool_quarantined": "counter",
+        "brigade_cr_spool_handed_over": "counter",
+    }

@@ -13,13 +13,15 @@ from __future__ import annotations
 
 import base64
 import errno
+import inspect
 import itertools
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable, Iterator
+from typing import Any, AsyncIterator, Callable, ClassVar, Iterator
 
 import attrs
 import pytest
@@ -33,14 +35,17 @@ from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from brigade_cr.brigade import build_secret, secret_data
-from brigade_cr.errors import BackendRejected, BackendUnavailable
+from brigade_cr.errors import BackendRejected, BackendUnavailable, InvalidText
 from brigade_cr.fileio import InlineIO, ThreadedIO
 from brigade_cr.interfaces import IBuilds
 from brigade_cr.memory import MemoryBuilds, MemoryProjects
+from brigade_cr.metrics import GatewayMetrics
 from brigade_cr.retry import Backoff
 from brigade_cr.spool import (
     DEAD_LETTER,
     LOCK_FILE,
+    MAX_ATTEMPTS,
+    MAX_IN_FLIGHT,
     QUARANTINE,
     CorruptRecord,
     SpooledBuilds,
@@ -51,6 +56,8 @@ from brigade_cr.spool import (
     parse_record_filename,
     record_filename,
 )
+from brigade_cr.spool import record as spool_record
+from brigade_cr.spool import spooled as spool_drainer
 from brigade_cr.values import Build, Receipt
 from tests.backend_contract import BackendContract, BackendUnderTest, a_build
 from tests.helpers import failure_of, result_of
@@ -63,6 +70,28 @@ def build_no(number: int) -> Build:
     return a_build(ulid=f"01jgq8w4h0{number:016d}", payload=b'{"n": %d, "m": "%s"}\xff\x00\x80' % (number, MARKER))
 
 
+# What the field case choked on: a lone surrogate. It is the exception's
+# message ("... '\udc80' in position 6: surrogates not allowed") that must never
+# reach a dead letter's reason file.
+POISON_TEXT = "poison\udc80"
+
+
+def encode_field(text: str) -> bytes:
+    """The innermost frame of a poisoned submit: the line every dead letter's traceback ends at."""
+    return text.encode("utf-8")
+
+
+def line_of(function: Callable[..., Any], text: str) -> int:
+    """The number of the one line of ``function`` holding ``text``."""
+    lines, first = inspect.getsourcelines(function)
+    found = [first + index for index, line in enumerate(lines) if text in line]
+    assert len(found) == 1, found
+    return found[0]
+
+
+ENCODE_LINE = line_of(encode_field, 'text.encode("utf-8")')
+
+
 def fixed(value: float) -> Backoff:
     return Backoff(random=lambda: value)
 
@@ -73,7 +102,9 @@ class ApiBuilds:
     """
     The Kubernetes API as the spool sees it: a ``MemoryBuilds`` that can be
     down (with a Retry-After), refuse chosen builds, answer after a delay,
-    and raise a surprise. Notes every call and every creation.
+    raise a surprise, and choke on chosen builds every time (``poison``: a
+    ``UnicodeEncodeError`` from deep in its "client", as the Kubernetes
+    client raised on a lone surrogate). Notes every call and every creation.
     """
 
     clock: Clock
@@ -83,6 +114,7 @@ class ApiBuilds:
     rejects: set[str] = attrs.field(factory=set)
     latency: float = 0.0
     surprises: int = 0
+    poison: set[str] = attrs.field(factory=set)
     calls: list[tuple[float, str]] = attrs.field(factory=list)
     created: list[str] = attrs.field(factory=list)
 
@@ -96,6 +128,8 @@ class ApiBuilds:
         if self.surprises:
             self.surprises -= 1
             return fail(RuntimeError("surprise"))
+        if build.name in self.poison:
+            encode_field(POISON_TEXT)
         if self.down:
             return fail(BackendUnavailable("API down", self.retry_after))
         if build.name in self.rejects:
@@ -548,8 +582,12 @@ def test_duplicate_of_a_failed_write_fails_too(api: ApiBuilds, clock: Clock, dir
     stop(spool, clock)
 
 
-def test_order_kept_when_writes_finish_out_of_order(api: ApiBuilds, clock: Clock, directory: Path) -> None:
-    """A later record whose write finished first still waits for the earlier one."""
+def test_a_record_being_written_holds_back_no_other(api: ApiBuilds, clock: Clock, directory: Path) -> None:
+    """
+    A later record whose write finished first is handed over at once: an
+    earlier record still being written holds nothing back. (Until issue 8
+    the drainer waited for the head of the queue.)
+    """
     io = ManualIO()
     spool = new_spool(directory, api, clock, io=io)
     started = spool.start()
@@ -558,14 +596,19 @@ def test_order_kept_when_writes_finish_out_of_order(api: ApiBuilds, clock: Clock
     first = spool.submit(build_no(1))
     second = spool.submit(build_no(2))
     io.complete(1)  # the second write
-    assert io.names() == ["write_record"]  # nothing read: the head is still being written
-    assert api.calls == []
-    io.complete_all()
-    io.complete_all()
-    io.complete_all()
-    assert api.created == [build_no(1).name, build_no(2).name]
-    assert result_of(first) == Receipt(build_no(1).name)
+    assert io.names() == ["write_record", "read_record"]
+    io.complete(1)  # the second record read back, and submitted
+    assert api.created == [build_no(2).name]
     assert result_of(second) == Receipt(build_no(2).name)
+    assert io.names() == ["write_record", "remove_record"]
+    assert not first.called
+    io.complete(0)  # the first write, at last
+    assert io.names() == ["remove_record", "read_record"]
+    io.complete_all()
+    io.complete_all()
+    assert api.created == [build_no(2).name, build_no(1).name]
+    assert result_of(first) == Receipt(build_no(1).name)
+    assert records(directory) == []
     stop(spool, clock)
 
 
@@ -934,30 +977,38 @@ def test_refused_before_start_and_after_stop(api: ApiBuilds, clock: Clock, direc
 
 def test_stop_drains_within_deadline_and_keeps_the_rest(api: ApiBuilds, clock: Clock, directory: Path) -> None:
     """
-    stop(2.5) with five records and an API taking 1 s per build: two are
-    created, the third's call is cancelled at the deadline, and the next
-    start creates the remaining three, each once.
+    stop(2.0) with six records after an outage and an API taking 1 s per
+    build: the probe record is created at 1.25 s, the next four are then in
+    flight together and their calls are cancelled at the deadline; the next
+    start creates the remaining five, each once.
     """
     api.down = True
     spool = new_spool(directory, api, clock)
     result_of(spool.start())
-    for n in range(5):
+    for n in range(6):
         spool.submit(build_no(n))
     api.down = False
     api.latency = 1.0
-    stopping = spool.stop(2.5)
-    # The drainer is waiting out its backoff (0.25 s); then 1 s per build.
-    advance_to(clock, 2.49)
+    stopping = spool.stop(2.0)
+    # The drainer is waiting out its backoff (0.25 s); then one probe, then four at once.
+    advance_to(clock, 1.25)
+    assert api.created == [build_no(0).name]
+    assert spool.stats().in_flight == 4
+    advance_to(clock, 1.99)
     assert not stopping.called
-    advance_to(clock, 2.5)
+    advance_to(clock, 2.0)
     assert result_of(stopping) is None
-    assert api.created == [build_no(0).name, build_no(1).name]
-    assert records(directory) == [build_no(n).name for n in range(2, 5)]
+    assert api.created == [build_no(0).name]
+    assert api.calls == [(0.0, build_no(0).name), (0.25, build_no(0).name)] + [
+        (1.25, build_no(n).name) for n in range(1, 5)
+    ]
+    assert spool.stats().in_flight == 0
+    assert records(directory) == [build_no(n).name for n in range(1, 6)]
     assert clock.getDelayedCalls() == []
     again = new_spool(directory, api, clock)
     result_of(again.start())
     drain(again, clock)
-    assert api.created == [build_no(n).name for n in range(5)]
+    assert api.created == [build_no(n).name for n in range(6)]
     stop(again, clock)
 
 
@@ -1131,3 +1182,452 @@ def test_inline_io_reports_errors() -> None:
 
     assert isinstance(failure_of(InlineIO().run(broken)), OSError)
     assert result_of(InlineIO().run(lambda: 3)) == 3
+
+
+# -- isolation: no record holds back another ------------------------------------------------------
+
+TRACEBACK_ENTRY = re.compile(r"[^:/]+(/[^:/]+)?:[0-9]+:[A-Za-z_<>][A-Za-z0-9_<>]*")
+
+
+def dead_letter_reason(directory: Path, sequence: int, build: Build) -> dict[str, Any]:
+    parked = directory / DEAD_LETTER / record_filename(sequence, build.name)
+    assert decode_record(parked.read_bytes(), build.name) == build
+    reason: dict[str, Any] = json.loads((directory / DEAD_LETTER / (parked.name + ".reason.json")).read_text())
+    return reason
+
+
+def test_poisoned_record_is_dead_lettered_while_the_others_are_built(
+    make: Callable[..., SpooledBuilds], api: ApiBuilds, clock: Clock, directory: Path, events: list[dict[str, Any]]
+) -> None:
+    """
+    A build whose submission raises UnicodeEncodeError every time (the
+    field case) holds nothing back: the builds accepted after it are
+    created at once while it is retried on its own backoff (0.5, 1, 2, 4 s);
+    its fifth failure moves it to dead-letter/ with a reason naming the
+    exception's type and innermost frames, never its message or the payload.
+    It is counted, logged once as an error, and not drained again after a
+    restart.
+    """
+    poisoned = build_no(1)
+    api.poison.add(poisoned.name)
+    spool = make(backoff=fixed(1.0))
+    metrics = GatewayMetrics()
+    metrics.watch_spool(spool.stats)
+    assert result_of(spool.submit(poisoned)) == Receipt(poisoned.name, queued=True)
+    for n in (2, 3, 4):
+        assert result_of(spool.submit(build_no(n))) == Receipt(build_no(n).name)
+    assert api.created == [build_no(n).name for n in (2, 3, 4)]
+    assert spool.stats().queued == 1
+    assert spool.stats().dead_lettered == 0
+    advance_to(clock, 7.49)
+    assert not (directory / DEAD_LETTER).exists()
+    assert records(directory) == [poisoned.name]
+    advance_to(clock, 7.5)
+    assert api.calls == [(0.0, poisoned.name)] + [(0.0, build_no(n).name) for n in (2, 3, 4)] + [
+        (when, poisoned.name) for when in (0.5, 1.5, 3.5, 7.5)
+    ]
+    assert records(directory) == []
+    reason = dead_letter_reason(directory, 1, poisoned)
+    assert sorted(reason) == [
+        "attempts",
+        "build",
+        "error",
+        "event_provider",
+        "event_type",
+        "project",
+        "reason",
+        "record",
+        "time",
+        "traceback",
+    ]
+    assert {key: value for key, value in reason.items() if key != "traceback"} == {
+        "attempts": 5,
+        "build": poisoned.name,
+        "error": "UnicodeEncodeError",
+        "event_provider": "dockerhub",
+        "event_type": "image_push",
+        "project": poisoned.project_id,
+        "reason": "submitting it failed unexpectedly 5 times",
+        "record": record_filename(1, poisoned.name),
+        "time": "1970-01-01T00:00:07.500000+00:00",
+    }
+    # The innermost five frames, outermost first: the last two are the
+    # store's submit and the line that raised.
+    assert len(reason["traceback"]) == 5
+    assert all(TRACEBACK_ENTRY.fullmatch(entry) for entry in reason["traceback"]), reason["traceback"]
+    assert reason["traceback"][-2:] == [
+        f"tests/test_spool.py:{line_of(ApiBuilds._answer, 'encode_field(POISON_TEXT)')}:_answer",
+        f"tests/test_spool.py:{ENCODE_LINE}:encode_field",
+    ]
+    text = (directory / DEAD_LETTER / (record_filename(1, poisoned.name) + ".reason.json")).read_text()
+    for secret in ("surrogates", "udc80", "poison", "position", MARKER.decode()):
+        assert secret not in text
+    assert spool.stats() == SpoolStats(
+        queued=0,
+        queued_bytes=0,
+        created=3,
+        duplicates=0,
+        dead_lettered=1,
+        quarantined=0,
+        discarded=0,
+        accepting=True,
+        in_flight=0,
+        oldest_age=0.0,
+    )
+    sample = metrics.registry.get_sample_value
+    assert sample("brigade_cr_spool_dead_letters_total") == 1
+    assert sample("brigade_cr_spool_quarantined_total") == 0
+    assert sample("brigade_cr_spool_handed_over_total", {"result": "created"}) == 3
+    assert sample("brigade_cr_spool_handed_over_total", {"result": "duplicate"}) == 0
+    assert sample("brigade_cr_spool_queued_records") == 0
+    assert sample("brigade_cr_spool_oldest_record_age_seconds") == 0
+    failures = [event for event in events if "log_failure" in event]
+    assert [event["attempt"] for event in failures] == [1, 2, 3, 4, 5]
+    assert all(event["log_failure"].check(UnicodeEncodeError) for event in failures)
+    errors = [event for event in events if event["log_level"] is LogLevel.error]
+    assert len(errors) == 1
+    assert errors[0]["build"] == poisoned.name
+    assert_never_logged_payload(events)
+    # After a restart it is not drained again: it is in dead-letter/, not the spool.
+    stop(spool, clock)
+    calls = len(api.calls)
+    again = new_spool(directory, api, clock)
+    result_of(again.start())
+    assert again.stats().queued == 0
+    advance_to(clock, 3600.0)
+    assert len(api.calls) == calls
+    stop(again, clock)
+
+
+def test_attempts_bound_is_a_parameter(
+    make: Callable[..., SpooledBuilds], api: ApiBuilds, clock: Clock, directory: Path
+) -> None:
+    """max_attempts=2: the second unexpected failure dead-letters the record (a RuntimeError here)."""
+    api.surprises = 2
+    spool = make(max_attempts=2)
+    assert result_of(spool.submit(build_no(1))) == Receipt(build_no(1).name, queued=True)
+    advance_to(clock, 0.25)
+    assert [name for _, name in api.calls] == [build_no(1).name] * 2
+    reason = dead_letter_reason(directory, 1, build_no(1))
+    assert reason["attempts"] == 2
+    assert reason["error"] == "RuntimeError"
+    assert reason["reason"] == "submitting it failed unexpectedly 2 times"
+    # fail() makes a Failure with no frames of its own: the summary names
+    # where the drainer met it, within the bound, and nothing of the message.
+    assert 1 <= len(reason["traceback"]) <= 5
+    assert all(TRACEBACK_ENTRY.fullmatch(entry) for entry in reason["traceback"]), reason["traceback"]
+    assert "surprise" not in json.dumps(reason)
+    assert spool.stats().dead_lettered == 1
+    assert api.created == []
+
+
+def test_default_attempts_bound() -> None:
+    """The documented bounds: five unexpected failures, four records in flight."""
+    assert MAX_ATTEMPTS == 5
+    assert MAX_IN_FLIGHT == 4
+    spool = SpooledBuilds(Path("/nonexistent"), MemoryBuilds(), Clock(), InlineIO())
+    assert (spool.max_attempts, spool.max_in_flight) == (5, 4)
+
+
+def test_unreadable_record_is_retried_then_dead_lettered(
+    make: Callable[..., SpooledBuilds],
+    api: ApiBuilds,
+    clock: Clock,
+    directory: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """
+    A record the disk will not give back (EIO on every read) is retried on
+    its own backoff while the next record is built, then dead-lettered; its
+    reason has no build details (none could be read).
+    """
+    api.down = True
+    spool = make(backoff=fixed(1.0))
+    spool.submit(build_no(1))
+    spool.submit(build_no(2))
+    bad = record_filename(1, build_no(1).name)
+    real_read = spool_drainer.read_record
+
+    def failing_read(path: Path, build_name: str) -> Build:
+        if path.name == bad:
+            raise OSError(errno.EIO, "Input/output error")
+        return real_read(path, build_name)
+
+    monkeypatch.setattr(spool_drainer, "read_record", failing_read)
+    api.down = False
+    advance_to(clock, 0.5)  # the outage's probe: record 1 fails to read, record 2 is built
+    assert api.created == [build_no(2).name]
+    advance_to(clock, 0.5 + 0.5 + 1 + 2 + 4)
+    reason = json.loads((directory / DEAD_LETTER / (bad + ".reason.json")).read_text())
+    assert sorted(reason) == ["attempts", "build", "error", "reason", "record", "time", "traceback"]
+    assert reason["reason"] == "reading it failed unexpectedly 5 times"
+    assert reason["error"] == "OSError"
+    assert reason["attempts"] == 5
+    assert reason["time"] == "1970-01-01T00:00:08+00:00"
+    assert reason["traceback"][-1].endswith(":failing_read")
+    assert "Input/output" not in json.dumps(reason)
+    assert records(directory) == []
+    assert spool.stats().dead_lettered == 1
+
+
+@implementer(IBuilds)
+@attrs.define
+class HeldBuilds:
+    """An ``IBuilds`` whose submits stay open until the test answers them."""
+
+    store: MemoryBuilds = attrs.field(factory=lambda: MemoryBuilds(namespace="brigade"))
+    held: dict[str, Deferred[Receipt]] = attrs.field(factory=dict)
+    calls: list[str] = attrs.field(factory=list)
+
+    def submit(self, build: Build) -> Deferred[Receipt]:
+        self.calls.append(build.name)
+        waiting: Deferred[Receipt] = Deferred()
+        self.held[build.name] = waiting
+        waiting.addCallback(lambda _: self.store.submit(build))
+        return waiting
+
+    def release(self, number: int) -> None:
+        self.held.pop(build_no(number).name).callback(None)
+
+    def fail(self, number: int, error: Exception) -> None:
+        self.held.pop(build_no(number).name).errback(error)
+
+    def open(self) -> list[str]:
+        return list(self.held)
+
+
+def test_exactly_max_in_flight_oldest_first(make: Callable[..., SpooledBuilds], clock: Clock) -> None:
+    """
+    With max_in_flight=3 and submits held open, exactly three records are
+    with the store at a time, the oldest three; each answer lets the oldest
+    waiting record in.
+    """
+    inner = HeldBuilds()
+    spool = make(inner=inner, max_in_flight=3, ack_wait=0)
+    for n in range(7):
+        assert result_of(spool.submit(build_no(n))) == Receipt(build_no(n).name, queued=True)
+    assert inner.open() == [build_no(n).name for n in (0, 1, 2)]
+    assert spool.stats().in_flight == 3
+    assert spool.stats().queued == 7
+    inner.release(1)
+    assert inner.open() == [build_no(n).name for n in (0, 2, 3)]
+    assert spool.stats().in_flight == 3
+    assert spool.stats().queued == 6
+    inner.release(0)
+    inner.release(3)
+    assert inner.open() == [build_no(n).name for n in (2, 4, 5)]
+    for n in (2, 4, 5):
+        inner.release(n)
+    assert inner.open() == [build_no(6).name]
+    assert spool.stats().in_flight == 1
+    inner.release(6)
+    assert inner.calls == [build_no(n).name for n in range(7)]
+    assert sorted(inner.store.secrets) == sorted(build_no(n).name for n in range(7))
+    assert spool.stats().in_flight == 0
+    assert spool.stats().queued == 0
+
+
+def test_slow_record_holds_back_no_other(make: Callable[..., SpooledBuilds], clock: Clock) -> None:
+    """A record whose submit never answers takes one slot: the rest drain through the others."""
+    inner = HeldBuilds()
+    spool = make(inner=inner, max_in_flight=2, ack_wait=0)
+    for n in range(5):
+        spool.submit(build_no(n))
+    for n in (1, 2, 3, 4):
+        inner.release(n)
+    assert inner.open() == [build_no(0).name]
+    assert spool.stats().queued == 1
+    assert spool.stats().in_flight == 1
+
+
+def test_poison_in_every_slot_holds_back_nothing(
+    make: Callable[..., SpooledBuilds], api: ApiBuilds, clock: Clock, directory: Path
+) -> None:
+    """
+    More poisoned records than slots, all at the front of the queue: the
+    good records behind them are still built at once, since a record
+    waiting out its backoff takes no slot.
+    """
+    for n in range(3):
+        api.poison.add(build_no(n).name)
+    spool = make(max_in_flight=2)
+    for n in range(3):
+        assert result_of(spool.submit(build_no(n))) == Receipt(build_no(n).name, queued=True)
+    assert result_of(spool.submit(build_no(3))) == Receipt(build_no(3).name)
+    assert api.created == [build_no(3).name]
+    drain(spool, clock)
+    assert sorted(name for name in os.listdir(directory / DEAD_LETTER) if parse_record_filename(name)) == [
+        record_filename(n + 1, build_no(n).name) for n in range(3)
+    ]
+    assert spool.stats().dead_lettered == 3
+    assert len(api.calls) == 3 * 5 + 1
+
+
+def test_outage_probes_with_one_record(
+    make: Callable[..., SpooledBuilds], api: ApiBuilds, clock: Clock, directory: Path
+) -> None:
+    """
+    Through an outage with ten records queued the store sees one call per
+    backoff step (the oldest record), not ten: attempts do not multiply by
+    the queue's length. When the probe succeeds the rest follow, each once.
+    """
+    api.down = True
+    spool = make(backoff=fixed(1.0))
+    names = [build_no(n).name for n in range(10)]
+    for n in range(10):
+        assert result_of(spool.submit(build_no(n))) == Receipt(names[n], queued=True)
+    advance_to(clock, 100.0)
+    assert api.calls == [(when, names[0]) for when in (0.0, 0.5, 1.5, 3.5, 7.5, 15.5, 31.5, 61.5, 91.5)]
+    assert spool.stats().in_flight == 0
+    assert spool.stats().oldest_age == 100.0
+    api.down = False
+    advance_to(clock, 121.5)
+    assert api.calls[9:] == [(121.5, name) for name in names]
+    assert api.created == names
+    assert records(directory) == []
+    assert spool.stats().dead_lettered == 0
+
+
+def test_outage_beginning_with_records_in_flight(
+    make: Callable[..., SpooledBuilds], api: ApiBuilds, clock: Clock
+) -> None:
+    """
+    Four records in flight when the API goes down: their four failures are
+    one outage (one backoff step), then one probe at a time until one
+    succeeds; then four at once again. Nothing is lost or built twice.
+    """
+    api.latency = 1.0
+    spool = make(backoff=fixed(1.0), ack_wait=0)
+    names = [build_no(n).name for n in range(6)]
+    for n in range(6):
+        spool.submit(build_no(n))
+    assert spool.stats().in_flight == 4
+    api.down = True
+    advance_to(clock, 4.0)
+    assert api.calls == [(0.0, name) for name in names[:4]] + [(1.5, names[0]), (3.5, names[0])]
+    assert spool.stats().in_flight == 1
+    api.down = False
+    advance_to(clock, 10.0)
+    assert api.calls[6:] == [(4.5, name) for name in names[1:5]] + [(5.5, names[5])]
+    assert api.created == names
+    assert spool.stats().queued == 0
+
+
+def test_outage_retry_after_from_any_record_in_flight(
+    make: Callable[..., SpooledBuilds], api: ApiBuilds, clock: Clock
+) -> None:
+    """A Retry-After from any of the records in flight holds the next probe back that long."""
+    inner = HeldBuilds()
+    spool = make(inner=inner, backoff=fixed(1.0), ack_wait=0)
+    for n in range(4):
+        spool.submit(build_no(n))
+    inner.fail(0, BackendUnavailable("API down"))
+    inner.fail(1, BackendUnavailable("too many requests", retry_after=20))
+    inner.fail(2, BackendUnavailable("API down"))
+    inner.fail(3, BackendUnavailable("API down"))
+    advance_to(clock, 19.99)
+    assert inner.open() == []
+    advance_to(clock, 20.0)
+    assert inner.open() == [build_no(0).name]
+    assert inner.calls == [build_no(n).name for n in range(4)] + [build_no(0).name]
+
+
+def test_oldest_record_age(make: Callable[..., SpooledBuilds], api: ApiBuilds, clock: Clock, directory: Path) -> None:
+    """
+    The age of the oldest queued record: from its acceptance while running,
+    from its file's modification time after a restart, and 0 when nothing
+    is queued.
+    """
+    api.down = True
+    spool = make()
+    assert spool.stats().oldest_age == 0.0
+    advance_to(clock, 10.0)
+    spool.submit(build_no(1))
+    advance_to(clock, 15.0)
+    spool.submit(build_no(2))
+    advance_to(clock, 40.0)
+    assert spool.stats().oldest_age == 30.0
+    stop(spool, clock)
+    os.utime(directory / record_filename(1, build_no(1).name), (12.0, 12.0))
+    os.utime(directory / record_filename(2, build_no(2).name), (16.0, 16.0))
+    again = make()
+    assert again.stats().oldest_age == 28.0
+    api.down = False
+    drain(again, clock)
+    assert again.stats().oldest_age == 0.0
+    assert api.created == [build_no(1).name, build_no(2).name]
+
+
+@attrs.frozen
+class StrictBuild(Build):
+    """A ``Build`` whose validators refuse everything (``validate`` makes the error)."""
+
+    validate: ClassVar[Callable[[], Exception]] = staticmethod(lambda: ValueError("invalid"))
+
+    def __attrs_post_init__(self) -> None:
+        raise self.validate()
+
+
+@pytest.mark.parametrize(
+    "error", [lambda: InvalidText("commit_ref"), lambda: ValueError("bad"), lambda: TypeError("bad")]
+)
+def test_invalid_build_in_a_record_is_corrupt(monkeypatch: pytest.MonkeyPatch, error: Callable[[], Exception]) -> None:
+    """Whatever a Build's validators raise while decoding a record becomes CorruptRecord."""
+    record = encode_record(build_no(1))
+    monkeypatch.setattr(StrictBuild, "validate", staticmethod(error))
+    monkeypatch.setattr(spool_record, "Build", StrictBuild)
+    with pytest.raises(CorruptRecord) as raised:
+        decode_record(record, build_no(1).name)
+    assert raised.value.args == ("body is not a valid build",)
+
+
+def test_invalid_build_is_quarantined_at_start(
+    api: ApiBuilds, clock: Clock, directory: Path, make: Callable[..., SpooledBuilds], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A record whose build no longer passes validation is quarantined, counted, and never submitted."""
+    api.down = True
+    first = make()
+    first.submit(build_no(1))
+    stop(first, clock)
+    monkeypatch.setattr(StrictBuild, "validate", staticmethod(lambda: InvalidText("commit_ref")))
+    monkeypatch.setattr(spool_record, "Build", StrictBuild)
+    api.down = False
+    calls = len(api.calls)
+    spool = make()
+    assert spool.stats().quarantined == 1
+    assert spool.stats().queued == 0
+    reason = json.loads((directory / QUARANTINE / (record_filename(1, build_no(1).name) + ".reason.json")).read_text())
+    assert reason["reason"] == "body is not a valid build"
+    assert len(api.calls) == calls
+
+
+def test_dead_letter_that_cannot_be_parked_is_tried_again(
+    make: Callable[..., SpooledBuilds], api: ApiBuilds, clock: Clock, directory: Path
+) -> None:
+    """
+    Parking a refused record fails once (EIO): the record stays and is tried
+    again on its own backoff (0.25 s) while the next one is built; then it is
+    refused again and parked, with one reason file.
+    """
+    failures = {"dead-letter:reason-written"}
+
+    def failing(step: str) -> None:
+        if step in failures:
+            failures.discard(step)
+            raise OSError(errno.EIO, "Input/output error")
+
+    api.rejects.add(build_no(1).name)
+    spool = make(at_step=failing)
+    assert isinstance(failure_of(spool.submit(build_no(1))), BackendRejected)
+    assert result_of(spool.submit(build_no(2))) == Receipt(build_no(2).name)
+    assert records(directory) == [build_no(1).name]
+    assert spool.stats().dead_lettered == 0
+    advance_to(clock, 0.25)
+    assert api.calls == [(0.0, build_no(1).name), (0.0, build_no(2).name), (0.25, build_no(1).name)]
+    assert records(directory) == []
+    assert sorted(os.listdir(directory / DEAD_LETTER)) == [
+        record_filename(1, build_no(1).name),
+        record_filename(1, build_no(1).name) + ".reason.json",
+    ]
+    assert spool.stats().dead_lettered == 1
+    assert api.created == [build_no(2).name]

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import selectors
 import signal
 import subprocess
@@ -58,6 +59,8 @@ pytestmark = pytest.mark.slow
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PROCESS_TIMEOUT = 60.0  # seconds; a writer normally finishes in well under one
+# local.write_build's temporary file: ".<build name>.<pid>.tmp"
+STORE_TEMPORARY = re.compile(r"\.brigade-worker-[0-9a-z]+\.[0-9]+\.tmp")
 
 
 @implementer(IBuilds)
@@ -67,10 +70,13 @@ class DirectoryStore:
 
     root: Path
     refused: str | None = None
+    poisoned: str | None = None
 
     def submit(self, build: Build) -> Deferred[Receipt]:
         if build.name == self.refused:
             return fail(BackendRejected("422 Unprocessable Entity"))
+        if build.name == self.poisoned:
+            "\udc80".encode()  # as the writer's store: UnicodeEncodeError, every time
         try:
             return succeed(write_build(self.root / "builds", build, "brigade"))
         except Exception:
@@ -83,6 +89,12 @@ class DirectoryStore:
             return {}
         found = {}
         for path in sorted(folder.iterdir()):
+            if STORE_TEMPORARY.fullmatch(path.name):
+                # The directory backend's own half-written file, left by a
+                # SIGKILL inside write_build (more likely now that four
+                # builds are handed over at once): never a build, and the
+                # backend ignores it.
+                continue
             assert path.suffix == ".json", f"unexpected file in the store: {path.name}"
             secret = json.loads(path.read_text())
             found[secret["metadata"]["name"]] = secret_data(secret)["payload"]
@@ -120,9 +132,19 @@ def outcome_of(status: int, stdout: bytes, stderr: bytes) -> Outcome:
     return Outcome(status, tuple(acked), tuple(queued))
 
 
-def check_left_on_disk(spool: Path, store: DirectoryStore, acked: tuple[int, ...]) -> None:
-    """What the dead process left: no damaged record; every acknowledged build created or recorded."""
+def check_left_on_disk(spool: Path, store: DirectoryStore, acked: tuple[int, ...], parked: int | None = None) -> None:
+    """
+    What the dead process left: no damaged record; every acknowledged build
+    created or recorded (build ``parked`` may instead be a valid record in
+    dead-letter/).
+    """
     recorded = set()
+    if parked is not None and (spool / DEAD_LETTER).exists():
+        for filename in os.listdir(spool / DEAD_LETTER):
+            found = parse_record_filename(filename)
+            if found is not None and found[1] == build_for(parked).name:
+                decode_record((spool / DEAD_LETTER / filename).read_bytes(), found[1])
+                recorded.add(found[1])
     for filename in os.listdir(spool):
         parsed = parse_record_filename(filename)
         if parsed is None:
@@ -252,6 +274,33 @@ def test_crash_while_dead_lettering(tmp_path: Path, step: str) -> None:
     parked = [name for name in os.listdir(spool / DEAD_LETTER) if parse_record_filename(name)]
     assert parked == [record_filename(3, build_for(2).name)]
     assert decode_record((spool / DEAD_LETTER / parked[0]).read_bytes()) == build_for(2)
+
+
+@pytest.mark.parametrize("step", DEAD_LETTER_STEPS)
+def test_crash_while_dead_lettering_a_poisoned_record(tmp_path: Path, step: str) -> None:
+    """
+    A build whose submission raises UnicodeEncodeError every time: the
+    builds after it are created while it is retried, and a kill while it is
+    parked after its fifth failure loses nothing: it is in the spool (to
+    fail again and be parked after recovery) or in dead-letter/ with its
+    reason; never created, never damaged.
+    """
+    spool, root = tmp_path / "spool", tmp_path / "store"
+    store = DirectoryStore(root, poisoned=build_for(2).name)
+    outcome = run_writer(spool, root, "--count", str(COUNT), "--inner", "poison:2", "--drain", "--crash", step)
+    assert outcome.status == CRASH_EXIT
+    assert outcome.acked == (0, 1, 2, 3, 4)
+    assert outcome.queued == (False, False, True, False, False)
+    assert set(store.created()) == {build_for(index).name for index in (0, 1, 3, 4)}
+    check_left_on_disk(spool, store, outcome.acked, parked=2)
+    created = check_recovered(spool, store, outcome.acked, COUNT, refused=2)
+    assert build_for(2).name not in created
+    parked = [name for name in os.listdir(spool / DEAD_LETTER) if parse_record_filename(name)]
+    assert parked == [record_filename(3, build_for(2).name)]
+    assert decode_record((spool / DEAD_LETTER / parked[0]).read_bytes()) == build_for(2)
+    reason = json.loads((spool / DEAD_LETTER / (parked[0] + ".reason.json")).read_text())
+    assert (reason["error"], reason["attempts"], reason["record"]) == ("UnicodeEncodeError", 5, parked[0])
+    assert reason["reason"] == "submitting it failed unexpectedly 5 times"
 
 
 @pytest.mark.parametrize("step", ["quarantine:reason-written", "quarantine:moved"])

@@ -1,423 +1,79 @@
 """
-A durable spool in front of a build store (promises P1, P2, P5, P6).
+``SpooledBuilds``: the drainer in front of a build store.
 
-``SpooledBuilds`` is an ``IBuilds`` that answers ``submit`` only once the
-build is on disk, then hands it to the ``IBuilds`` it wraps (``inner``,
-normally ``KubeBuilds``) in the background, in order, one at a time, and
-removes it once ``inner`` has it. An outage of ``inner`` costs nothing but
-time: the records wait, and are retried with backoff until it is back.
+It answers ``submit`` once the build's record is durable (``disk.py``), then
+hands the record to the ``IBuilds`` it wraps (``inner``) in the background
+and removes it once ``inner`` has it. How failures are kept apart, so that no
+record holds back another, is in the package docstring (``__init__.py``).
 
-One writer per directory: ``start()`` takes an exclusive ``flock`` on
-``DIR/spool.lock`` and fails with ``SpoolLocked`` while another process holds
-it. Put the directory on a persistent volume that supports ``flock`` and
-``fsync`` (a local disk or a block-backed PersistentVolume; not an emptyDir
-if the spool must survive the pod, and not NFS). Everything the spool owns is
-named below; any other file in the directory (``projects.json``, say) is left
-alone.
-
-The directory
-=============
-
-``NNNNNNNNNNNNNNNNNNNN.<build name>.build``
-    One record per build, in the order the builds were accepted (a
-    20-digit sequence number). The build name in the file name makes a
-    re-delivery of a queued build cheap to recognise.
-``.NNNNNNNNNNNNNNNNNNNN.<build name>.build.tmp``
-    A record being written. Its sender has not been answered.
-``dead-letter/``
-    Records ``inner`` refused for good (``BackendRejected``), each beside a
-    ``<record>.reason.json`` giving the reason and the time. A record is
-    still a valid record there: to try one again, stop brigade-cr and move
-    it back.
-``quarantine/``
-    Records found damaged (bad checksum, truncated, unreadable), each beside
-    a ``.reason.json``.
-``spool.lock``
-    The lock file; it holds the owner's PID, for the operator.
-``.spool-probe.tmp``
-    Briefly, after a write failed: a test write, to learn when the
-    directory is writable again.
-
-The record format
-=================
-
-::
-
-    {"length":<body bytes>,"sha256":"<hex digest of the body>","v":1}\\n
-    <body>
-
-The body is a JSON object holding every field of ``Build`` as a string, the
-payload in base64, so that it comes back byte for byte. A record is accepted
-only if the header parses, ``v`` is 1, the body is exactly ``length`` bytes
-and hashes to ``sha256``, the body holds a well-typed ``Build`` and that
-build's name is the one in the file name: a truncated record, trailing
-garbage or any flipped bit is detected.
-
-Writing, draining, recovering
-=============================
-
-A record is written to its temporary file, fsynced, renamed into place and
-the directory fsynced, all in a thread pool; only then does ``submit`` answer
-(P1). The drainer submits the oldest record to ``inner``; once ``inner`` says
-created or duplicate it unlinks the record and fsyncs the directory. A crash
-between the two only means the build is submitted again after restart, and
-``inner`` answers that with a duplicate (build names are idempotency keys).
-
-On ``start()``: temporary files are deleted (their senders never got a 2xx);
-every record is read and checked, damaged ones are moved to ``quarantine/``;
-the rest are drained, oldest first.
+This module is longer than the others on purpose: it is one state machine
+(writes, acknowledgements, the drain, the outage, stop) over one set of
+fields, and its invariants (a record is answered, handed over, parked or
+kept, exactly once) are easier to check in one place than across modules.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import enum
-import errno
-import fcntl
-import hashlib
-import json
+import heapq
 import os
-import re
+import traceback
 from collections import deque
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Generic, Mapping, TypeVar
+from typing import Any, Callable, ClassVar, Generic, Mapping, TypeVar, cast
 
 import attrs
-from twisted.internet.defer import CancelledError, Deferred, fail, maybeDeferred, succeed
+from twisted.internet.defer import CancelledError, Deferred, DeferredList, fail, maybeDeferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
-from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from .errors import BackendRejected, BackendUnavailable
-from .fileio import BlockingIO, fsync_directory
-from .interfaces import IBuilds
-from .retry import Backoff
-from .values import Build, Receipt
+from ..errors import BackendRejected, BackendUnavailable
+from ..fileio import BlockingIO
+from ..interfaces import IBuilds
+from ..retry import Backoff
+from ..values import Build, Receipt
+from .disk import (
+    DEAD_LETTER,
+    QUARANTINE,
+    no_step,
+    park_record,
+    probe_directory,
+    read_record,
+    recover,
+    remove_record,
+    write_record,
+)
+from .record import BUILD_NAME, CorruptRecord, encode_record, record_filename
 
 T = TypeVar("T")
 
-RECORD_VERSION = 1
-LOCK_FILE = "spool.lock"
-DEAD_LETTER = "dead-letter"
-QUARANTINE = "quarantine"
-REASON_SUFFIX = ".reason.json"
-PROBE_FILE = ".spool-probe.tmp"
-
-# The steps ``at_step`` is called with, in the order they happen.
-WRITE_STEPS = ("write:start", "write:temp-written", "write:temp-fsynced", "write:renamed", "write:dir-fsynced")
-DRAIN_STEPS = ("drain:submitted", "drain:removed", "drain:dir-fsynced")
-DEAD_LETTER_STEPS = ("dead-letter:reason-written", "dead-letter:moved")
-
-# A build name as the spool accepts it: a DNS-1123 name short enough that
-# the record's file name stays under the usual 255-byte limit. Build names
-# are "brigade-worker-" and a ULID (41 characters).
-_NAME = r"[a-z0-9](?:[-a-z0-9.]{0,198}[a-z0-9])?"
-_BUILD_NAME = re.compile(_NAME)
-_RECORD_FILE = re.compile(rf"(\d{{20}})\.({_NAME})\.build")
-_TEMPORARY_FILE = re.compile(rf"\.(\d{{20}})\.({_NAME})\.build\.tmp")
-_REQUIRED = ("project_id", "ulid", "event_type", "event_provider", "commit_ref", "payload")
-# The header is a few dozen bytes; looking further for its end is pointless.
-_HEADER_LIMIT = 512
-
-
-class CorruptRecord(Exception):
-    """A spool record failed its checks; ``args[0]`` says which (never its content)."""
-
-
-class SpoolLocked(Exception):
-    """Another process holds the spool directory's lock: one writer per directory."""
-
-
-def _no_step(step: str) -> None:
-    """The production ``at_step``: nothing to inject."""
-
-
-# -- the record format ----------------------------------------------------------
-
-
-def record_filename(sequence: int, build_name: str) -> str:
-    """The file name of record number ``sequence`` for the build ``build_name``."""
-    return f"{sequence:020d}.{build_name}.build"
-
-
-def parse_record_filename(filename: str) -> tuple[int, str] | None:
-    """``(sequence, build name)`` of a record's file name, or None for any other file."""
-    match = _RECORD_FILE.fullmatch(filename)
-    if match is None:
-        return None
-    return int(match.group(1)), match.group(2)
-
-
-def encode_record(build: Build) -> bytes:
-    """``build`` as a spool record: a checksummed header line, then the body."""
-    fields: dict[str, str] = {}
-    for field in attrs.fields(Build):
-        value = getattr(build, field.name)
-        fields[field.name] = base64.b64encode(value).decode("ascii") if field.name == "payload" else value
-    # ensure_ascii (the default) keeps any str, lone surrogates included,
-    # representable and restores it exactly.
-    body = json.dumps(fields, sort_keys=True, separators=(",", ":")).encode("ascii")
-    header = {"v": RECORD_VERSION, "length": len(body), "sha256": hashlib.sha256(body).hexdigest()}
-    return json.dumps(header, sort_keys=True, separators=(",", ":")).encode("ascii") + b"\n" + body
-
-
-def decode_record(data: bytes, expected_name: str | None = None) -> Build:
-    """
-    The ``Build`` in the record ``data``.
-
-    Raises ``CorruptRecord`` unless every check passes (see the module
-    docstring); with ``expected_name``, also when the build has another name.
-    """
-    end = data.find(b"\n", 0, _HEADER_LIMIT)
-    if end < 0:
-        raise CorruptRecord("no header line")
-    try:
-        header = json.loads(data[:end])
-    except ValueError:
-        raise CorruptRecord("unreadable header") from None
-    if not isinstance(header, dict):
-        raise CorruptRecord("unreadable header")
-    version, length, digest = header.get("v"), header.get("length"), header.get("sha256")
-    if type(version) is not int or version != RECORD_VERSION:
-        raise CorruptRecord("unknown record version")
-    if type(length) is not int or not isinstance(digest, str):
-        raise CorruptRecord("incomplete header")
-    body = data[end + 1 :]
-    if len(body) != length:
-        raise CorruptRecord(f"body is {len(body)} bytes where the header says {length}")
-    if hashlib.sha256(body).hexdigest() != digest:
-        raise CorruptRecord("checksum mismatch")
-    try:
-        fields = json.loads(body)
-    except ValueError:
-        raise CorruptRecord("unreadable body") from None
-    build = _build_from_fields(fields)
-    if expected_name is not None and build.name != expected_name:
-        raise CorruptRecord("the record holds another build than its file name says")
-    return build
-
-
-def _build_from_fields(fields: Any) -> Build:
-    known = {field.name for field in attrs.fields(Build)}
-    if not isinstance(fields, dict) or not set(fields) <= known or not all(key in fields for key in _REQUIRED):
-        raise CorruptRecord("body is not a build")
-    if not all(isinstance(value, str) for value in fields.values()):
-        raise CorruptRecord("body is not a build")
-    try:
-        payload = base64.b64decode(fields["payload"], validate=True)
-    except (binascii.Error, ValueError):
-        raise CorruptRecord("payload is not base64") from None
-    return Build(**{**fields, "payload": payload})
-
-
-# -- blocking file operations (run in the thread pool) --------------------------------
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
-
-
-def write_record(directory: Path, filename: str, record: bytes, at_step: Callable[[str], None]) -> None:
-    """
-    Durably create ``directory/filename`` holding ``record``: temporary
-    file, fsync, rename, directory fsync. Raises ``OSError`` when any step
-    fails, having removed whatever it wrote (the caller will refuse the
-    delivery, so no record may stay behind).
-    """
-    temporary = directory / f".{filename}.tmp"
-    final = directory / filename
-    renamed = False
-    at_step("write:start")
-    try:
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        try:
-            _write_all(fd, record)
-            at_step("write:temp-written")
-            os.fsync(fd)
-            at_step("write:temp-fsynced")
-        finally:
-            os.close(fd)
-        # Sequence numbers make every final name new, so this never replaces.
-        os.rename(temporary, final)
-        renamed = True
-        at_step("write:renamed")
-        fsync_directory(directory)
-        at_step("write:dir-fsynced")
-    except BaseException:
-        for path in (final, temporary) if renamed else (temporary,):
-            try:
-                path.unlink()
-            except OSError:
-                pass
-        raise
-
-
-def read_record(path: Path, build_name: str) -> Build:
-    """The build in the record at ``path``; ``CorruptRecord`` or ``OSError`` otherwise."""
-    with path.open("rb") as f:
-        data = f.read()
-    return decode_record(data, build_name)
-
-
-def remove_record(directory: Path, filename: str, at_step: Callable[[str], None]) -> None:
-    """Unlink a drained record and fsync the directory, so it is not drained again."""
-    try:
-        (directory / filename).unlink()
-    except FileNotFoundError:
-        pass
-    at_step("drain:removed")
-    fsync_directory(directory)
-    at_step("drain:dir-fsynced")
-
-
-def probe_directory(directory: Path, size: int) -> None:
-    """
-    Write ``size`` bytes to a scratch file, fsync and remove it: can the
-    directory take a record of that size now? Raises ``OSError`` if not.
-    """
-    path = directory / PROBE_FILE
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    try:
-        try:
-            _write_all(fd, bytes(size))
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    finally:
-        path.unlink()
-
-
-def _unused_name(place: Path, filename: str) -> str:
-    # A reason with no record beside it is left by a crash between the two
-    # steps of park_record: its name is free (the reason is rewritten).
-    candidate, number = filename, 0
-    while (place / candidate).exists():
-        number += 1
-        candidate = f"{filename}.{number}"
-    return candidate
-
-
-def park_record(
-    directory: Path, filename: str, place: str, reason: Mapping[str, Any], at_step: Callable[[str], None]
-) -> str:
-    """
-    Move the record ``filename`` into ``directory/place/`` beside a
-    ``.reason.json`` holding ``reason``, and return the name it got there.
-
-    The reason is made durable before the record moves: a crash in between
-    leaves the record in the spool, to be handled again, rather than a record
-    with no reason. Raises ``OSError``.
-    """
-    target = directory / place
-    target.mkdir(mode=0o700, exist_ok=True)
-    name = _unused_name(target, filename)
-    text = json.dumps({**reason, "record": name}, indent=2, sort_keys=True).encode("utf-8") + b"\n"
-    temporary = target / f".{name}{REASON_SUFFIX}.tmp"
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    try:
-        _write_all(fd, text)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.rename(temporary, target / (name + REASON_SUFFIX))
-    fsync_directory(target)
-    at_step(f"{place}:reason-written")
-    os.rename(directory / filename, target / name)
-    at_step(f"{place}:moved")
-    fsync_directory(target)
-    fsync_directory(directory)
-    return name
-
-
-def _lock(directory: Path) -> int:
-    fd = os.open(directory / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as e:
-        holder = os.read(fd, 32).decode("ascii", "replace").strip() or "unknown"
-        os.close(fd)
-        if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-            raise SpoolLocked(
-                f"spool directory {directory} is in use by another process (pid {holder}); "
-                "each spool directory takes one writer"
-            ) from None
-        raise
-    os.ftruncate(fd, 0)
-    os.write(fd, f"{os.getpid()}\n".encode("ascii"))
-    return fd
-
-
-@attrs.frozen
-class Recovery:
-    """What ``recover`` found: the lock it holds and the records to drain, oldest first."""
-
-    lock_fd: int
-    records: tuple[tuple[int, str, int], ...]  # (sequence, build name, size in bytes)
-    discarded: tuple[str, ...]
-    quarantined: tuple[tuple[str, str], ...]  # (file name, reason)
-
-
-def recover(directory: Path, now: str, at_step: Callable[[str], None] = _no_step) -> Recovery:
-    """
-    Lock ``directory`` (creating it) and bring it to a known state: delete
-    temporary records, check every record and move damaged ones to
-    ``quarantine/``. Raises ``SpoolLocked`` or ``OSError``, holding no lock.
-    """
-    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd = _lock(directory)
-    try:
-        records: list[tuple[int, str, int]] = []
-        discarded: list[str] = []
-        quarantined: list[tuple[str, str]] = []
-        for filename in sorted(os.listdir(directory)):
-            path = directory / filename
-            if not path.is_file() or path.is_symlink():
-                continue
-            if _TEMPORARY_FILE.fullmatch(filename):
-                path.unlink()
-                discarded.append(filename)
-                continue
-            if filename == PROBE_FILE:
-                path.unlink()
-                continue
-            parsed = parse_record_filename(filename)
-            if parsed is None:
-                continue  # not ours: the lock, a project cache, an operator's note
-            sequence, name = parsed
-            try:
-                data = path.read_bytes()
-                decode_record(data, name)
-            except (CorruptRecord, OSError) as e:
-                # A record that cannot be read (EIO) is as good as damaged,
-                # and must not keep the rest from being drained.
-                problem = str(e) if isinstance(e, CorruptRecord) else f"unreadable: {e.strerror}"
-                reason = {"reason": problem, "time": now, "build": name}
-                park_record(directory, filename, QUARANTINE, reason, at_step)
-                quarantined.append((filename, problem))
-                continue
-            records.append((sequence, name, len(data)))
-        if discarded:
-            fsync_directory(directory)
-        return Recovery(fd, tuple(sorted(records)), tuple(discarded), tuple(quarantined))
-    except BaseException:
-        os.close(fd)
-        raise
-
-
-# -- the spool --------------------------------------------------------------------
+# How many times a record may fail unexpectedly (any exception but the
+# store's BackendUnavailable / BackendRejected) before it is dead-lettered.
+# With the default backoff the attempts span four to eight seconds: enough for
+# a passing surprise, and a record that fails the same way five times in a
+# row will not succeed on the sixth.
+MAX_ATTEMPTS = 5
+# How many records are handed to ``inner`` at once, by default.
+MAX_IN_FLIGHT = 4
+# How many of the innermost frames a dead letter's traceback summary names.
+TRACEBACK_FRAMES = 5
+# Clock times closer than this count as the same moment: a timer set for a
+# due time must not fire a hair early and find nothing due.
+_EPSILON = 1e-6
+# The shortest wait before a record is tried again.
+_MIN_DELAY = 1e-3
 
 
 @attrs.frozen
 class SpoolStats:
     """
     A snapshot for logs and metrics. ``queued``/``queued_bytes`` are records
-    on disk (or being written); the rest count events since ``start()``.
+    on disk (or being written); ``in_flight`` the records being handed to
+    ``inner`` now; ``oldest_age`` the seconds since the oldest queued record
+    was accepted (0 when none is); the rest count events since ``start()``.
     """
 
     queued: int
@@ -428,6 +84,8 @@ class SpoolStats:
     quarantined: int
     discarded: int
     accepting: bool
+    in_flight: int = 0
+    oldest_age: float = 0.0
 
 
 class _Phase(enum.Enum):
@@ -442,6 +100,7 @@ class _State(enum.Enum):
     WRITING = "writing"
     QUEUED = "queued"
     ABANDONED = "abandoned"
+    DONE = "done"  # handed over, parked or vanished: out of the queue
 
 
 @attrs.define(eq=False)
@@ -449,8 +108,17 @@ class _Entry:
     sequence: int
     name: str
     size: int
+    # clock time the record was accepted (its file's mtime after a restart)
+    accepted: float
     state: _State = _State.WRITING
+    # unexpected failures so far: at ``max_attempts`` it is dead-lettered
     attempts: int = 0
+    # times it was put off (any reason its own): the backoff's index
+    deferrals: int = 0
+    # clock time before which it is not tried again
+    due: float = 0.0
+    # being handed over right now
+    busy: bool = False
     # submits waiting to learn whether the build got created
     waiters: list[Deferred[Receipt]] = attrs.field(factory=list)
     # submits of the same build waiting for this record's write to finish
@@ -474,12 +142,35 @@ def _settle(waiter: Deferred[T], outcome: T | BaseException) -> None:
         waiter.callback(outcome)
 
 
+def error_type(error: BaseException) -> str:
+    """The qualified name of ``error``'s type (no module for builtins): what a dead letter says failed."""
+    kind = type(error)
+    if kind.__module__ == "builtins":
+        return kind.__qualname__
+    return f"{kind.__module__}.{kind.__qualname__}"
+
+
+def traceback_summary(error: BaseException, frames: int = TRACEBACK_FRAMES) -> list[str]:
+    """
+    The innermost ``frames`` frames of ``error``'s traceback, outermost
+    first, each as ``dir/file.py:line:function``. Only places in the code:
+    never the message or a variable, which could hold payload data or
+    credentials.
+    """
+    summary = []
+    for frame in traceback.extract_tb(error.__traceback__)[-frames:]:
+        parts = frame.filename.replace("\\", "/").split("/")
+        summary.append(f"{'/'.join(parts[-2:])}:{frame.lineno}:{frame.name}")
+    return summary
+
+
 @implementer(IBuilds)
 @attrs.define(repr=False)
 class SpooledBuilds:
     """
-    Builds recorded durably in ``directory``, then created by ``inner`` in
-    the order they were accepted.
+    Builds recorded durably in ``directory``, then created by ``inner``,
+    oldest first, up to ``max_in_flight`` at once (see the module docstring
+    for how failures are kept apart).
 
     ``io`` runs the blocking file operations (``ThreadedIO`` in production);
     ``clock`` times the backoff and the wait for an acknowledgement. A
@@ -487,10 +178,11 @@ class SpooledBuilds:
     so that, while ``inner`` is healthy, senders learn the build exists; it
     stops waiting as soon as ``inner`` fails (the record is safe). The spool
     refuses new records beyond ``max_records`` records or ``max_bytes``
-    bytes. ``at_step`` is called with each step of the write, drain and
-    park protocols (``WRITE_STEPS``, ``DRAIN_STEPS``, ``DEAD_LETTER_STEPS``,
-    ``quarantine:...``) as it completes: tests crash or fail there;
-    production leaves it alone.
+    bytes. A record that fails unexpectedly ``max_attempts`` times is
+    dead-lettered. ``at_step`` is called with each step of the write, drain
+    and park protocols (``WRITE_STEPS``, ``DRAIN_STEPS``,
+    ``DEAD_LETTER_STEPS``, ``quarantine:...``) as it completes: tests crash
+    or fail there; production leaves it alone.
     """
 
     directory: Path
@@ -508,7 +200,9 @@ class SpooledBuilds:
     # writable again. Without this a pod made unready by a failed write would
     # get no traffic, so no write, and stay unready for ever.
     probe_interval: float = 5.0
-    at_step: Callable[[str], None] = _no_step
+    at_step: Callable[[str], None] = no_step
+    max_in_flight: int = attrs.field(default=MAX_IN_FLIGHT, validator=attrs.validators.ge(1))
+    max_attempts: int = attrs.field(default=MAX_ATTEMPTS, validator=attrs.validators.ge(1))
 
     _phase: _Phase = attrs.field(init=False, default=_Phase.NEW)
     _queue: deque[_Entry] = attrs.field(init=False, factory=deque)
@@ -521,10 +215,20 @@ class SpooledBuilds:
     _probe: IDelayedCall | None = attrs.field(init=False, default=None)
     _probing: Deferred[None] | None = attrs.field(init=False, default=None)
     _refusing: bool = attrs.field(init=False, default=False)
+    # The store said BackendUnavailable: until a hand-over succeeds, one
+    # probe at a time, none before _resume_at.
     _store_failing: bool = attrs.field(init=False, default=False)
+    _outage_attempts: int = attrs.field(init=False, default=0)
+    _resume_at: float = attrs.field(init=False, default=0.0)
+    _in_flight: int = attrs.field(init=False, default=0)
+    # The queued records not being handed over: due now, by sequence (oldest
+    # first), and waiting out their own backoff, by due time.
+    _ready: list[tuple[int, _Entry]] = attrs.field(init=False, factory=list)
+    _later: list[tuple[float, int, _Entry]] = attrs.field(init=False, factory=list)
+    _flights: set[Deferred[None]] = attrs.field(init=False, factory=set)
     _halted: bool = attrs.field(init=False, default=False)
     _wake: Deferred[None] | None = attrs.field(init=False, default=None)
-    _interruptible: Deferred[Any] | None = attrs.field(init=False, default=None)
+    _interruptibles: set[Deferred[Any]] = attrs.field(init=False, factory=set)
     _starting: _Outcome[None] | None = attrs.field(init=False, default=None)
     _drainer: Deferred[None] | None = attrs.field(init=False, default=None)
     _stopping: _Outcome[None] | None = attrs.field(init=False, default=None)
@@ -578,9 +282,10 @@ class SpooledBuilds:
             )
         self._discarded += len(recovery.discarded)
         self._quarantined += len(recovery.quarantined)
-        for sequence, name, size in recovery.records:
-            entry = _Entry(sequence, name, size, state=_State.QUEUED)
+        for sequence, name, size, modified in recovery.records:
+            entry = _Entry(sequence, name, size, modified, state=_State.QUEUED)
             self._queue.append(entry)
+            self._ready_now(entry)
             self._names[name] = entry
             self._bytes += size
         if recovery.records:
@@ -657,8 +362,8 @@ class SpooledBuilds:
 
     def _halt(self) -> None:
         self._halted = True
-        if self._interruptible is not None:
-            self._interruptible.cancel()
+        for waiting in list(self._interruptibles):
+            waiting.cancel()
 
     # -- state for probes and metrics ------------------------------------------------
 
@@ -677,6 +382,7 @@ class SpooledBuilds:
 
     def stats(self) -> SpoolStats:
         """Counts for logs and metrics."""
+        oldest = max(0.0, self.clock.seconds() - self._queue[0].accepted) if self._queue else 0.0
         return SpoolStats(
             queued=len(self._queue),
             queued_bytes=self._bytes,
@@ -686,6 +392,8 @@ class SpooledBuilds:
             quarantined=self._quarantined,
             discarded=self._discarded,
             accepting=self.accepting(),
+            in_flight=self._in_flight,
+            oldest_age=oldest,
         )
 
     # -- submitting ----------------------------------------------------------------
@@ -732,7 +440,7 @@ class SpooledBuilds:
         if self._phase is not _Phase.RUNNING:
             state = "not started" if self._phase in (_Phase.NEW, _Phase.STARTING) else "shutting down"
             raise BackendUnavailable(f"the spool is {state}", retry_after=self.refuse_retry_after)
-        if not _BUILD_NAME.fullmatch(name):
+        if not BUILD_NAME.fullmatch(name):
             raise BackendRejected("the build name cannot be spooled")
         existing = self._names.get(name)
         if existing is not None:
@@ -751,7 +459,7 @@ class SpooledBuilds:
                 )
             raise BackendUnavailable("the spool is full", retry_after=self.refuse_retry_after)
         self._refusing = False
-        entry = _Entry(self._next_sequence, name, len(record))
+        entry = _Entry(self._next_sequence, name, len(record), self.clock.seconds())
         self._next_sequence += 1
         self._queue.append(entry)
         self._names[name] = entry
@@ -771,6 +479,7 @@ class SpooledBuilds:
             self._schedule_probe()
             raise error from None
         entry.state = _State.QUEUED
+        self._ready_now(entry)
         self._write_failed = False
         for waiter in entry.written:
             _settle(waiter, None)
@@ -859,6 +568,8 @@ class SpooledBuilds:
 
     def _forget(self, entry: _Entry) -> None:
         """Take ``entry`` out of the queue and the accounting."""
+        if entry.state is _State.QUEUED:
+            entry.state = _State.DONE
         if self._names.get(entry.name) is entry:
             del self._names[entry.name]
         if self._queue and self._queue[0] is entry:
@@ -887,7 +598,7 @@ class SpooledBuilds:
             waiting.cancel()
             waiting.addErrback(lambda _: None)
             raise _Halted()
-        self._interruptible = waiting
+        self._interruptibles.add(waiting)
         try:
             return await waiting
         except CancelledError:
@@ -895,35 +606,114 @@ class SpooledBuilds:
                 raise _Halted() from None
             raise
         finally:
-            self._interruptible = None
+            self._interruptibles.discard(waiting)
 
     async def _drain(self) -> None:
-        errors = 0
+        """Hand records over as they fall due until stopped; then wait for the hand-overs in flight."""
         try:
             while not self._halted:
+                next_due = self._dispatch()
+                if not self._queue and self._phase is not _Phase.RUNNING:
+                    break  # stopping, and nothing left
+                # Idle, every slot busy, or every record waiting out its
+                # backoff: a submit, a finished hand-over or the timer wakes us.
+                wake: Deferred[None] = Deferred()
+                self._wake = wake
+                timer = None
+                if next_due is not None:
+                    timer = self.clock.callLater(max(0.0, next_due - self.clock.seconds()), self._poke)
                 try:
-                    if self._queue and self._queue[0].state is _State.QUEUED:
-                        await self._drain_one(self._queue[0])
-                        errors = 0
-                        continue
-                    if not self._queue and self._phase is not _Phase.RUNNING:
-                        return  # stopping, and nothing left
-                    # Idle, or the oldest record is still being written: in
-                    # order means waiting for it.
-                    self._wake = Deferred()
-                    await self._interruptibly(self._wake)
-                except _Halted:
-                    raise
-                except Exception:
-                    # A bug here must not end draining for the life of the
-                    # process: report it, pause, carry on.
-                    self.log.failure("The spool drainer failed unexpectedly; carrying on")
-                    await self._interruptibly(deferLater(self.clock, self.backoff.delay(errors)))
-                    errors += 1
+                    await self._interruptibly(wake)
+                finally:
+                    if timer is not None and timer.active():
+                        timer.cancel()
+        except _Halted:
+            pass
+        # Their calls to inner were cancelled, but a file step in a thread
+        # cannot be: let them finish, so nothing touches the directory after
+        # stop() has released it.
+        while self._flights:
+            await DeferredList(list(self._flights))
+
+    def _limit(self) -> int:
+        return 1 if self._store_failing else self.max_in_flight
+
+    def _ready_now(self, entry: _Entry) -> None:
+        """``entry`` may be handed over as soon as a slot is free."""
+        heapq.heappush(self._ready, (entry.sequence, entry))
+
+    def _dispatch(self) -> float | None:
+        """
+        Start hand-overs of the due records, oldest first, while slots are
+        free. Returns the time a waiting record (or the next probe) falls
+        due when a slot is free for it, else None.
+
+        Each queued record that is neither being handed over nor written is
+        in ``_ready`` (due, by sequence) or ``_later`` (by due time), so this
+        costs a heap operation per record, however many wait out a backoff.
+        Entries that left the queue meanwhile are dropped as they surface.
+        """
+        while not self._halted:
+            now = self.clock.seconds()
+            if self._store_failing:
+                if self._in_flight:
+                    return None  # the probe's answer wakes us
+                if now + _EPSILON < self._resume_at:
+                    return self._resume_at
+            if self._in_flight >= self._limit():
+                return None
+            while self._later and self._later[0][0] <= now + _EPSILON:
+                _, _, waited = heapq.heappop(self._later)
+                if waited.state is _State.QUEUED and not waited.busy:
+                    self._ready_now(waited)
+            entry = None
+            while self._ready:
+                _, candidate = heapq.heappop(self._ready)
+                if candidate.state is _State.QUEUED and not candidate.busy:
+                    entry = candidate
+                    break
+            if entry is None:
+                return self._later[0][0] if self._later else None
+            self._launch(entry)
+        return None
+
+    def _launch(self, entry: _Entry) -> None:
+        entry.busy = True
+        self._in_flight += 1
+        landed = False
+        flight = Deferred.fromCoroutine(self._attempt(entry, probe=self._store_failing))
+
+        def land(result: Failure | None) -> None:
+            nonlocal landed
+            landed = True
+            if isinstance(result, Failure):  # _attempt deals with everything; a bug if not
+                self.log.failure("The spool drainer failed unexpectedly; carrying on", result, record=entry.filename)
+            entry.busy = False
+            self._in_flight -= 1
+            self._flights.discard(flight)
+            if entry.state is _State.QUEUED and entry.due <= self.clock.seconds() + _EPSILON:
+                # Still queued and not put off (the store is failing): it
+                # keeps its place for the next hand-over.
+                self._ready_now(entry)
+            self._poke()
+
+        flight.addBoth(land)
+        if not landed:
+            self._flights.add(flight)
+
+    async def _attempt(self, entry: _Entry, probe: bool) -> None:
+        """One hand-over of ``entry``; never fails (every outcome is dealt with here)."""
+        try:
+            await self._hand_over(entry, probe)
         except _Halted:
             return
+        except Exception:
+            # A bug in the spool's own steps. Blaming the record keeps it
+            # from stalling (it is bounded like any surprise), while the
+            # others go on.
+            await self._failed_unexpectedly(entry, None, Failure(), "handling", release=False)
 
-    async def _drain_one(self, entry: _Entry) -> None:
+    async def _hand_over(self, entry: _Entry, probe: bool) -> None:
         try:
             build = await self.io.run(read_record, self.directory / entry.filename, entry.name)
         except CorruptRecord as e:
@@ -935,40 +725,32 @@ class SpooledBuilds:
             self._forget(entry)
             return
         except Exception:
-            self.log.failure("Cannot read the spool record {record}", record=entry.filename)
-            await self._retry_later(entry, None)
+            await self._failed_unexpectedly(entry, None, Failure(), "reading")
             return
-        await self._hand_over(entry, build)
-
-    async def _hand_over(self, entry: _Entry, build: Build) -> None:
         fields = {"build": entry.name, "project": build.project_id, "record": entry.filename}
-        while True:
-            if self._halted:
-                raise _Halted()
-            try:
-                receipt: Receipt = await self._interruptibly(maybeDeferred(self.inner.submit, build))
-            except _Halted:
-                raise
-            except BackendRejected as e:
-                await self._dead_letter(entry, build, e.reason)
-                return
-            except BackendUnavailable as e:
-                await self._retry_later(entry, e.retry_after, e.reason, fields)
-                continue
-            except Exception:
-                # A bug or a surprise in inner: keep the record and try again
-                # rather than lose it.
-                self.log.failure(
-                    "Submitting build {build} from the spool failed unexpectedly",
-                    build=entry.name,
-                    record=entry.filename,
-                )
-                await self._retry_later(entry, None)
-                continue
-            break
+        try:
+            receipt: Receipt = await self._interruptibly(maybeDeferred(self.inner.submit, build))
+        except _Halted:
+            raise
+        except BackendRejected as e:
+            self._store_answered()
+            await self._dead_letter(entry, build, e.reason)
+            return
+        except BackendUnavailable as e:
+            self._unavailable(e, probe, fields)
+            return
+        except CancelledError:
+            # Not ours (stop() raises _Halted): inner gave up on a call.
+            # Nothing says the record is to blame; try it again later.
+            self.log.warn("Submitting build {build} was cancelled; retrying it later", **fields)
+            self._defer(entry)
+            self._answer(entry, Receipt(entry.name, queued=True))
+            return
+        except Exception:
+            await self._failed_unexpectedly(entry, build, Failure(), "submitting")
+            return
         self.at_step("drain:submitted")
-        self._store_failing = False
-        entry.attempts = 0
+        self._store_answered()
         if receipt.duplicate:
             self._duplicates += 1
         else:
@@ -995,27 +777,92 @@ class SpooledBuilds:
         self._forget(entry)
         self._write_failed = False  # space was freed
 
-    async def _retry_later(
-        self, entry: _Entry, retry_after: int | None, reason: str = "", fields: Mapping[str, Any] | None = None
-    ) -> None:
-        delay = self.backoff.delay(entry.attempts, retry_after)
-        entry.attempts += 1
-        if reason:
+    def _store_answered(self) -> None:
+        """The store answered (created, duplicate, refused): an outage is over."""
+        if self._store_failing:
+            self.log.info(
+                "The build store answers again: draining {queued} record(s), up to {in_flight} at once",
+                queued=len(self._queue),
+                in_flight=self.max_in_flight,
+            )
+        self._store_failing = False
+        self._outage_attempts = 0
+
+    def _unavailable(self, error: BackendUnavailable, probe: bool, fields: Mapping[str, Any]) -> None:
+        """
+        The store is failing. The record keeps its place and its count: the
+        whole drainer backs off, then probes with one record at a time.
+        """
+        now = self.clock.seconds()
+        if probe or not self._store_failing:
+            delay = self.backoff.delay(self._outage_attempts, error.retry_after)
+            self._outage_attempts += 1
+            self._store_failing = True
+            self._resume_at = max(self._resume_at, now + delay)
             self.log.warn(
                 "Build {build} stays spooled; retrying in {delay:.1f}s: {reason}",
                 delay=delay,
-                reason=reason,
-                attempt=entry.attempts,
-                retry_after=retry_after,
-                **(fields or {"build": entry.name}),
+                reason=error.reason,
+                attempt=self._outage_attempts,
+                retry_after=error.retry_after,
+                **fields,
             )
-        self._store_failing = True
+        else:
+            # One of several in flight when the outage began: the same news,
+            # already acted on; only a longer Retry-After adds to it.
+            if error.retry_after is not None:
+                wait = min(max(float(error.retry_after), 0.0), self.backoff.max_retry_after)
+                self._resume_at = max(self._resume_at, now + wait)
+            self.log.debug("Build {build} stays spooled: {reason}", reason=error.reason, **fields)
         # Nobody should wait on a store that is failing: the records are safe.
         self._release_waiters()
-        await self._interruptibly(deferLater(self.clock, delay))
+
+    def _defer(self, entry: _Entry) -> None:
+        """Try ``entry`` again after its own backoff."""
+        # Never at once, even with a zero backoff: the drainer must not spin.
+        entry.due = self.clock.seconds() + max(self.backoff.delay(entry.deferrals), _MIN_DELAY)
+        heapq.heappush(self._later, (entry.due, entry.sequence, entry))
+        entry.deferrals += 1
+
+    async def _failed_unexpectedly(
+        self, entry: _Entry, build: Build | None, failure: Failure, stage: str, release: bool = True
+    ) -> None:
+        """
+        ``entry`` failed in a way neither the store nor the spool expects: try
+        it again after its own backoff, or, after ``max_attempts`` failures,
+        dead-letter it with a summary of the failure.
+        """
+        entry.attempts += 1
+        self.log.failure(
+            "{stage} build {build} from the spool failed unexpectedly (attempt {attempt} of {attempts})",
+            failure,
+            stage=stage.capitalize(),
+            build=entry.name,
+            record=entry.filename,
+            attempt=entry.attempts,
+            attempts=self.max_attempts,
+        )
+        if entry.attempts < self.max_attempts:
+            self._defer(entry)
+            if release:
+                # Its record is safe, and it will not be built in a moment.
+                self._answer(entry, Receipt(entry.name, queued=True))
+            return
+        error = cast(BaseException, failure.value)  # a Failure always holds one
+        reason = f"{stage} it failed unexpectedly {entry.attempts} times"
+        details: dict[str, Any] = {
+            "reason": reason,
+            "time": self._now(),
+            "build": entry.name,
+            "attempts": entry.attempts,
+            "error": error_type(error),
+            "traceback": traceback_summary(error),
+        }
+        if build is not None:
+            details.update(project=build.project_id, event_type=build.event_type, event_provider=build.event_provider)
+        await self._park_dead(entry, details)
 
     async def _dead_letter(self, entry: _Entry, build: Build, reason: str) -> None:
-        self._answer(entry, BackendRejected(reason))
         details = {
             "reason": reason,
             "time": self._now(),
@@ -1024,19 +871,23 @@ class SpooledBuilds:
             "event_type": build.event_type,
             "event_provider": build.event_provider,
         }
+        await self._park_dead(entry, details)
+
+    async def _park_dead(self, entry: _Entry, details: dict[str, Any]) -> None:
+        reason = details["reason"]
+        self._answer(entry, BackendRejected(reason))
         try:
             parked = await self.io.run(park_record, self.directory, entry.filename, DEAD_LETTER, details, self.at_step)
         except Exception:
-            self.log.failure("Cannot move the refused build {build} to the dead-letter directory", build=entry.name)
-            # It stays queued: submitted again, refused again, parked then.
-            await self._retry_later(entry, None)
+            self.log.failure("Cannot move the build {build} to the dead-letter directory", build=entry.name)
+            # It stays queued: tried again, and parked then.
+            self._defer(entry)
             return
         self._dead_lettered += 1
-        self._store_failing = False
         self.log.error(
-            "Build {build} for {project} was refused and parked in {dead_letter}: {reason}",
+            "Build {build} for {project} was parked in {dead_letter}: {reason}",
             build=entry.name,
-            project=build.project_id,
+            project=details.get("project", "(unknown)"),
             reason=reason,
             dead_letter=str(self.directory / DEAD_LETTER / parked),
         )
@@ -1048,7 +899,7 @@ class SpooledBuilds:
             parked = await self.io.run(park_record, self.directory, entry.filename, QUARANTINE, details, self.at_step)
         except Exception:
             self.log.failure("Cannot quarantine the damaged spool record {record}", record=entry.filename)
-            await self._retry_later(entry, None)
+            self._defer(entry)
             return
         self._quarantined += 1
         self.log.error(

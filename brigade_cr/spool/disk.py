@@ -1,0 +1,261 @@
+"""
+The spool's blocking file steps, run in a thread pool (``fileio.BlockingIO``):
+write, read and remove a record, park one in ``dead-letter/`` or
+``quarantine/``, lock and recover the directory, probe whether it is
+writable. Each is crash-consistent: a kill at any step (``at_step`` names
+them, for the crash tests) leaves every acknowledged record intact.
+
+The directory
+=============
+
+``NNNNNNNNNNNNNNNNNNNN.<build name>.build``
+    One record per build (``record.py``).
+``.NNNNNNNNNNNNNNNNNNNN.<build name>.build.tmp``
+    A record being written. Its sender has not been answered; ``recover``
+    deletes it.
+``dead-letter/``
+    Records ``inner`` refused for good, or that failed unexpectedly too
+    often, each beside a ``<record>.reason.json`` saying why. A record is
+    still a valid record there: to try one again, stop brigade-cr and move
+    it back.
+``quarantine/``
+    Records found damaged, each beside a ``.reason.json``.
+``spool.lock``
+    The lock file (an exclusive ``flock``); it holds the owner's PID, for the
+    operator.
+``.spool-probe.tmp``
+    Briefly, after a write failed: a test write, to learn when the
+    directory is writable again.
+
+Any other file in the directory (``projects.json``, say) is left alone.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import attrs
+
+from ..fileio import fsync_directory
+from ..values import Build
+from .record import CorruptRecord, decode_record, is_temporary_filename, parse_record_filename, temporary_filename
+
+LOCK_FILE = "spool.lock"
+DEAD_LETTER = "dead-letter"
+QUARANTINE = "quarantine"
+REASON_SUFFIX = ".reason.json"
+PROBE_FILE = ".spool-probe.tmp"
+
+# The steps ``at_step`` is called with, in the order they happen.
+WRITE_STEPS = ("write:start", "write:temp-written", "write:temp-fsynced", "write:renamed", "write:dir-fsynced")
+DRAIN_STEPS = ("drain:submitted", "drain:removed", "drain:dir-fsynced")
+DEAD_LETTER_STEPS = ("dead-letter:reason-written", "dead-letter:moved")
+
+
+class SpoolLocked(Exception):
+    """Another process holds the spool directory's lock: one writer per directory."""
+
+
+def no_step(step: str) -> None:
+    """The production ``at_step``: nothing to inject."""
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def write_record(directory: Path, filename: str, record: bytes, at_step: Callable[[str], None]) -> None:
+    """
+    Durably create ``directory/filename`` holding ``record``: temporary
+    file, fsync, rename, directory fsync. Raises ``OSError`` when any step
+    fails, having removed whatever it wrote (the caller will refuse the
+    delivery, so no record may stay behind).
+    """
+    temporary = directory / temporary_filename(filename)
+    final = directory / filename
+    renamed = False
+    at_step("write:start")
+    try:
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            _write_all(fd, record)
+            at_step("write:temp-written")
+            os.fsync(fd)
+            at_step("write:temp-fsynced")
+        finally:
+            os.close(fd)
+        # Sequence numbers make every final name new, so this never replaces.
+        os.rename(temporary, final)
+        renamed = True
+        at_step("write:renamed")
+        fsync_directory(directory)
+        at_step("write:dir-fsynced")
+    except BaseException:
+        for path in (final, temporary) if renamed else (temporary,):
+            try:
+                path.unlink()
+            except OSError:
+                pass
+        raise
+
+
+def read_record(path: Path, build_name: str) -> Build:
+    """The build in the record at ``path``; ``CorruptRecord`` or ``OSError`` otherwise."""
+    with path.open("rb") as f:
+        data = f.read()
+    return decode_record(data, build_name)
+
+
+def remove_record(directory: Path, filename: str, at_step: Callable[[str], None]) -> None:
+    """Unlink a drained record and fsync the directory, so it is not drained again."""
+    try:
+        (directory / filename).unlink()
+    except FileNotFoundError:
+        pass
+    at_step("drain:removed")
+    fsync_directory(directory)
+    at_step("drain:dir-fsynced")
+
+
+def probe_directory(directory: Path, size: int) -> None:
+    """
+    Write ``size`` bytes to a scratch file, fsync and remove it: can the
+    directory take a record of that size now? Raises ``OSError`` if not.
+    """
+    path = directory / PROBE_FILE
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        try:
+            _write_all(fd, bytes(size))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    finally:
+        path.unlink()
+
+
+def _unused_name(place: Path, filename: str) -> str:
+    # A reason with no record beside it is left by a crash between the two
+    # steps of park_record: its name is free (the reason is rewritten).
+    candidate, number = filename, 0
+    while (place / candidate).exists():
+        number += 1
+        candidate = f"{filename}.{number}"
+    return candidate
+
+
+def park_record(
+    directory: Path, filename: str, place: str, reason: Mapping[str, Any], at_step: Callable[[str], None]
+) -> str:
+    """
+    Move the record ``filename`` into ``directory/place/`` beside a
+    ``.reason.json`` holding ``reason``, and return the name it got there.
+
+    The reason is made durable before the record moves: a crash in between
+    leaves the record in the spool, to be handled again, rather than a record
+    with no reason. Raises ``OSError``.
+    """
+    target = directory / place
+    target.mkdir(mode=0o700, exist_ok=True)
+    name = _unused_name(target, filename)
+    text = json.dumps({**reason, "record": name}, indent=2, sort_keys=True).encode("utf-8") + b"\n"
+    temporary = target / f".{name}{REASON_SUFFIX}.tmp"
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        _write_all(fd, text)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.rename(temporary, target / (name + REASON_SUFFIX))
+    fsync_directory(target)
+    at_step(f"{place}:reason-written")
+    os.rename(directory / filename, target / name)
+    at_step(f"{place}:moved")
+    fsync_directory(target)
+    fsync_directory(directory)
+    return name
+
+
+def _lock(directory: Path) -> int:
+    fd = os.open(directory / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        holder = os.read(fd, 32).decode("ascii", "replace").strip() or "unknown"
+        os.close(fd)
+        if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+            raise SpoolLocked(
+                f"spool directory {directory} is in use by another process (pid {holder}); "
+                "each spool directory takes one writer"
+            ) from None
+        raise
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode("ascii"))
+    return fd
+
+
+@attrs.frozen
+class Recovery:
+    """What ``recover`` found: the lock it holds and the records to drain, oldest first."""
+
+    lock_fd: int
+    # (sequence, build name, size in bytes, modification time): the time
+    # stands in for when the record was accepted.
+    records: tuple[tuple[int, str, int, float], ...]
+    discarded: tuple[str, ...]
+    quarantined: tuple[tuple[str, str], ...]  # (file name, reason)
+
+
+def recover(directory: Path, now: str, at_step: Callable[[str], None] = no_step) -> Recovery:
+    """
+    Lock ``directory`` (creating it) and bring it to a known state: delete
+    temporary records, check every record and move damaged ones to
+    ``quarantine/``. Raises ``SpoolLocked`` or ``OSError``, holding no lock.
+    """
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = _lock(directory)
+    try:
+        records: list[tuple[int, str, int, float]] = []
+        discarded: list[str] = []
+        quarantined: list[tuple[str, str]] = []
+        for filename in sorted(os.listdir(directory)):
+            path = directory / filename
+            if not path.is_file() or path.is_symlink():
+                continue
+            if is_temporary_filename(filename):
+                path.unlink()
+                discarded.append(filename)
+                continue
+            if filename == PROBE_FILE:
+                path.unlink()
+                continue
+            parsed = parse_record_filename(filename)
+            if parsed is None:
+                continue  # not ours: the lock, a project cache, an operator's note
+            sequence, name = parsed
+            try:
+                data = path.read_bytes()
+                modified = path.stat().st_mtime
+                decode_record(data, name)
+            except (CorruptRecord, OSError) as e:
+                # A record that cannot be read (EIO) is as good as damaged,
+                # and must not keep the rest from being drained.
+                problem = str(e) if isinstance(e, CorruptRecord) else f"unreadable: {e.strerror}"
+                reason = {"reason": problem, "time": now, "build": name}
+                park_record(directory, filename, QUARANTINE, reason, at_step)
+                quarantined.append((filename, problem))
+                continue
+            records.append((sequence, name, len(data), modified))
+        if discarded:
+            fsync_directory(directory)
+        return Recovery(fd, tuple(sorted(records)), tuple(discarded), tuple(quarantined))
+    except BaseException:
+        os.close(fd)
+        raise
