@@ -16,6 +16,7 @@ from twisted.python import usage
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
+from .clientaddr import parse_network
 from .fileio import ThreadedIO
 from .gateway import Gateway
 from .interfaces import IBuilds, IProjects
@@ -142,14 +143,14 @@ class Options(usage.Options):
             "auth-failure-burst",
             None,
             10,
-            "Failed authentications a source address may make at once before getting 429.",
+            "Failed authentications a source address may make on one project at once before getting 429.",
             positive_int,
         ],
         [
             "auth-failure-rate",
             None,
             10,
-            "Failed authentications a source address may make per minute, after the burst.",
+            "Failed authentications a source address may make on one project per minute, after the burst.",
             positive_int,
         ],
         [
@@ -193,6 +194,20 @@ class Options(usage.Options):
             positive_number,
         ],
     ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["trusted-proxy"] = []
+
+    def opt_trusted_proxy(self, value: str) -> None:
+        """
+        A network (CIDR) or address of a proxy whose X-Forwarded-For / Forwarded headers name the
+        client (repeatable; e.g. the pod network behind an ingress).
+        """
+        try:
+            self["trusted-proxy"].append(parse_network(value))
+        except ValueError as e:
+            raise usage.UsageError(f"--trusted-proxy: {e}") from None
 
     def postOptions(self) -> None:
         backend = self["backend"]
@@ -364,7 +379,7 @@ def makeService(options: Options) -> IService:
             return "the spool cannot accept deliveries"
         return None
 
-    web = WebhookSite(gateway, reactor, readiness=readiness)  # type: ignore[arg-type]
+    web = WebhookSite(gateway, reactor, readiness=readiness, trusted_proxies=options["trusted-proxy"])  # type: ignore[arg-type]
     site = BrigadeSite(
         web.resource(),
         reactor,  # type: ignore[arg-type]
