@@ -57,7 +57,11 @@ def seeds(count: int) -> list[dict[str, object]]:
     return [
         project_secret("acme/webapp", repository=b"github.com/acme/webapp", crGatewaySecret=SECRET.encode()),
         project_secret("solo", crGatewaySecret=SECRET.encode(), sshKey=SSH_KEY.encode()),
-        project_secret("impostor", secret_type="brigade.sh/build", crGatewaySecret=SECRET.encode()),
+        project_secret(
+            "impostor",
+            secret_type="brigade.sh/build",  # noqa: S106 (a Secret type, not a credential)
+            crGatewaySecret=SECRET.encode(),
+        ),
         project_secret("keyless", sshKey=SSH_KEY.encode()),
         *(project_secret(f"known-{n}", crGatewaySecret=SECRET.encode()) for n in range(count)),
     ]
