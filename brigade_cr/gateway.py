@@ -210,6 +210,8 @@ class Gateway:
             raise self._refuse(delivery, pid, "no such project") from None
         if project.cr_gateway_secret is None:
             if self.auth_required:
+                # As for an unknown project: the same work as a wrong secret.
+                check_credentials(self._dummy_secret, delivery, self.signatures)
                 self._warn_once(
                     pid,
                     "Project {project_id} has no crGatewaySecret, so every delivery to it is refused. "

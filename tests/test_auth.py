@@ -373,3 +373,17 @@ def test_unknown_project_charges_the_limiter_like_a_wrong_secret() -> None:
     limited = failure_of(gateway.receive(to("absent", token="guess")))
     assert isinstance(limited, RateLimited)
     assert limited.retry_after == 6
+
+
+def test_project_without_secret_does_the_same_work_under_required(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under --auth required a project without crGatewaySecret is refused after the same steps as a
+    wrong secret too: one limiter check, one credential check (dummy secret), one charge."""
+    gateway, calls = _traced(monkeypatch)
+    error = failure_of(gateway.receive(to("open", token="anything")))
+    assert type(error) is Unauthorized
+    assert error.reason == "project has no crGatewaySecret"
+    assert calls == [
+        ("blocked", "192.0.2.1"),
+        ("check_credentials", (DUMMY_SECRET_LENGTH, False, gateway.signatures)),
+        ("consume", "192.0.2.1"),
+    ]
