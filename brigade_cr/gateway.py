@@ -8,6 +8,7 @@ It knows nothing of HTTP or Kubernetes: it is handed an ``IProjects``, an
 
 from __future__ import annotations
 
+import secrets
 from typing import Sequence
 
 import attrs
@@ -61,6 +62,15 @@ class _Seen:
 
 
 TITLE_LIMIT = 1024
+DUMMY_SECRET_LENGTH = 32
+
+
+def failure_key(source: str, pid: str) -> str:
+    """
+    The failed-authentication limiter's key: a sender's failures on one
+    project never refuse another project's deliveries, nor another sender's.
+    """
+    return f"{source} {pid}"
 
 
 @attrs.frozen
@@ -138,7 +148,8 @@ class Gateway:
     ``default_ref`` is the commit ref used when the URL names none, since an empty ref breaks
     a project's git sidecar. With ``auth_required`` (the default) a project
     without a ``crGatewaySecret`` refuses every delivery. ``auth_failures``
-    limits failed authentications per source address; ``project_rate``, when
+    limits failed authentications per (source address, project), keyed by
+    ``failure_key``; ``project_rate``, when
     set, limits accepted deliveries per project.
     """
 
@@ -152,6 +163,9 @@ class Gateway:
     project_rate: RateLimiter | None = None
     metrics: GatewayMetrics | None = None
     _warned: set[str] = attrs.field(factory=set, init=False)
+    # What an unknown project's credentials are checked against: random per
+    # process, and as long as a typical crGatewaySecret.
+    _dummy_secret: bytes = attrs.field(factory=lambda: secrets.token_hex(DUMMY_SECRET_LENGTH // 2).encode(), init=False)
 
     log = Logger()
 
@@ -168,7 +182,7 @@ class Gateway:
             reason=reason,
         )
         if self.auth_failures is not None:
-            self.auth_failures.consume(delivery.source)
+            self.auth_failures.consume(failure_key(delivery.source, pid))
         return Unauthorized(reason)
 
     def _warn_once(self, pid: str, text: str, **fields: object) -> None:
@@ -178,19 +192,26 @@ class Gateway:
 
     async def _authenticate(self, delivery: Delivery, pid: str) -> None:
         if self.auth_failures is not None:
-            wait = self.auth_failures.blocked(delivery.source)
+            wait = self.auth_failures.blocked(failure_key(delivery.source, pid))
             if wait is not None:
                 self.log.info(
-                    "Refused a delivery from {source}: too many failed authentications",
+                    "Refused a delivery for {project_id!r} from {source}: too many failed authentications",
+                    project_id=pid,
                     source=delivery.source,
                 )
                 raise RateLimited("failed authentications", wait)
         try:
             project = await self.projects.get(pid)
         except ProjectNotFound:
+            # The same steps as a wrong secret, so that the answer's timing
+            # does not tell which projects exist: check the credentials
+            # against a secret nobody knows, and refuse whatever they prove.
+            check_credentials(self._dummy_secret, delivery, self.signatures)
             raise self._refuse(delivery, pid, "no such project") from None
         if project.cr_gateway_secret is None:
             if self.auth_required:
+                # As for an unknown project: the same work as a wrong secret.
+                check_credentials(self._dummy_secret, delivery, self.signatures)
                 self._warn_once(
                     pid,
                     "Project {project_id} has no crGatewaySecret, so every delivery to it is refused. "

@@ -1,6 +1,7 @@
 """
-Token buckets keyed by a string (a source address, a project ID), with a
-bounded number of keys so that no sender can make the table grow without end.
+Token buckets keyed by a string (a source address and project, see
+``gateway.failure_key``; a project ID), with a bounded number of keys so
+that no sender can make the table grow without end.
 """
 
 from __future__ import annotations

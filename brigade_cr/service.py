@@ -70,6 +70,10 @@ class GatewayService(Service):
     # Called once a stop has finished in order: twistd then exits 0 rather
     # than re-raising the SIGTERM that stopped it.
     stopped_cleanly: Callable[[], Any] | None = None
+    # Called when the start failed for good (the spool would not start,
+    # although start-up had tried its lock): the process must then exit
+    # non-zero once it has stopped.
+    failed: Callable[[], Any] | None = None
     # Listeners with no part in the drain (metrics): up from the start, down last.
     side_listening: list[IService] = attrs.Factory(list)
 
@@ -93,7 +97,9 @@ class GatewayService(Service):
         try:
             await self.spool.start()
         except Exception as e:
-            self.log.critical("Cannot start the spool, so not accepting deliveries: {error}", error=e)
+            self.log.critical("Cannot start the spool, so not accepting deliveries: {error}; check --spool", error=e)
+            if self.failed is not None:
+                self.failed()
             if self.stop_reactor is not None:
                 self.stop_reactor()
             return

@@ -10,12 +10,12 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import attrs
-from twisted.application import strports
 from twisted.application.service import IService
 from twisted.python import usage
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
+from .clientaddr import parse_network
 from .fileio import ThreadedIO
 from .gateway import Gateway
 from .interfaces import IBuilds, IProjects
@@ -33,6 +33,7 @@ from .site import (
     BrigadeSite,
 )
 from .spool import SpooledBuilds
+from .startup import StartupError, bind, check_spool, exit_nonzero_at_end, fails_clearly
 from .web import WebhookSite
 
 DEFAULT_DIRECTORY = "brigade-cr-data"
@@ -142,14 +143,14 @@ class Options(usage.Options):
             "auth-failure-burst",
             None,
             10,
-            "Failed authentications a source address may make at once before getting 429.",
+            "Failed authentications a source address may make on one project at once before getting 429.",
             positive_int,
         ],
         [
             "auth-failure-rate",
             None,
             10,
-            "Failed authentications a source address may make per minute, after the burst.",
+            "Failed authentications a source address may make on one project per minute, after the burst.",
             positive_int,
         ],
         [
@@ -193,6 +194,20 @@ class Options(usage.Options):
             positive_number,
         ],
     ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["trusted-proxy"] = []
+
+    def opt_trusted_proxy(self, value: str) -> None:
+        """
+        A network (CIDR) or address of a proxy whose X-Forwarded-For / Forwarded headers name the
+        client (repeatable; e.g. the pod network behind an ingress).
+        """
+        try:
+            self["trusted-proxy"].append(parse_network(value))
+        except ValueError as e:
+            raise usage.UsageError(f"--trusted-proxy: {e}") from None
 
     def postOptions(self) -> None:
         backend = self["backend"]
@@ -239,12 +254,13 @@ def choose_backend(options: Mapping[str, Any], reactor: Any, environ: Mapping[st
             home=os.path.expanduser("~"),
         )
     except KubeConfigError as e:
-        raise usage.UsageError(str(e)) from None
+        raise StartupError(_kubeconfig_problem(str(e))) from None
     if config is None:
         if choice == "kube":
-            raise usage.UsageError(
+            raise StartupError(
                 "--backend kube: no Kubernetes configuration found "
-                "(no --kubeconfig, $KUBECONFIG, ~/.kube/config or in-cluster service account)"
+                "(no --kubeconfig, $KUBECONFIG, ~/.kube/config or in-cluster service account); "
+                "give --kubeconfig, or use --backend dir:PATH"
             )
         return _directory(
             Path(DEFAULT_DIRECTORY),
@@ -257,7 +273,7 @@ def choose_backend(options: Mapping[str, Any], reactor: Any, environ: Mapping[st
     try:
         projects, builds, client = make_kube_backend(reactor, config, namespace)
     except KubeConfigError as e:
-        raise usage.UsageError(str(e)) from None
+        raise StartupError(_kubeconfig_problem(str(e))) from None
     return Backend(
         projects,
         builds,
@@ -265,6 +281,11 @@ def choose_backend(options: Mapping[str, Any], reactor: Any, environ: Mapping[st
         close=client.close,
         throttled=True,
     )
+
+
+def _kubeconfig_problem(problem: str) -> str:
+    # One line: the configuration's own words, and what to change.
+    return f"{' '.join(problem.split())}; fix or give --kubeconfig (and --context), or use --backend dir:PATH"
 
 
 def _directory(
@@ -279,7 +300,9 @@ def _directory(
         try:
             (root / sub).mkdir(parents=True, exist_ok=True)
         except OSError as e:
-            raise usage.UsageError(f"cannot create {root / sub}: {e.strerror}") from None
+            raise StartupError(
+                f"--backend dir:{root}: cannot create {root / sub}: {e.strerror}; change --backend"
+            ) from None
     projects, builds = directory_backend(reactor, reactor.getThreadPool(), root, namespace)
     where = root.resolve()
     return Backend(
@@ -313,6 +336,7 @@ def make_gateway(
     )
 
 
+@fails_clearly
 def makeService(options: Options) -> IService:
     """
     Build the gateway's object graph:
@@ -322,6 +346,11 @@ def makeService(options: Options) -> IService:
     spool (``--spool``) or, without one, retried within the request's time;
     the use case; the web application and its limited site; and the service
     that starts and stops them in order.
+
+    A problem that makes the start fail for good (a port in use, a bad
+    endpoint, no Kubernetes configuration, a spool that cannot be created
+    or locked) is found here, before the reactor runs, and raised as
+    ``SystemExit`` with one line naming it and the option to change.
     """
     from twisted.internet import reactor
 
@@ -343,6 +372,7 @@ def makeService(options: Options) -> IService:
     )
     spool: SpooledBuilds | None = None
     if spool_dir:
+        check_spool(Path(spool_dir))
         spool = SpooledBuilds(
             Path(spool_dir),
             builds,
@@ -364,7 +394,7 @@ def makeService(options: Options) -> IService:
             return "the spool cannot accept deliveries"
         return None
 
-    web = WebhookSite(gateway, reactor, readiness=readiness)  # type: ignore[arg-type]
+    web = WebhookSite(gateway, reactor, readiness=readiness, trusted_proxies=options["trusted-proxy"])  # type: ignore[arg-type]
     site = BrigadeSite(
         web.resource(),
         reactor,  # type: ignore[arg-type]
@@ -386,7 +416,7 @@ def makeService(options: Options) -> IService:
         )
     return GatewayService(
         site=web,
-        listening=strports.service(options["port"], site, reactor=reactor),
+        listening=bind("--port", options["port"], site, reactor),
         clock=reactor,  # type: ignore[arg-type]
         spool=spool,
         background=[projects],
@@ -395,6 +425,7 @@ def makeService(options: Options) -> IService:
         drain_deadline=options["shutdown-timeout"],
         stop_reactor=reactor.stop,  # type: ignore[attr-defined]
         stopped_cleanly=lambda: _forget_exit_signal(reactor),
+        failed=exit_nonzero_at_end,
         side_listening=[_metrics_service(options["metrics"], metrics, reactor)] if options["metrics"] else [],
     )
 
@@ -402,7 +433,7 @@ def makeService(options: Options) -> IService:
 def _metrics_service(endpoint: str, metrics: GatewayMetrics, reactor: Any) -> IService:
     root = Resource()
     root.putChild(b"metrics", metrics.resource())
-    return strports.service(endpoint, Site(root, reactor=reactor), reactor=reactor)
+    return bind("--metrics", endpoint, Site(root, reactor=reactor), reactor)
 
 
 def _forget_exit_signal(reactor: Any) -> None:

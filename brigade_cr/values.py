@@ -8,9 +8,11 @@ leak one into a log line or a traceback.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import attrs
+
+from .grammar import is_repository, is_tag
 
 # Event actions a parser can report (registries.md section 6.1).
 PUSH = "push"
@@ -72,6 +74,16 @@ class Delivery:
         return found
 
 
+def _keeps_to(grammar: Callable[[str], bool]) -> Callable[[Any, Any, Any], None]:
+    # The parsers drop such values (registries/_common.make_event); this
+    # makes an event outside the OCI grammar impossible to construct.
+    def check(instance: Any, attribute: Any, value: Any) -> None:
+        if not (isinstance(value, str) and grammar(value)):
+            raise ValueError(f"{attribute.name} outside the OCI grammar: {value!r}")
+
+    return check
+
+
 @attrs.frozen
 class RegistryEvent:
     """
@@ -80,15 +92,16 @@ class RegistryEvent:
     ``action`` is one of ``push``, ``delete``, ``quarantine``, ``ping`` or
     ``ignored`` (then ``reason`` says why: ``untagged``, ``pull``, ...).
     ``event_id`` is the sender's own id prefixed ``registry:``, or ``None``
-    where the sender has none.
+    where the sender has none. ``repository`` and ``tag``, when set, keep to
+    the OCI distribution grammar (``grammar.py``), else ``ValueError``.
     """
 
     registry: str
     action: str
     time: datetime
     host: str | None = None
-    repository: str | None = None
-    tag: str | None = None
+    repository: str | None = attrs.field(default=None, validator=attrs.validators.optional(_keeps_to(is_repository)))
+    tag: str | None = attrs.field(default=None, validator=attrs.validators.optional(_keeps_to(is_tag)))
     digest: str | None = None
     media_type: str | None = None
     artifact_class: str = UNKNOWN

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from datetime import datetime, timezone
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import attrs
 from klein import Klein
@@ -19,6 +19,7 @@ from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
+from .clientaddr import Network, request_client_address
 from .errors import (
     BackendRejected,
     BackendUnavailable,
@@ -81,6 +82,8 @@ class WebhookSite:
     clock: IReactorTime
     readiness: Callable[[], str | None] = lambda: None
     shutting_down: bool = False
+    # Proxies whose X-Forwarded-For / Forwarded name the client (--trusted-proxy).
+    trusted_proxies: Sequence[Network] = ()
     _in_flight: int = attrs.field(default=0, init=False)
     _idle_waiters: list[Deferred[None]] = attrs.field(factory=list, init=False)
     app = Klein()
@@ -149,7 +152,6 @@ class WebhookSite:
             return self._not_found(request)
         project_ref, path_commit = parts
         body = request.content.read() if request.content is not None else b""
-        peer = request.getClientAddress()
         query = _query(request)
         delivery = Delivery(
             project_ref=project_ref,
@@ -163,7 +165,7 @@ class WebhookSite:
                 for value in values
             ],
             query=query,
-            source=getattr(peer, "host", ""),
+            source=request_client_address(request, self.trusted_proxies),
         )
         try:
             outcome = await self.gateway.receive(delivery)

@@ -21,7 +21,7 @@ import attrs
 
 STARTUP_TIMEOUT = 30.0
 REQUEST_TIMEOUT = 15.0
-_LISTENING = re.compile(rb"BrigadeSite starting on (\d+)")
+_LISTENING = re.compile(rb"BrigadeSite(?: \(PROXY\))? starting on (\d+)")
 _METRICS_LISTENING = re.compile(rb"\] Site starting on (\d+)")
 
 
@@ -142,3 +142,59 @@ class GatewayProcess:
                 self.process.kill()
                 self.process.wait(timeout)
         return self.process.returncode
+
+
+@attrs.frozen
+class Finished:
+    """A gateway process that ran to its end: its exit status and everything it printed."""
+
+    returncode: int
+    output: str
+
+
+def run_to_completion(
+    args: Sequence[str],
+    workdir: Path,
+    environ: Mapping[str, str] | None = None,
+    timeout: float = STARTUP_TIMEOUT,
+) -> Finished:
+    """
+    Run ``twistd -n --pidfile= brigade-cr --port tcp:0:interface=127.0.0.1
+    ARGS`` as ``GatewayProcess.start`` does (a later ``--port`` in ``ARGS``
+    wins) and wait at most ``timeout`` seconds for it to exit by itself;
+    one that does not is killed and fails the test.
+    """
+    workdir.mkdir(parents=True, exist_ok=True)
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if key not in ("KUBECONFIG", "KUBERNETES_SERVICE_HOST", "KUBERNETES_SERVICE_PORT", "BRIGADE_NAMESPACE")
+    }
+    env["HOME"] = str(workdir)
+    env.update(environ or {})
+    command = [
+        sys.executable,
+        "-c",
+        "from twisted.scripts.twistd import run; run()",
+        "-n",
+        "--pidfile=",
+        "--logfile=-",
+        "brigade-cr",
+        "--port",
+        "tcp:0:interface=127.0.0.1",
+        *args,
+    ]
+    try:
+        done = subprocess.run(
+            command,
+            cwd=workdir,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            timeout=timeout,
+            check=False,
+        )
+    except subprocess.TimeoutExpired as e:
+        raise AssertionError(f"gateway did not exit within {timeout}s:\n{e.output!r}") from None
+    return Finished(done.returncode, done.stdout.decode(errors="replace"))

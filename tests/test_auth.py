@@ -7,14 +7,16 @@ import hashlib
 import hmac
 from datetime import datetime, timezone
 
+import attrs
 import pytest
 from twisted.internet.task import Clock
 from twisted.internet.testing import EventLoggingObserver
 from twisted.logger import LogLevel, globalLogPublisher
 
 from brigade_cr.auth import HmacScheme, Verdict, check_credentials
+from brigade_cr.brigade import project_id
 from brigade_cr.errors import RateLimited, Unauthorized
-from brigade_cr.gateway import Accepted, Gateway
+from brigade_cr.gateway import DUMMY_SECRET_LENGTH, Accepted, Gateway, failure_key
 from brigade_cr.memory import MemoryBuilds, MemoryProjects
 from brigade_cr.ratelimit import RateLimiter
 from brigade_cr.values import Delivery
@@ -260,3 +262,128 @@ def test_rate_limiter_bounded_keys() -> None:
     assert len(limiter) == 3
     assert limiter.consume("a") is None  # forgotten, so full again
     assert limiter.consume("d") == 3600
+
+
+def test_failures_on_one_project_do_not_refuse_another() -> None:
+    """A source's failures on one project leave its deliveries to another project (and the same project
+    from another source) alone: the limiter is keyed by (source, project)."""
+    gateway, builds, _ = make_gateway()
+    gateway.projects.add(project_secret("other", crGatewaySecret=SECRET))  # type: ignore[attr-defined]
+    for _ in range(10):
+        assert isinstance(failure_of(gateway.receive(to("keyed", token="guess"))), Unauthorized)
+    assert isinstance(failure_of(gateway.receive(to("keyed", token=SECRET.decode()))), RateLimited)
+    assert isinstance(result_of(gateway.receive(to("other", token=SECRET.decode()))), Accepted)
+    assert isinstance(result_of(gateway.receive(to("keyed", source="192.0.2.9", token=SECRET.decode()))), Accepted)
+    assert len(builds.secrets) == 2
+    assert gateway.auth_failures is not None
+    assert gateway.auth_failures.blocked(failure_key("192.0.2.1", project_id("keyed"))) == 6
+    assert gateway.auth_failures.blocked(failure_key("192.0.2.1", project_id("other"))) is None
+
+
+def test_failure_key() -> None:
+    """The limiter's key names both the source and the project."""
+    assert failure_key("192.0.2.1", "brigade-abc") == "192.0.2.1 brigade-abc"
+    assert failure_key("192.0.2.1", "brigade-abc") != failure_key("192.0.2.1", "brigade-abd")
+
+
+@attrs.define
+class _RecordingLimiter(RateLimiter):
+    """A limiter that records which source each check and charge was for."""
+
+    calls: list[tuple[str, object]] = attrs.Factory(list)
+
+    def blocked(self, key: str) -> int | None:
+        self.calls.append(("blocked", key.split(" ")[0]))
+        return super().blocked(key)
+
+    def consume(self, key: str) -> int | None:
+        self.calls.append(("consume", key.split(" ")[0]))
+        return super().consume(key)
+
+
+def _traced(monkeypatch: pytest.MonkeyPatch) -> tuple[Gateway, list[tuple[str, object]]]:
+    import brigade_cr.gateway as gateway_module
+
+    gateway, _, _ = make_gateway()
+    calls: list[tuple[str, object]] = []
+    real_check = check_credentials
+
+    def check(secret: bytes, delivery: Delivery, schemes: object) -> Verdict:
+        verdict = real_check(secret, delivery, schemes)  # type: ignore[arg-type]
+        calls.append(("check_credentials", (len(secret), verdict.ok, schemes)))
+        return verdict
+
+    monkeypatch.setattr(gateway_module, "check_credentials", check)
+    gateway.auth_failures = _RecordingLimiter(gateway.clock, per_second=10 / 60, burst=10, calls=calls)
+    return gateway, calls
+
+
+@pytest.mark.parametrize("query", [{"token": "wrong-guess-of-the-secret"}, {}])
+def test_unknown_project_does_the_same_work_as_a_wrong_secret(
+    monkeypatch: pytest.MonkeyPatch, query: dict[str, str]
+) -> None:
+    """An unknown project and a known one with a wrong secret get the same answer after the same steps:
+    one limiter check, one credential check against a secret of typical length, one limiter charge,
+    one log line of the same format."""
+    traces = []
+    for project in ("keyed", "absent"):
+        gateway, calls = _traced(monkeypatch)
+        observer = EventLoggingObserver()
+        globalLogPublisher.addObserver(observer)
+        try:
+            error = failure_of(gateway.receive(to(project, **query)))
+        finally:
+            globalLogPublisher.removeObserver(observer)
+        assert type(error) is Unauthorized
+        formats = [event["log_format"] for event in observer]
+        traces.append((calls, formats, error.reason))
+    (known_calls, known_formats, known_reason), (unknown_calls, unknown_formats, unknown_reason) = traces
+    schemes = make_gateway()[0].signatures
+    assert known_calls == [
+        ("blocked", "192.0.2.1"),
+        ("check_credentials", (len(SECRET), False, schemes)),
+        ("consume", "192.0.2.1"),
+    ]
+    assert unknown_calls == [
+        ("blocked", "192.0.2.1"),
+        ("check_credentials", (DUMMY_SECRET_LENGTH, False, schemes)),
+        ("consume", "192.0.2.1"),
+    ]
+    assert known_formats == unknown_formats == ["Refused a delivery for {project_id!r} from {source}: {reason}"]
+    assert unknown_reason == "no such project"
+    assert known_reason == ("wrong credentials (url-token)" if query else "no credentials presented")
+
+
+def test_unknown_project_refused_even_with_the_dummy_secret(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Credentials that happen to match the dummy secret still do not admit a delivery to an unknown project."""
+    gateway, builds, _ = make_gateway()
+    dummy = gateway._dummy_secret
+    assert len(dummy) == DUMMY_SECRET_LENGTH
+    error = failure_of(gateway.receive(to("absent", token=dummy.decode())))
+    assert type(error) is Unauthorized
+    assert error.reason == "no such project"
+    assert builds.secrets == {}
+
+
+def test_unknown_project_charges_the_limiter_like_a_wrong_secret() -> None:
+    """Ten failures on an unknown project block that (source, project) just as ten wrong secrets do."""
+    gateway, _, _ = make_gateway()
+    for _ in range(10):
+        assert isinstance(failure_of(gateway.receive(to("absent", token="guess"))), Unauthorized)
+    limited = failure_of(gateway.receive(to("absent", token="guess")))
+    assert isinstance(limited, RateLimited)
+    assert limited.retry_after == 6
+
+
+def test_project_without_secret_does_the_same_work_under_required(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under --auth required a project without crGatewaySecret is refused after the same steps as a
+    wrong secret too: one limiter check, one credential check (dummy secret), one charge."""
+    gateway, calls = _traced(monkeypatch)
+    error = failure_of(gateway.receive(to("open", token="anything")))
+    assert type(error) is Unauthorized
+    assert error.reason == "project has no crGatewaySecret"
+    assert calls == [
+        ("blocked", "192.0.2.1"),
+        ("check_credentials", (DUMMY_SECRET_LENGTH, False, gateway.signatures)),
+        ("consume", "192.0.2.1"),
+    ]

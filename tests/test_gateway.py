@@ -246,7 +246,10 @@ def test_titles_for_several_events() -> None:
 
 
 def test_titles_are_bounded() -> None:
-    """Titles never exceed 1024 characters."""
-    events = [RegistryEvent(registry="x", action="push", time=NOW, repository="r" * 5000, tag="t")]
+    """Titles never exceed 1024 characters (repositories and tags are bounded by the grammar; hosts
+    and actors are not)."""
+    events = [
+        RegistryEvent(registry="x", action="push", time=NOW, host="h" * 5000, repository="r" * 255, tag="t" * 128)
+    ] * 10
     short, long = titles(events, "image_push")
     assert len(short) == 1024 and len(long) == 1024

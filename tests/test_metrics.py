@@ -54,15 +54,16 @@ def test_counts_by_outcome() -> None:
     send(gateway, "solo", (PAYLOADS / "acr_ping.json").read_bytes())  # ignored
     send(gateway, "solo", b"[]")  # malformed
     send(gateway, "solo", acr, token="wrong")  # unauthorized
-    send(gateway, "nobody", acr)  # unauthorized
-    send(gateway, "solo", acr, token="wrong")  # unauthorized (third failure)
+    send(gateway, "nobody", acr)  # unauthorized (limited apart: another project)
+    send(gateway, "solo", acr, token="wrong")  # unauthorized
+    send(gateway, "solo", acr, token="wrong")  # unauthorized (third failure on solo)
     send(gateway, "solo", acr)  # rate limited
     sample = metrics.registry.get_sample_value
     assert sample("brigade_cr_deliveries_total", {"format": "acr", "outcome": "built"}) == 1
     assert sample("brigade_cr_deliveries_total", {"format": "acr", "outcome": "duplicate"}) == 1
     assert sample("brigade_cr_deliveries_total", {"format": "acr", "outcome": "ignored"}) == 1
     assert sample("brigade_cr_deliveries_total", {"format": "none", "outcome": "malformed"}) == 1
-    assert sample("brigade_cr_deliveries_total", {"format": "none", "outcome": "unauthorized"}) == 3
+    assert sample("brigade_cr_deliveries_total", {"format": "none", "outcome": "unauthorized"}) == 4
     assert sample("brigade_cr_deliveries_total", {"format": "none", "outcome": "rate_limited"}) == 1
     assert sample("brigade_cr_builds_total", {"project": project_id("solo"), "event_type": "image_push"}) == 1
 

@@ -102,6 +102,16 @@ def test_spool_that_cannot_start_stops_the_process() -> None:
     assert "listening" not in events
 
 
+def test_spool_that_cannot_start_marks_the_start_failed() -> None:
+    """A spool that fails at start calls ``failed`` (exit non-zero at the end) before stopping the reactor."""
+    service, events, _, spool = make()
+    service.failed = lambda: events.append("failed")
+    service.startService()
+    spool.started.errback(RuntimeError("locked"))
+    assert events[-2:] == ["failed", "reactor stopped"]
+    assert "listening" not in events
+
+
 def test_without_spool_listens_at_once() -> None:
     """Without a spool the gateway listens at once."""
     service, events, _, _ = make(spool=False)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import subprocess
 import sys
 from pathlib import Path
@@ -9,6 +10,7 @@ from pathlib import Path
 import pytest
 from twisted.python import usage
 
+from brigade_cr.startup import StartupError
 from brigade_cr.tap import Options, choose_backend
 
 
@@ -92,20 +94,29 @@ def test_no_configuration_falls_back_to_directory(tmp_path: Path, monkeypatch: p
 
 
 def test_kube_backend_without_configuration(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """--backend kube with no configuration found is a usage error, not a silent fallback."""
+    """--backend kube with no configuration found is a start-up error naming the options, not a fallback."""
     from twisted.internet import reactor
 
     monkeypatch.setenv("HOME", str(tmp_path))
-    with pytest.raises(usage.UsageError, match="no Kubernetes configuration found"):
+    with pytest.raises(StartupError) as raised:
         choose_backend(parse("--backend", "kube"), reactor, {})
+    assert str(raised.value) == (
+        "--backend kube: no Kubernetes configuration found "
+        "(no --kubeconfig, $KUBECONFIG, ~/.kube/config or in-cluster service account); "
+        "give --kubeconfig, or use --backend dir:PATH"
+    )
 
 
-def test_missing_kubeconfig_is_usage_error(tmp_path: Path) -> None:
-    """An explicit --kubeconfig that does not exist is a usage error."""
+def test_missing_kubeconfig_is_a_startup_error(tmp_path: Path) -> None:
+    """An explicit --kubeconfig that does not exist is a start-up error naming --kubeconfig."""
     from twisted.internet import reactor
 
-    with pytest.raises(usage.UsageError):
+    with pytest.raises(StartupError) as raised:
         choose_backend(parse("--kubeconfig", str(tmp_path / "nope")), reactor, {})
+    assert str(raised.value) == (
+        f"kubeconfig {tmp_path / 'nope'} does not exist; "
+        "fix or give --kubeconfig (and --context), or use --backend dir:PATH"
+    )
 
 
 def test_plugin_is_listed_by_twistd() -> None:
@@ -155,3 +166,22 @@ def test_kube_backend_is_throttled(tmp_path: Path) -> None:
     assert "t0k3n" not in kube.description
     directory = choose_backend(parse("--backend", f"dir:{tmp_path / 'd'}"), reactor, {})
     assert not directory.throttled
+
+
+def test_trusted_proxies() -> None:
+    """--trusted-proxy is repeatable; each value is a network (host bits allowed) or one address."""
+    assert parse()["trusted-proxy"] == []
+    options = parse("--trusted-proxy", "10.244.0.0/16", "--trusted-proxy", "192.0.2.7", "--trusted-proxy", "fd00::1/8")
+    assert options["trusted-proxy"] == [
+        ipaddress.ip_network("10.244.0.0/16"),
+        ipaddress.ip_network("192.0.2.7/32"),
+        ipaddress.ip_network("fd00::/8"),
+    ]
+
+
+@pytest.mark.parametrize("value", ["10.0.0.0/33", "proxy.example.com", "", "10.0.0.0/8,10.1.0.0/16"])
+def test_bad_trusted_proxy(value: str) -> None:
+    """A --trusted-proxy that is not a network is a usage error naming the option and the value."""
+    with pytest.raises(usage.UsageError) as raised:
+        parse("--trusted-proxy", value)
+    assert str(raised.value) == f"--trusted-proxy: not an IP network (CIDR) or address: {value!r}"

@@ -6,7 +6,13 @@ import re
 from datetime import datetime, timezone
 from typing import Any, Mapping
 
-from ..values import CHART, IGNORED, IMAGE, OTHER, PUSH, UNKNOWN
+import attrs
+
+from ..grammar import is_repository, is_tag
+from ..values import CHART, IGNORED, IMAGE, OTHER, PUSH, UNKNOWN, RegistryEvent
+
+INVALID_TAG = "invalid tag"
+INVALID_REPOSITORY = "invalid repository"
 
 _IMAGE_TYPES = frozenset(
     {
@@ -58,8 +64,6 @@ _SIGNATURE_TYPE_MARKS = (
 # Cosign's tags (sha256-<hex>.sig, .att, .sbom) and the OCI referrers
 # fallback tag (sha256-<hex>) name a signature of another manifest.
 _SIGNATURE_TAG = re.compile(r"^sha256-[0-9a-f]{64}(?:\.(?:sig|att|sbom))?$")
-# The tag grammar of the distribution spec (registries.md section 3).
-_TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 # The OCI digest grammar: algorithm ":" encoded.
 _DIGEST = re.compile(r"^[a-z0-9]+(?:[+._-][a-z0-9]+)*:[a-zA-Z0-9=_-]+$")
 # A registry host: a DNS name or IPv4 address, or a bracketed IPv6 address,
@@ -130,8 +134,8 @@ def tag_of(value: Any) -> tuple[str | None, str]:
     """
     if not isinstance(value, str) or not value or value.startswith("sha256:"):
         return None, "untagged"
-    if not _TAG.fullmatch(value):
-        return None, "invalid tag"
+    if not is_tag(value):
+        return None, INVALID_TAG
     return value, ""
 
 
@@ -193,14 +197,54 @@ def outcome(
     ``tag_value``: anything about a signature, attestation or SBOM is ignored
     as class ``other`` (reason ``signature``), and a push needs a real tag
     (else reason ``untagged`` or ``invalid tag``). Deletes keep no tag when
-    the value is not a real one: manifest deletes name only a digest.
+    the value is a digest or absent: manifest deletes name only a digest. A
+    tag outside the grammar is never passed on: whatever the action, the
+    event is ignored as ``invalid tag``.
     """
     tag, reason = tag_of(tag_value)
     if is_signature(tag_value, artifact_type):
         return IGNORED, "signature", tag, OTHER
+    if reason == INVALID_TAG:
+        return IGNORED, reason, None, klass
     if action == PUSH and tag is None:
         return IGNORED, reason, None, klass
     return action, None, tag, klass
+
+
+def _keep_to_grammar(fields: dict[str, Any]) -> dict[str, Any]:
+    # A value outside the grammar is dropped, and the event ignored with the
+    # reason: a repository first (nothing can be built without one), then a tag.
+    repository, tag = fields.get("repository"), fields.get("tag")
+    if repository is not None and not (isinstance(repository, str) and is_repository(repository)):
+        fields.update(repository=None, action=IGNORED, reason=INVALID_REPOSITORY)
+    if tag is not None and not (isinstance(tag, str) and is_tag(tag)):
+        fields["tag"] = None
+        if fields.get("reason") != INVALID_REPOSITORY:
+            fields.update(action=IGNORED, reason=INVALID_TAG)
+    return fields
+
+
+def make_event(**fields: Any) -> RegistryEvent:
+    """
+    A ``RegistryEvent`` of ``fields``, the way every parser makes one: a
+    ``repository`` outside the OCI name grammar or a ``tag`` outside the
+    tag grammar is dropped, and the event is ignored with the reason
+    ``invalid repository`` or ``invalid tag``. Never raises for those two
+    fields (``RegistryEvent`` itself refuses them).
+    """
+    return RegistryEvent(**_keep_to_grammar(fields))
+
+
+def evolve_event(event: RegistryEvent, **changes: Any) -> RegistryEvent:
+    """
+    ``event`` with ``changes``, kept to the grammar as ``make_event`` does.
+    An event already ignored for an invalid repository or tag stays ignored
+    for that reason, whatever ``changes`` say of its action and reason.
+    """
+    if event.reason in (INVALID_REPOSITORY, INVALID_TAG):
+        changes.pop("action", None)
+        changes.pop("reason", None)
+    return make_event(**{**attrs.asdict(event, recurse=False), **changes})
 
 
 def text(document: Mapping[str, Any], *path: str) -> str | None:

@@ -10,7 +10,7 @@ from ..auth import HmacScheme
 from ..errors import BadRequest
 from ..interfaces import IPayloadFormat
 from ..values import CHART, DELETE, IGNORED, OTHER, PING, PUSH, QUARANTINE, Delivery, RegistryEvent
-from ._common import artifact_class, is_signature, obj, parse_time, text
+from ._common import INVALID_TAG, artifact_class, is_signature, make_event, obj, parse_time, tag_of, text
 
 # ACR action -> (our action, forced artifact class or None).
 _ACTIONS: dict[str, tuple[str, str | None]] = {
@@ -52,7 +52,9 @@ class ACRFormat:
         target = obj(document, "target")
         media_type = text(target, "mediaType")
         action, forced_class = _ACTIONS.get(action_name, (IGNORED, None))
-        tag = text(target, "tag") or None
+        raw_tag = text(target, "tag")
+        # A digest where a tag belongs is no tag ("untagged").
+        tag, tag_reason = tag_of(raw_tag)
         reason = None
         if action == IGNORED:
             reason = "unknown action"
@@ -60,12 +62,14 @@ class ACRFormat:
             # Cosign and referrer tags name a signature, not a deployable
             # (registries.md section 5.8).
             action, reason, forced_class = IGNORED, "signature", OTHER
+        elif action != PING and tag_reason == INVALID_TAG:
+            action, reason = IGNORED, INVALID_TAG
         elif action == PUSH and not tag:
             action, reason = IGNORED, "untagged"
         event_id = text(document, "id")
         host = text(document, "request", "host")
         return [
-            RegistryEvent(
+            make_event(
                 registry=self.name,
                 action=action,
                 reason=reason,

@@ -30,7 +30,7 @@ from zope.interface import implementer
 from ..auth import HmacScheme
 from ..interfaces import IPayloadFormat
 from ..values import PUSH, UNKNOWN, Delivery, RegistryEvent
-from ._common import digest_of, obj, outcome, parse_time, text
+from ._common import digest_of, make_event, obj, outcome, parse_time, text
 
 _REGION = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")
 # A time that says its own zone: ends in Z or a +hh:mm / -hhmm offset.
@@ -66,7 +66,7 @@ class AliyunFormat:
         region = text(repository, "region")
         action, reason, tag, klass = outcome(PUSH, push.get("tag"), UNKNOWN)
         return [
-            RegistryEvent(
+            make_event(
                 registry=self.name,
                 action=action,
                 reason=reason,

@@ -39,6 +39,7 @@ from ._common import (
     host_of,
     is_layer,
     is_manifest,
+    make_event,
     obj,
     outcome,
     parse_time,
@@ -72,12 +73,12 @@ class DistributionFormat:
         if not isinstance(events, list):
             raise BadRequest("Distribution envelope without a list of events")
         if not events:
-            return [RegistryEvent(registry=self.name, action=IGNORED, reason="no events", time=delivery.received)]
+            return [make_event(registry=self.name, action=IGNORED, reason="no events", time=delivery.received)]
         return [self._event(delivery, each) for each in events]
 
     def _event(self, delivery: Delivery, event: Any) -> RegistryEvent:
         if not isinstance(event, Mapping):
-            return RegistryEvent(registry=self.name, action=IGNORED, reason="malformed", time=delivery.received)
+            return make_event(registry=self.name, action=IGNORED, reason="malformed", time=delivery.received)
         target = obj(event, "target")
         media_type = text(target, "mediaType")
         # BuildKit marks its attestation manifests with an annotation, not an
@@ -104,7 +105,7 @@ class DistributionFormat:
                 reason = "unsupported event"
             else:
                 reason = "malformed"
-        return RegistryEvent(
+        return make_event(
             registry=self.name,
             action=action,
             reason=reason,

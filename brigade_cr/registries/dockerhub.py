@@ -8,8 +8,8 @@ from zope.interface import implementer
 
 from ..auth import HmacScheme
 from ..interfaces import IPayloadFormat
-from ..values import IGNORED, OTHER, PUSH, Delivery, RegistryEvent
-from ._common import artifact_class, is_signature, obj, parse_time, text
+from ..values import PUSH, Delivery, RegistryEvent
+from ._common import artifact_class, make_event, obj, outcome, parse_time, text
 
 
 @implementer(IPayloadFormat)
@@ -32,21 +32,21 @@ class DockerHubFormat:
     def parse(self, delivery: Delivery, document: Mapping[str, Any]) -> Sequence[RegistryEvent]:
         push = obj(document, "push_data")
         media_type = text(push, "media_type")
-        tag = text(push, "tag") or None
         # Very old payloads have no tag: never assume "latest". Cosign and
-        # referrer tags name a signature (registries.md section 5.8).
-        signature = is_signature(tag)
+        # referrer tags name a signature (registries.md section 5.8); a digest
+        # where a tag belongs is no tag.
+        action, reason, tag, klass = outcome(PUSH, text(push, "tag"), artifact_class(media_type))
         return [
-            RegistryEvent(
+            make_event(
                 registry=self.name,
-                action=PUSH if tag and not signature else IGNORED,
-                reason="signature" if signature else None if tag else "untagged",
+                action=action,
+                reason=reason,
                 time=parse_time(push.get("pushed_at"), delivery.received),
                 host="docker.io",
                 repository=text(document, "repository", "repo_name"),
                 tag=tag,
                 media_type=media_type,
-                artifact_class=OTHER if signature else artifact_class(media_type),
+                artifact_class=klass,
                 actor=text(push, "pusher"),
             )
         ]

@@ -18,13 +18,12 @@ from __future__ import annotations
 import re
 from typing import Any, Mapping, Sequence
 
-import attrs
 from zope.interface import implementer
 
 from ..auth import HmacScheme
 from ..interfaces import IPayloadFormat
 from ..values import DELETE, IGNORED, PUSH, Delivery, RegistryEvent
-from ._common import artifact_class, digest_of, obj, outcome, parse_time, tag_of, text
+from ._common import artifact_class, digest_of, evolve_event, make_event, obj, outcome, parse_time, tag_of, text
 
 IMAGE_ACTION = "ECR Image Action"
 _ACTIONS = {"PUSH": PUSH, "DELETE": DELETE}
@@ -53,7 +52,7 @@ class ECRFormat:
         detail = obj(document, "detail")
         media_type = text(detail, "manifest-media-type")
         sender_id = text(document, "id") or None
-        event = RegistryEvent(
+        event = make_event(
             registry=self.name,
             action=IGNORED,
             time=parse_time(document.get("time"), delivery.received),
@@ -68,8 +67,8 @@ class ECRFormat:
         )
         action = _ACTIONS.get(text(detail, "action-type") or "")
         if document.get("detail-type") != IMAGE_ACTION or action is None:
-            return [attrs.evolve(event, reason="unsupported event")]
+            return [evolve_event(event, reason="unsupported event")]
         if detail.get("result") != "SUCCESS":
-            return [attrs.evolve(event, reason="failure")]
+            return [evolve_event(event, reason="failure")]
         action, reason, tag, klass = outcome(action, detail.get("image-tag"), event.artifact_class)
-        return [attrs.evolve(event, action=action, reason=reason, tag=tag, artifact_class=klass)]
+        return [evolve_event(event, action=action, reason=reason, tag=tag, artifact_class=klass)]

@@ -26,7 +26,6 @@ import base64
 import binascii
 from typing import Any, Mapping, Sequence
 
-import attrs
 from zope.interface import implementer
 
 from ..auth import HmacScheme
@@ -34,7 +33,7 @@ from ..errors import BadRequest
 from ..interfaces import IPayloadFormat
 from ..payload import decode_document
 from ..values import DELETE, IGNORED, PUSH, UNKNOWN, Delivery, RegistryEvent
-from ._common import outcome, parse_time, split_reference, tag_of, text
+from ._common import evolve_event, make_event, outcome, parse_time, split_reference, tag_of, text
 
 _ACTIONS = {"INSERT": PUSH, "DELETE": DELETE}
 _HEADER_PREFIX = "x-goog-pubsub-"
@@ -80,7 +79,7 @@ class GARFormat:
             published = delivery.header(_HEADER_PREFIX + "publish-time")
         host, repository, tag_value, _ = split_reference(text(data, "tag"))
         digest_host, digest_repository, _, digest = split_reference(text(data, "digest"))
-        event = RegistryEvent(
+        event = make_event(
             registry=self.name,
             action=IGNORED,
             time=parse_time(published, delivery.received),
@@ -93,6 +92,6 @@ class GARFormat:
         )
         action = _ACTIONS.get(text(data, "action") or "")
         if action is None:
-            return [attrs.evolve(event, reason="unsupported event")]
+            return [evolve_event(event, reason="unsupported event")]
         action, reason, tag, klass = outcome(action, tag_value, UNKNOWN)
-        return [attrs.evolve(event, action=action, reason=reason, tag=tag, artifact_class=klass)]
+        return [evolve_event(event, action=action, reason=reason, tag=tag, artifact_class=klass)]

@@ -9,6 +9,7 @@ from zope.interface import implementer
 from ..auth import HmacScheme
 from ..interfaces import IPayloadFormat
 from ..values import PUSH, Delivery, RegistryEvent
+from ._common import make_event
 
 
 @implementer(IPayloadFormat)
@@ -25,4 +26,4 @@ class GenericFormat:
         return True
 
     def parse(self, delivery: Delivery, document: Mapping[str, Any]) -> Sequence[RegistryEvent]:
-        return [RegistryEvent(registry=self.name, action=PUSH, time=delivery.received)]
+        return [make_event(registry=self.name, action=PUSH, time=delivery.received)]

@@ -18,14 +18,24 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
 
-import attrs
 from zope.interface import implementer
 
 from ..auth import HmacScheme
 from ..errors import BadRequest
 from ..interfaces import IPayloadFormat
 from ..values import IGNORED, PING, PUSH, Delivery, RegistryEvent
-from ._common import artifact_class, digest_of, obj, outcome, parse_time, split_reference, tag_of, text
+from ._common import (
+    artifact_class,
+    digest_of,
+    evolve_event,
+    make_event,
+    obj,
+    outcome,
+    parse_time,
+    split_reference,
+    tag_of,
+    text,
+)
 
 _PACKAGE_EVENTS = ("package", "registry_package")
 _BUILD_ACTIONS = frozenset({"published", "updated"})
@@ -45,7 +55,7 @@ class GitHubFormat:
 
     def parse(self, delivery: Delivery, document: Mapping[str, Any]) -> Sequence[RegistryEvent]:
         delivery_id = delivery.header("x-github-delivery") or None
-        base = RegistryEvent(
+        base = make_event(
             registry=self.name,
             action=IGNORED,
             time=delivery.received,
@@ -55,13 +65,13 @@ class GitHubFormat:
         )
         event = delivery.header("x-github-event")
         if event == "ping":
-            return [attrs.evolve(base, action=PING)]
+            return [evolve_event(base, action=PING)]
         if event is None:
             # Chosen by ?registry=github without GitHub's headers: nothing
             # says what the body is.
-            return [attrs.evolve(base, reason="no event header")]
+            return [evolve_event(base, reason="no event header")]
         if event not in _PACKAGE_EVENTS:
-            return [attrs.evolve(base, reason="unsupported event")]
+            return [evolve_event(base, reason="unsupported event")]
         # Read the object the header names; tolerate the other name, since
         # the two events differ only in it.
         package = next(
@@ -79,7 +89,7 @@ class GitHubFormat:
         if not package_type or package_type.lower() not in _CONTAINER_TYPES:
             # npm, maven, ...: nothing here names an image.
             named = f"{namespace}/{name}".lower() if namespace and name else None
-            return attrs.evolve(base, repository=named, reason="not a container")
+            return evolve_event(base, repository=named, reason="not a container")
         metadata = obj(version, "container_metadata")
         media_type = text(metadata, "manifest", "media_type")
         config_type = text(metadata, "manifest", "config", "media_type")
@@ -90,7 +100,7 @@ class GitHubFormat:
             when = version.get("updated_at") or version.get("created_at")
         else:
             when = version.get("created_at") or version.get("updated_at")
-        event = attrs.evolve(
+        event = evolve_event(
             base,
             time=parse_time(when, base.time),
             host=host or "ghcr.io",
@@ -101,6 +111,6 @@ class GitHubFormat:
         )
         tag_value = obj(metadata, "tag").get("name")
         if action_name not in _BUILD_ACTIONS:
-            return attrs.evolve(event, tag=tag_of(tag_value)[0], reason="unsupported event")
+            return evolve_event(event, tag=tag_of(tag_value)[0], reason="unsupported event")
         action, reason, tag, klass = outcome(PUSH, tag_value, event.artifact_class)
-        return attrs.evolve(event, action=action, reason=reason, tag=tag, artifact_class=klass)
+        return evolve_event(event, action=action, reason=reason, tag=tag, artifact_class=klass)

@@ -25,14 +25,13 @@ from __future__ import annotations
 import re
 from typing import Any, Mapping, Sequence
 
-import attrs
 from zope.interface import implementer
 
 from ..auth import HmacScheme
 from ..errors import BadRequest
 from ..interfaces import IPayloadFormat
 from ..values import DELETE, IGNORED, PUSH, UNKNOWN, Delivery, RegistryEvent
-from ._common import digest_of, obj, outcome, parse_time, split_reference, text
+from ._common import digest_of, evolve_event, make_event, obj, outcome, parse_time, split_reference, text
 
 _PUSH_TYPES = frozenset({"PUSH_ARTIFACT", "harbor.artifact.pushed", "pushImage"})
 _DELETE_TYPES = frozenset({"DELETE_ARTIFACT", "harbor.artifact.deleted", "deleteImage"})
@@ -109,7 +108,7 @@ class HarborFormat:
         if not repository:
             namespace, name = text(data, "repository", "namespace"), text(data, "repository", "name")
             repository = f"{namespace}/{name}" if namespace and name else None
-        base = RegistryEvent(
+        base = make_event(
             registry=self.name,
             action=IGNORED,
             time=parse_time(when, delivery.received),
@@ -130,12 +129,12 @@ class HarborFormat:
             # was about.
             reason = _ignored_reason(kind)
             if not (well_formed and resources):
-                return [attrs.evolve(base, reason=reason)]
+                return [evolve_event(base, reason=reason)]
             return [self._resource(base, IGNORED, resource, reason) for resource in resources]
         if not well_formed:
             raise BadRequest("Harbor artifact event without a list of resources")
         if not resources:
-            return [attrs.evolve(base, reason="no resources")]
+            return [evolve_event(base, reason="no resources")]
         return [self._resource(base, action, resource) for resource in resources]
 
     def _resource(
@@ -145,7 +144,7 @@ class HarborFormat:
         event_action, reason, tag, klass = outcome(action, resource.get("tag"), UNKNOWN)
         if ignored is not None:
             event_action, reason = IGNORED, ignored
-        return attrs.evolve(
+        return evolve_event(
             base,
             action=event_action,
             reason=reason,

@@ -27,13 +27,12 @@ from __future__ import annotations
 import re
 from typing import Any, Mapping, Sequence
 
-import attrs
 from zope.interface import implementer
 
 from ..auth import HmacScheme
 from ..interfaces import IPayloadFormat
 from ..values import DELETE, IGNORED, IMAGE, PUSH, Delivery, RegistryEvent
-from ._common import artifact_class, obj, outcome, tag_of, text, url_host
+from ._common import artifact_class, evolve_event, make_event, obj, outcome, tag_of, text, url_host
 
 _ACTIONS = {"pushed": PUSH, "deleted": DELETE}
 _HEX = re.compile(r"[0-9a-f]{64}")
@@ -67,7 +66,7 @@ class JFrogFormat:
         if text(document, "domain") != "docker":
             # Artifacts, builds, release bundles: nothing here is an image.
             return [
-                RegistryEvent(
+                make_event(
                     registry=self.name,
                     action=IGNORED,
                     reason="unsupported event",
@@ -84,7 +83,7 @@ class JFrogFormat:
         # A list or index is an image whatever its flavour (section 3).
         klass = IMAGE if manifest == "list.manifest.json" else artifact_class(media_type)
         sha256 = text(data, "sha256")
-        event = RegistryEvent(
+        event = make_event(
             registry=self.name,
             action=IGNORED,
             time=delivery.received,
@@ -98,6 +97,6 @@ class JFrogFormat:
         )
         action = _ACTIONS.get(text(document, "event_type") or "")
         if action is None:
-            return [attrs.evolve(event, reason="unsupported event")]
+            return [evolve_event(event, reason="unsupported event")]
         action, reason, tag, klass = outcome(action, data.get("tag"), event.artifact_class)
-        return [attrs.evolve(event, action=action, reason=reason, tag=tag, artifact_class=klass)]
+        return [evolve_event(event, action=action, reason=reason, tag=tag, artifact_class=klass)]

@@ -19,13 +19,12 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
 
-import attrs
 from zope.interface import implementer
 
 from ..auth import HmacScheme
 from ..interfaces import IPayloadFormat
 from ..values import DELETE, IGNORED, PUSH, UNKNOWN, Delivery, RegistryEvent
-from ._common import obj, outcome, parse_time, tag_of, text
+from ._common import evolve_event, make_event, obj, outcome, parse_time, tag_of, text
 
 COMPONENT_EVENTS = "rm:repository:component"
 _ACTIONS = {"CREATED": PUSH, "UPDATED": PUSH, "DELETED": DELETE}
@@ -44,7 +43,7 @@ class NexusFormat:
     def parse(self, delivery: Delivery, document: Mapping[str, Any]) -> Sequence[RegistryEvent]:
         component = obj(document, "component")
         delivery_id = delivery.header("x-nexus-webhook-delivery") or None
-        event = RegistryEvent(
+        event = make_event(
             registry=self.name,
             action=IGNORED,
             time=parse_time(document.get("timestamp"), delivery.received),
@@ -55,15 +54,15 @@ class NexusFormat:
         kind = delivery.header("x-nexus-webhook-id")
         if kind is None:
             # Chosen by ?registry=nexus without Nexus's headers.
-            return [attrs.evolve(event, reason="no event header")]
+            return [evolve_event(event, reason="no event header")]
         if kind != COMPONENT_EVENTS:
-            return [attrs.evolve(event, reason="unsupported event")]
+            return [evolve_event(event, reason="unsupported event")]
         if text(component, "format") != "docker":
-            return [attrs.evolve(event, reason="not docker")]
+            return [evolve_event(event, reason="not docker")]
         # Docker components: the name is the repository, the version a tag.
-        event = attrs.evolve(event, repository=text(component, "name") or None, tag=tag_of(component.get("version"))[0])
+        event = evolve_event(event, repository=text(component, "name") or None, tag=tag_of(component.get("version"))[0])
         action = _ACTIONS.get(text(document, "action") or "")
         if action is None:
-            return [attrs.evolve(event, reason="unsupported event")]
+            return [evolve_event(event, reason="unsupported event")]
         action, reason, tag, klass = outcome(action, component.get("version"), UNKNOWN)
-        return [attrs.evolve(event, action=action, reason=reason, tag=tag, artifact_class=klass)]
+        return [evolve_event(event, action=action, reason=reason, tag=tag, artifact_class=klass)]

@@ -24,14 +24,13 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
 
-import attrs
 from zope.interface import implementer
 
 from ..auth import HmacScheme
 from ..errors import BadRequest
 from ..interfaces import IPayloadFormat
 from ..values import IGNORED, PUSH, UNKNOWN, Delivery, RegistryEvent
-from ._common import outcome, split_reference, tag_of, text
+from ._common import evolve_event, make_event, outcome, split_reference, tag_of, text
 
 
 @implementer(IPayloadFormat)
@@ -46,7 +45,7 @@ class QuayFormat:
 
     def parse(self, delivery: Delivery, document: Mapping[str, Any]) -> Sequence[RegistryEvent]:
         host, from_url, _, _ = split_reference(document.get("docker_url"))
-        base = RegistryEvent(
+        base = make_event(
             registry=self.name,
             action=IGNORED,
             time=delivery.received,
@@ -54,7 +53,7 @@ class QuayFormat:
             repository=text(document, "repository") or from_url,
         )
         if "updated_tags" not in document:
-            return [attrs.evolve(base, reason="unsupported event")]
+            return [evolve_event(base, reason="unsupported event")]
         updated = document["updated_tags"]
         if isinstance(updated, Mapping):
             tags = list(updated)
@@ -63,11 +62,11 @@ class QuayFormat:
         else:
             raise BadRequest("Quay repo_push without a list of updated tags")
         if not tags:
-            return [attrs.evolve(base, reason="untagged")]
+            return [evolve_event(base, reason="untagged")]
         if "pruned_image_count" in document and "pushed_image_count" not in document:
-            return [attrs.evolve(base, tag=tag_of(each)[0], reason="test") for each in tags]
+            return [evolve_event(base, tag=tag_of(each)[0], reason="test") for each in tags]
         events = []
         for each in tags:
             action, reason, tag, klass = outcome(PUSH, each, UNKNOWN)
-            events.append(attrs.evolve(base, action=action, reason=reason, tag=tag, artifact_class=klass))
+            events.append(evolve_event(base, action=action, reason=reason, tag=tag, artifact_class=klass))
         return events
