@@ -24,6 +24,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -933,3 +934,41 @@ def test_dockerignore_keeps_the_sources() -> None:
     assert "twisted/plugins/brigade_cr_plugin.py" in tracked and "brigade_cr/tap.py" in tracked
     patterns = dockerignore_patterns()
     assert [path for path in tracked if docker_ignored(path, patterns)] == []
+
+
+# --- the README's examples --------------------------------------------------------------------------------------------
+
+
+def _readme_yaml(first_line: str) -> str:
+    """The README's one ```yaml block (indented or not, as in a list item) that starts with ``first_line``."""
+    found = re.findall(r"^( *)```yaml\n(.*?)^\1```", (ROOT / "README.md").read_text(), re.DOTALL | re.MULTILINE)
+    [block] = [text for text in (textwrap.dedent(body) for _, body in found) if text.startswith(first_line)]
+    return block
+
+
+def test_readme_kustomization_renders(tmp_path: Path) -> None:
+    """The README's own kustomization (namespace, image, an added option) renders as it says."""
+    text = _readme_yaml("# deploy/brigade-cr/kustomization.yaml\n") + _readme_yaml(
+        "# ...appended to deploy/brigade-cr/kustomization.yaml\n"
+    )
+    assert "../../etc/kubernetes/" in text
+    documents = own_kustomization(tmp_path / "deploy" / "brigade-cr", text.replace("../../etc/kubernetes", "{kube}"))
+    assert {document["metadata"]["namespace"] for document in documents} == {"brigade-prod"}
+    [binding] = by_kind(documents, "RoleBinding")
+    assert binding["subjects"][0]["namespace"] == "brigade-prod"
+    main = container(documents)
+    assert main["image"] == "registry.example.org/ops/brigade-cr:0.1.0"
+    assert main["args"] == [*container(render("overlays/ha"))["args"], "--auth=optional"]
+    assert parsed_options(main["args"])["auth"] == "optional"
+
+
+def test_readme_service_rename_renders(tmp_path: Path) -> None:
+    """The migration's patch gives the webhook Service the old chart's name and nothing else changes."""
+    patch = _readme_yaml("patches:\n  - target: {kind: Service, name: brigade-cr}\n")
+    documents = own_kustomization(
+        tmp_path / "mine",
+        "resources:\n  - {kube}/overlays/single\n" + patch.replace("<old name>", "brigade-brigade-cr-gw"),
+    )
+    renamed = one(documents, "Service", "brigade-brigade-cr-gw")
+    assert renamed["spec"] == one(render("overlays/single"), "Service")["spec"]
+    assert [d["metadata"]["name"] for d in by_kind(documents, "Service")] == ["brigade-brigade-cr-gw"]
