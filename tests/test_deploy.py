@@ -569,6 +569,19 @@ def test_systemd_analyze_verifies_the_units(tmp_path: Path) -> None:
     assert (result.returncode, result.stdout, result.stderr) == (0, "", "")
 
 
+def test_service_is_sandboxed(tmp_path: Path) -> None:
+    """`systemd-analyze security` rates the service's exposure 2.0 or less (its scale's "OK"), offline."""
+    unit = tmp_path / "brigade-cr.service"
+    unit.write_text((SYSTEMD / "brigade-cr.service").read_text())
+    result = _run(
+        [_tool("systemd-analyze"), "security", "--offline=yes", "--threshold=20", "--no-pager", str(unit)],
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    [level] = re.findall(r"Overall exposure level for brigade-cr\.service: (\d+\.\d)", result.stdout)
+    assert float(level) <= 2.0
+
+
 def test_systemd_analyze_verify_reports_mistakes(tmp_path: Path) -> None:
     """The verification above can fail: a unit with an unknown key and a missing binary is reported."""
     broken = tmp_path / "brigade-cr.service"
