@@ -260,7 +260,14 @@ def test_restricted_security_context(overlay: str) -> None:
         "capabilities": {"drop": ["ALL"]},
     }
     assert pod["serviceAccountName"] == "brigade-cr"
-    assert "hostNetwork" not in pod and "hostPID" not in pod
+    # The rest of the restricted profile: no host namespaces, ports or paths, only its volume types.
+    assert not {"hostNetwork", "hostPID", "hostIPC", "hostUsers"} & set(pod)
+    assert all("hostPort" not in port for port in container(render(overlay))["ports"])
+    restricted_volumes = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim"}
+    restricted_volumes |= {"projected", "secret"}
+    assert all(set(volume) - {"name"} <= restricted_volumes for volume in pod.get("volumes", []))
+    assert [each["name"] for each in pod["containers"]] == ["brigade-cr"]
+    assert "initContainers" not in pod
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
