@@ -174,7 +174,7 @@ def test_rendered_objects() -> None:
             assert document["metadata"]["labels"] == LABELS, (name, document["kind"])
 
 
-def test_other_clusters_versions_accept_the_sleep_handler() -> None:
+def test_sleep_handler_is_in_the_1_30_schemas() -> None:
     """The preStop sleep handler is in the schemas from 1.30 on, the oldest version the comments name."""
     [statefulset] = by_kind(render("overlays/ha"), "StatefulSet")
     kubernetes_validate.validate(statefulset, "1.30.0", strict=True)
