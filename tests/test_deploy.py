@@ -505,11 +505,12 @@ def test_ingress_component(overlay: str, tmp_path: Path) -> None:
         }
     ]
     assert one(documents, "Service")["spec"]["ports"][0]["name"] == "http"
-    # --trusted-proxy is added to brigade-cr by other work: the rest of the arguments parse here.
     args, networks = _without_trusted_proxies(container(documents)["args"])
     assert args == container(plain)["args"]
-    parsed_options(args)
     assert networks == [TRUSTED_PROXY_NETWORK]
+    assert parsed_options(container(documents)["args"])["trusted-proxy"] == [
+        ipaddress.ip_network(TRUSTED_PROXY_NETWORK)
+    ]
     assert ipaddress.ip_network(TRUSTED_PROXY_NETWORK, strict=True).is_private
     # Everything else is the overlay's.
     assert [d for d in documents if d["kind"] not in ("Ingress", "Deployment", "StatefulSet")] == [
