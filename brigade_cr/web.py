@@ -83,13 +83,22 @@ def url_text_problem(request: IRequest) -> str | None:
     """
     Why the text of ``request``'s URL cannot become data, or None: the
     percent-decoded path, the host Klein reads from the ``Host`` header, or a
-    query name or value (as ``site.query_items`` reads them) is not UTF-8.
+    query name or value (as ``site.query_items`` reads them) is not UTF-8,
+    or the host is not one werkzeug can route (an empty or over-long label).
     The reason names the part, never its content.
     """
     if not _is_utf8(unquote_to_bytes(request.path)):
         return "the path is not valid UTF-8"
-    if not _is_utf8(request.getRequestHostname()):
+    try:
+        host = request.getRequestHostname().decode("utf-8")
+    except UnicodeDecodeError:
         return "the Host header is not valid UTF-8"
+    try:
+        # As werkzeug's Map.bind does (without the port), which raises
+        # BadHost outside Klein's error handling: a 500 for "Host: ..".
+        host.partition(":")[0].encode("idna")
+    except UnicodeError:
+        return "the Host header is not a valid host name"
     for item in query_items(request.uri):
         if item.name is not None and not (_is_utf8(item.name) and _is_utf8(item.value or b"")):
             return "the query is not valid UTF-8"

@@ -388,12 +388,32 @@ def test_non_utf8_url_is_a_json_400(wire: Wire, target: bytes, reason: str) -> N
     assert wire.inner.secrets == {}
 
 
-def test_non_utf8_host_is_a_json_400(wire: Wire) -> None:
-    """A Host header Klein could not decode gets the JSON 400, not Klein's HTML page."""
-    responses, _ = wire.exchange(b"GET /healthz HTTP/1.1\r\nHost: \xff\xfe\r\n\r\n")
+@pytest.mark.parametrize(
+    ("host", "reason"),
+    [
+        (b"\xff\xfe", "the Host header is not valid UTF-8"),
+        (b"..", "the Host header is not a valid host name"),
+        (b"a..b:8080", "the Host header is not a valid host name"),
+        (b"a" * 64 + b".example", "the Host header is not a valid host name"),
+    ],
+)
+def test_bad_host_is_a_json_400(wire: Wire, host: bytes, reason: str) -> None:
+    """
+    A Host header Klein could not decode, or werkzeug could not route, gets
+    the JSON 400 (not Klein's HTML page, nor werkzeug's BadHost as a 500).
+    """
+    responses, _ = wire.exchange(b"GET /healthz HTTP/1.1\r\nHost: " + host + b"\r\n\r\n")
     assert [(r.code, r.body) for r in responses] == [
-        (400, b'{"status": "Bad Request", "reason": "the Host header is not valid UTF-8"}\n')
+        (400, json.dumps({"status": "Bad Request", "reason": reason}).encode() + b"\n")
     ]
+    assert wire.failures() == []
+
+
+@pytest.mark.parametrize("host", [b"gw.example:8080", b"[::1]:8080", b"-x", b"gw.example.", b"\xc3\xa9.example"])
+def test_odd_but_routable_hosts_are_served(wire: Wire, host: bytes) -> None:
+    """Hosts werkzeug can route are served whatever they look like (the gateway does not route on the host)."""
+    responses, _ = wire.exchange(b"GET /healthz HTTP/1.1\r\nHost: " + host + b"\r\n\r\n")
+    assert [(r.code, r.body) for r in responses] == [(200, b"OK")]
 
 
 @pytest.mark.parametrize(

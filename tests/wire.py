@@ -69,14 +69,20 @@ def parse_responses(data: bytes, methods: list[bytes]) -> tuple[list[Response], 
     ``methods``, in order, so that a HEAD's has no body), and whatever bytes
     follow them.
     """
-    responses = []
-    for method in methods:
+    responses: list[Response] = []
+    pending = list(methods)
+    while pending:
         head, separator, rest = data.partition(b"\r\n\r\n")
         if not separator:
             break
         lines = head.split(b"\r\n")
         headers = [(name.strip(), value.strip()) for name, _, value in (line.partition(b":") for line in lines[1:])]
         response = Response(lines[0], headers, b"")
+        if 100 <= response.code < 200:
+            # An interim response (100 Continue): the final one follows.
+            data = rest
+            continue
+        method = pending.pop(0)
         length = response.header(b"content-length")
         if method == b"HEAD" or response.code in (204, 304):
             body, data = b"", rest
