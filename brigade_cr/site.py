@@ -302,6 +302,14 @@ class LimitedRequest(Request):
             return
         super().handleContentChunk(data)
 
+    def __repr__(self) -> str:
+        # twisted.web logs requests by their repr (a HEAD with a body, say):
+        # never with a ?token= in it.
+        return (
+            f"<{type(self).__name__} at 0x{id(self):x} method={log_text(self.method)} "
+            f"uri={redact_uri(self.uri)} clientproto={log_text(self.clientproto)}>"
+        )
+
     def setResponseCode(self, code: int, message: bytes | None = None) -> None:
         super().setResponseCode(code, message if message is not None else REASONS.get(code))
 

@@ -120,9 +120,14 @@ class TextCheckedResource(Resource):
 
     def render(self, request: IRequest) -> Any:
         reason = url_text_problem(request)
-        if reason is not None:
-            return _json(request, 400, {"status": "Bad Request", "reason": reason})
-        return self._inner.render(request)
+        if reason is None:
+            return self._inner.render(request)
+        body = _json(request, 400, {"status": "Bad Request", "reason": reason})
+        if request.method == b"HEAD":
+            # twisted.web would drop the body, but log a warning first.
+            request.setHeader(b"content-length", b"%d" % len(body))
+            return b""
+        return body
 
 
 @attrs.define

@@ -15,7 +15,7 @@ from typing import Any
 from urllib.parse import quote, urlencode
 
 import attrs
-from hypothesis import assume, event, given
+from hypothesis import assume, event, example, given
 from hypothesis import strategies as st
 from treq.testing import StubTreq
 from twisted.internet.task import Clock
@@ -339,6 +339,21 @@ def check_wire(stack: Wire, sent: WireRequest) -> None:
     assert WIRE_SECRET not in stack.log_text()
 
 
+# Found by ``make fuzz``: twisted.web logged a HEAD's request, token and all.
+HEAD_WITH_TOKEN = WireRequest(
+    b"HEAD",
+    b"HEAD /events/webhook/solo%ff?token=" + WIRE_SECRET.encode() + b" HTTP/1.1\r\nHost: gw.example\r\n"
+    b"Content-Length: 2\r\n\r\n{}",
+)
+# Found by this test: werkzeug's BadHost escaped Klein as a 500.
+EMPTY_HOST_LABEL = WireRequest(
+    b"POST",
+    b"POST /events/webhook/solo HTTP/1.1\r\nHost: gw.example\r\nHost: ..\r\nContent-Length: 2\r\n\r\n{}",
+)
+
+
+@example(sent=HEAD_WITH_TOKEN)
+@example(sent=EMPTY_HOST_LABEL)
 @given(sent=wire_requests())
 def test_wire_bytes_in_memory(sent: WireRequest) -> None:
     """
@@ -352,6 +367,7 @@ def test_wire_bytes_in_memory(sent: WireRequest) -> None:
         check_wire(stack, sent)
 
 
+@example(sent=HEAD_WITH_TOKEN)
 @given(sent=wire_requests())
 def test_wire_bytes_with_a_spool(sent: WireRequest) -> None:
     """

@@ -577,6 +577,32 @@ def test_no_form_of_target_logs_the_secret(wire: Wire, target: str, code: int) -
     assert QUOTED_SECRET.lower() not in logged
 
 
+def test_head_with_bad_text_logs_no_token(wire: Wire) -> None:
+    """A HEAD answered 400 has the body's length and no body, and the token reaches no log line."""
+    responses, _ = wire.exchange(request("HEAD", b"/healthz%ff?token=" + SECRET.encode()))
+    assert [(r.code, r.header(b"content-length"), r.body) for r in responses] == [(400, b"67", b"")]
+    assert SECRET not in wire.log_text()
+
+
+def test_request_repr_is_redacted(wire: Wire) -> None:
+    """twisted.web logs requests by their repr: it shows the target as the access log does."""
+    seen: list[str] = []
+
+    class Peek(Resource):
+        isLeaf = True
+
+        def render(self, request: Any) -> bytes:
+            seen.append(repr(request))
+            return b""
+
+    site = BrigadeSite(Peek(), wire.reactor)
+    channel, _ = connect(site)
+    channel.dataReceived(b"GET /x?token=" + SECRET.encode() + b"&commit=\xa9 HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert len(seen) == 1
+    assert seen[0].startswith("<LimitedRequest at 0x")
+    assert seen[0].endswith(" method=GET uri=/x?token=REDACTED&commit=\\xa9 clientproto=HTTP/1.1>")
+
+
 @pytest.mark.parametrize(
     ("uri", "expected"),
     [
