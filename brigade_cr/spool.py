@@ -92,7 +92,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from .errors import BackendRejected, BackendUnavailable
+from .errors import BackendRejected, BackendUnavailable, InvalidText
 from .fileio import BlockingIO, fsync_directory
 from .interfaces import IBuilds
 from .retry import Backoff
@@ -211,7 +211,12 @@ def _build_from_fields(fields: Any) -> Build:
         payload = base64.b64decode(fields["payload"], validate=True)
     except (binascii.Error, ValueError):
         raise CorruptRecord("payload is not base64") from None
-    return Build(**{**fields, "payload": payload})
+    try:
+        return Build(**{**fields, "payload": payload})
+    except InvalidText:
+        # Written before values refused unencodable text: it can never be
+        # delivered, so it is quarantined rather than stopping the spool.
+        raise CorruptRecord("body holds text that is not valid Unicode") from None
 
 
 # -- blocking file operations (run in the thread pool) --------------------------------
