@@ -255,12 +255,6 @@ class LimitedRequest(Request):
     _refused = False
     _received = 0
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        # A webhook body is never a form: do not spend the reactor parsing
-        # one (a hostile multipart body can be costly).
-        self._parsePOSTFormSubmission = False
-
     def _max_body(self) -> int:
         site = getattr(self.channel, "site", None)
         return getattr(site, "max_body", DEFAULT_MAX_BODY)
@@ -452,6 +446,9 @@ class BrigadeSite(Site):
             logFormatter=redacting_log_formatter,
             timeout=idle_timeout,
             reactor=reactor,
+            # A webhook body is never a form: do not spend the reactor
+            # parsing one (a hostile multipart body can be costly).
+            parsePOSTFormSubmission=False,
         )
         self.max_body = max_body
         self.request_timeout = request_timeout

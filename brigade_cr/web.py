@@ -200,6 +200,11 @@ class WebhookSite:
         self._in_flight += 1
         try:
             return await self._webhook(request, rest)
+        except InvalidText as e:
+            # Only making the Delivery raises this here (the gateway's errors
+            # are answered in _webhook); TextCheckedResource refuses such URLs
+            # first, and this keeps the app as safe without it.
+            return _json(request, 400, {"status": "Bad Request", "reason": e.message})
         finally:
             self._in_flight -= 1
             if self._in_flight == 0:
@@ -215,28 +220,23 @@ class WebhookSite:
         project_ref, path_commit = parts
         body = request.content.read() if request.content is not None else b""
         peer = request.getClientAddress()
-        try:
-            # The query as the access log's redactor reads it, so the two
-            # cannot disagree about what is a ?token=.
-            query = query_text(request.uri)
-            delivery = Delivery(
-                project_ref=project_ref,
-                # A non-empty ?commit= wins over the path's commit.
-                commit=dict(query).get("commit") or path_commit,
-                body=body,
-                received=datetime.fromtimestamp(self.clock.seconds(), tz=timezone.utc),
-                headers=[
-                    (name.decode("latin-1"), value.decode("latin-1"))
-                    for name, values in request.requestHeaders.getAllRawHeaders()
-                    for value in values
-                ],
-                query=query,
-                source=getattr(peer, "host", ""),
-            )
-        except InvalidText as e:
-            # TextCheckedResource refuses these first; this keeps a resource
-            # served without it just as safe.
-            return _json(request, 400, {"status": "Bad Request", "reason": e.message})
+        # The query as the access log's redactor reads it, so the two cannot
+        # disagree about what is a ?token=.
+        query = query_text(request.uri)
+        delivery = Delivery(
+            project_ref=project_ref,
+            # A non-empty ?commit= wins over the path's commit.
+            commit=dict(query).get("commit") or path_commit,
+            body=body,
+            received=datetime.fromtimestamp(self.clock.seconds(), tz=timezone.utc),
+            headers=[
+                (name.decode("latin-1"), value.decode("latin-1"))
+                for name, values in request.requestHeaders.getAllRawHeaders()
+                for value in values
+            ],
+            query=query,
+            source=getattr(peer, "host", ""),
+        )
         try:
             outcome = await self.gateway.receive(delivery)
         except Exception:

@@ -577,6 +577,23 @@ def test_no_form_of_target_logs_the_secret(wire: Wire, target: str, code: int) -
     assert QUOTED_SECRET.lower() not in logged
 
 
+@pytest.mark.parametrize(
+    "content_type", [b"multipart/form-data", b"multipart/form-data; boundary=x", b"application/x-www-form-urlencoded"]
+)
+def test_bodies_are_never_parsed_as_forms(wire: Wire, content_type: bytes) -> None:
+    """
+    A form content type does not make twisted.web parse the body (it would
+    refuse these multipart ones and close): it reaches the gateway as sent.
+    """
+    responses, transport = wire.exchange(
+        request("POST", b"/events/webhook/solo", b"not json", headers=[(b"Content-Type", content_type)], bearer=True)
+    )
+    assert [(r.code, r.body) for r in responses] == [
+        (400, b'{"status": "Malformed body", "reason": "body is not JSON"}\n')
+    ]
+    assert not transport.disconnecting
+
+
 def test_head_with_bad_text_logs_no_token(wire: Wire) -> None:
     """A HEAD answered 400 has the body's length and no body, and the token reaches no log line."""
     responses, _ = wire.exchange(request("HEAD", b"/healthz%ff?token=" + SECRET.encode()))

@@ -426,3 +426,21 @@ def test_bad_text_is_never_spooled(
     code, _, _ = web.request("POST", "/events/webhook/solo", (PAYLOADS / "dockerhub_push.json").read_bytes())
     assert code == 200
     assert len(web.builds.secrets) == 1
+
+
+def test_the_app_alone_refuses_bad_query_text(web: Harness) -> None:
+    """Served without TextCheckedResource, the webhook route still answers ?commit=%ff with the 400."""
+    treq = StubTreq(WebhookSite(web.gateway, Clock()).app.resource())
+    response = treq.post(
+        "http://gw.example/events/webhook/solo?commit=%ff",
+        data=(PAYLOADS / "dockerhub_push.json").read_bytes(),
+        headers={"Authorization": "Bearer " + SECRET.decode()},
+    )
+    treq.flush()
+    answer = result_of(response)
+    assert answer.code == 400
+    assert json.loads(result_of(answer.content())) == {
+        "status": "Bad Request",
+        "reason": "the query is not valid UTF-8",
+    }
+    assert web.builds.secrets == {}
