@@ -216,7 +216,7 @@ def _build_from_fields(fields: Any) -> Build:
     except InvalidText:
         # Written before values refused unencodable text: it can never be
         # delivered, so it is quarantined rather than stopping the spool.
-        raise CorruptRecord("body holds text that is not valid Unicode") from None
+        raise CorruptRecord("body is not a valid build") from None
 
 
 # -- blocking file operations (run in the thread pool) --------------------------------

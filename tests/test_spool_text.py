@@ -52,7 +52,7 @@ def test_poisoned_legacy_record_is_quarantined(tmp_path: Path) -> None:
         assert list(store.secrets) == [good.name]
         assert builds.stats().quarantined == 1
         reason = json.loads((spool / "quarantine" / (poisoned + ".reason.json")).read_text())
-        assert reason["reason"] == "body holds text that is not valid Unicode"
+        assert reason["reason"] == "body is not a valid build"
         assert (spool / "quarantine" / poisoned).exists()
     finally:
         result_of(builds.stop(0))
