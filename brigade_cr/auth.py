@@ -55,13 +55,20 @@ class Verdict:
     reason: str = ""
 
 
-def _text_bytes(value: str) -> bytes:
-    # Query values and headers were decoded losslessly (latin-1 or
-    # surrogateescape); turn them back into the bytes the sender sent.
+def _query_bytes(value: str) -> bytes:
+    # Query text is UTF-8 (the edge refuses any other), so this is the bytes
+    # the sender percent-encoded.
+    return value.encode("utf-8")
+
+
+def _header_bytes(value: str) -> bytes:
+    # The edge decodes header values as ISO-8859-1, one character per byte
+    # sent: encoding them back gives those bytes. (A Delivery made in code
+    # may hold other text; that compares as its UTF-8.)
     try:
-        return value.encode("utf-8", "surrogateescape")
+        return value.encode("latin-1")
     except UnicodeEncodeError:
-        return value.encode("latin-1", "replace")
+        return value.encode("utf-8")
 
 
 def _same(presented: bytes, secret: bytes) -> bool:
@@ -76,7 +83,7 @@ def _authorization(delivery: Delivery) -> tuple[str, bytes] | None:
     scheme = scheme.lower()
     credential = credential.strip()
     if scheme == "bearer":
-        return BEARER, _text_bytes(credential)
+        return BEARER, _header_bytes(credential)
     if scheme == "basic":
         try:
             decoded = base64.b64decode(credential, validate=True)
@@ -89,7 +96,7 @@ def _authorization(delivery: Delivery) -> tuple[str, bytes] | None:
 
 def _signature_matches(scheme: HmacScheme, value: str, secret: bytes, body: bytes) -> bool:
     presented = value.strip()
-    if scheme.or_token and _same(_text_bytes(presented), secret):
+    if scheme.or_token and _same(_header_bytes(presented), secret):
         return True
     if scheme.prefix:
         if not presented.lower().startswith(scheme.prefix):
@@ -114,7 +121,7 @@ def check_credentials(secret: bytes, delivery: Delivery, schemes: Iterable[HmacS
     token = delivery.query_value("token")
     if token is not None:
         presented.append(URL_TOKEN)
-        if _same(_text_bytes(token), secret):
+        if _same(_query_bytes(token), secret):
             return Verdict(True, URL_TOKEN)
     authorization = _authorization(delivery)
     if authorization is not None:

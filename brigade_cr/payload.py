@@ -8,9 +8,11 @@ body back.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
-from .errors import BadRequest
+from .errors import BadRequest, InvalidText
+from .grammar import is_text
 
 MAX_DEPTH = 64
 
@@ -38,27 +40,36 @@ def _unique_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return result
 
 
-def _depth_exceeds(text: str, limit: int) -> bool:
-    depth = 0
-    in_string = False
-    escaped = False
-    for char in text:
-        if in_string:
-            if escaped:
-                escaped = False
-            elif char == "\\":
-                escaped = True
-            elif char == '"':
-                in_string = False
-        elif char == '"':
-            in_string = True
-        elif char in "[{":
-            depth += 1
-            if depth > limit:
-                return True
-        elif char in "]}":
-            depth -= 1
-    return False
+# Text decoded strictly from UTF-8 holds no surrogate, so only a JSON escape
+# ``\\uD800``-``\\uDFFF`` can put a lone one into a string; without any
+# such escape in the body, the strings need no checking.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def _check_structure(document: Any, limit: int, check_text: bool) -> None:
+    # Level by level, so depth costs no Python stack and each container is
+    # looked at once; strings are looked at only when an escape could have
+    # made a bad one.
+    level = [document]
+    depth = 1
+    while level:
+        if depth > limit:
+            raise BadRequest("body is nested too deeply")
+        below = []
+        for value in level:
+            if value.__class__ is dict:
+                if check_text and not all(is_text(key) for key in value):
+                    raise InvalidText("body has text that is not valid Unicode")
+                children = value.values()
+            else:
+                children = value
+            for child in children:
+                if child.__class__ is dict or child.__class__ is list:
+                    below.append(child)
+                elif check_text and child.__class__ is str and not is_text(child):
+                    raise InvalidText("body has text that is not valid Unicode")
+        level = below
+        depth += 1
 
 
 def decode_document(body: bytes, max_depth: int = MAX_DEPTH) -> dict[str, Any]:
@@ -67,7 +78,8 @@ def decode_document(body: bytes, max_depth: int = MAX_DEPTH) -> dict[str, Any]:
 
     Raises ``BadRequest`` when the body is empty, not UTF-8, not JSON, nested
     deeper than ``max_depth``, has duplicated keys or NaN/Infinity, or is not
-    an object.
+    an object; ``InvalidText`` (a ``BadRequest``) when a string, key or value,
+    is not valid Unicode (a lone surrogate escape such as ``"\\udc80"``).
     """
     if not body.strip():
         raise BadRequest("body is empty")
@@ -77,8 +89,6 @@ def decode_document(body: bytes, max_depth: int = MAX_DEPTH) -> dict[str, Any]:
         raise BadRequest("body is not UTF-8") from None
     if text.startswith("\ufeff"):
         raise BadRequest("body starts with a byte-order mark")
-    if _depth_exceeds(text, max_depth):
-        raise BadRequest("body is nested too deeply")
     try:
         document = json.loads(
             text,
@@ -86,8 +96,17 @@ def decode_document(body: bytes, max_depth: int = MAX_DEPTH) -> dict[str, Any]:
             parse_constant=_refuse_constant,
             parse_float=_finite_float,
         )
-    except (ValueError, RecursionError):
+    except RecursionError:
+        # Deeper than the interpreter's recursion limit, so far deeper than
+        # max_depth.
+        raise BadRequest("body is nested too deeply") from None
+    except ValueError:
         raise BadRequest("body is not JSON") from None
+    check_text = _SURROGATE_ESCAPE.search(text) is not None
+    if isinstance(document, (dict, list)):
+        _check_structure(document, max_depth, check_text)
+    elif check_text and isinstance(document, str) and not is_text(document):
+        raise InvalidText("body has text that is not valid Unicode")
     if not isinstance(document, dict):
         raise BadRequest("body is not a JSON object")
     return document

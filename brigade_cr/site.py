@@ -1,5 +1,5 @@
 """
-The HTTP site: request limits and a redacting access log.
+The HTTP site: request limits, the request target, and a redacting access log.
 
 - Bodies are capped while they stream in: a ``Content-Length`` over the cap
   is refused with 413 before any of the body is read, and a chunked body is
@@ -8,18 +8,36 @@ The HTTP site: request limits and a redacting access log.
 - Each request has an absolute deadline for its headers and body, besides
   the idle timeout, so a client trickling bytes cannot hold a connection.
 - The number of open connections is capped.
+- A request line and header section over ``twisted.web``'s limits (16 KiB,
+  500 headers) get 431; any other request ``twisted.web`` cannot parse gets a
+  JSON 400. Both close the connection.
+- An absolute-form target (``POST http://host/path``, RFC 9112 section
+  3.2.2) is served as its origin form, with the target's host as ``Host``.
+- Every status line carries its reason phrase (``twisted.web`` has none for
+  429 and 431).
+- The query is read by one parser, ``query_items``, which splits the target
+  exactly as ``twisted.web`` does (at the first ``?``, then on ``&`` and
+  ``;``): ``web.py`` reads the delivery's query (and so the authenticator its
+  ``token``) with it, and the access log redacts with it, so no form of target
+  can show the log a credential the authenticator reads.
 - Twisted's default access log writes the full URI, which would carry
   ``?token=`` secrets into the log; this one redacts every query value except
-  the few known to be harmless, and leaves out the ``Referer``.
+  the few known to be harmless, leaves out the ``Referer``, and escapes
+  non-ASCII and control characters, so a line is always one ASCII line.
+- A failure while finishing a response (writing the access log, say) closes
+  the connection and is logged once: a request that cannot be finished would
+  otherwise keep its connection open for ever, past every timeout.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import re
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import unquote_to_bytes
 
+import attrs
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import connectionDone
@@ -28,50 +46,176 @@ from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel, _escape
 from twisted.web.server import Request, Site
 
-SAFE_QUERY_NAMES = frozenset({"commit", "registry"})
+from .errors import InvalidText
+
+SAFE_QUERY_NAMES = frozenset({b"commit", b"registry"})
 DEFAULT_MAX_BODY = 256 * 1024
 DEFAULT_REQUEST_TIMEOUT = 10.0
 DEFAULT_IDLE_TIMEOUT = 60.0
 DEFAULT_MAX_CONNECTIONS = 512
 
+# The reason phrase of every status the gateway sends (RFC 9110 section 15),
+# where twisted.web has none (429, 431) or an older one (408, 413).
+REASONS = {
+    200: b"OK",
+    202: b"Accepted",
+    400: b"Bad Request",
+    403: b"Forbidden",
+    404: b"Not Found",
+    408: b"Request Timeout",
+    413: b"Payload Too Large",
+    429: b"Too Many Requests",
+    431: b"Request Header Fields Too Large",
+    500: b"Internal Server Error",
+    502: b"Bad Gateway",
+    503: b"Service Unavailable",
+}
+
+# What the sender is told when twisted.web cannot parse the request.
+MALFORMED_REQUEST = {"status": "Bad Request", "reason": "the request is malformed"}
+HEADERS_TOO_LARGE = {"status": "Request Header Fields Too Large"}
+
+_ABSOLUTE_FORM = re.compile(rb"(?i:https?)://([^/?#]*)(.*)", re.DOTALL)
+
+
+def split_target(target: bytes) -> tuple[bytes, bytes | None]:
+    """
+    The path and the query of a request target, split exactly as
+    ``twisted.web``'s ``Request.requestReceived`` splits them: at the first
+    ``?`` (so a ``#`` before it is part of the path). The query is None when
+    the target has no ``?``.
+    """
+    path, mark, query = target.partition(b"?")
+    return path, (query if mark else None)
+
+
+@attrs.frozen
+class QueryItem:
+    """
+    One ``&``- or ``;``-separated item of a query: ``raw`` as sent, ``name``
+    and ``value`` decoded as ``twisted.web.http.parse_qs`` decodes them
+    (``+`` is a space, then percent-decoding), or None when the item has no
+    ``=`` (``twisted.web`` ignores such an item, so nothing reads it).
+    """
+
+    raw: bytes
+    name: bytes | None
+    value: bytes | None
+
+
+def _unquote(text: bytes) -> bytes:
+    return unquote_to_bytes(text.replace(b"+", b" "))
+
+
+def query_items(target: bytes) -> list[QueryItem]:
+    """Every item of ``target``'s query, in the order sent (see ``QueryItem``)."""
+    _, query = split_target(target)
+    if query is None:
+        return []
+    items = []
+    for part in query.split(b"&"):
+        for raw in part.split(b";"):
+            name, equals, value = raw.partition(b"=")
+            if equals:
+                items.append(QueryItem(raw, _unquote(name), _unquote(value)))
+            else:
+                items.append(QueryItem(raw, None, None))
+    return items
+
+
+def query_pairs(target: bytes) -> list[tuple[bytes, bytes]]:
+    """
+    The query parameters of ``target`` as ``twisted.web`` reads them into
+    ``request.args`` (the same items, the same decoding, blank values kept),
+    in the order sent.
+    """
+    return [(item.name, item.value) for item in query_items(target) if item.name is not None and item.value is not None]
+
+
+def query_text(target: bytes) -> list[tuple[str, str]]:
+    """
+    ``query_pairs(target)`` decoded as UTF-8.
+
+    Raises ``InvalidText`` when a name or value is not valid UTF-8 (``%ff``,
+    an encoded surrogate): such text cannot become data.
+    """
+    try:
+        return [(name.decode("utf-8"), value.decode("utf-8")) for name, value in query_pairs(target)]
+    except UnicodeDecodeError:
+        raise InvalidText("the query is not valid UTF-8") from None
+
+
+def origin_form(target: bytes) -> tuple[bytes, bytes | None]:
+    """
+    ``target`` in origin form, and the host of an absolute-form ``http`` or
+    ``https`` target (without any user information), else None: RFC 9112
+    section 3.2.2 has a server accept the absolute form, and use its host in
+    place of the ``Host`` header.
+    """
+    match = _ABSOLUTE_FORM.fullmatch(target)
+    if match is None:
+        return target, None
+    authority, rest = match.groups()
+    host = authority.rpartition(b"@")[2]
+    if not rest.startswith(b"/"):
+        rest = b"/" + rest
+    return rest, host
+
 
 def redact_uri(uri: bytes) -> str:
     """
-    ``uri`` with the value of every query parameter not in
-    ``SAFE_QUERY_NAMES`` replaced by ``REDACTED``.
+    ``uri`` for the access log: the value of every query item not named in
+    ``SAFE_QUERY_NAMES`` (after decoding, as the authenticator reads names)
+    replaced by ``REDACTED``, every item without a value replaced by
+    ``REDACTED``, the rest as sent, escaped by ``log_text``.
     """
-    text = uri.decode("latin-1")
-    parts = urlsplit(text)
-    if not parts.query:
-        return text
-    pairs = []
-    for name, value in parse_qsl(parts.query, keep_blank_values=True):
-        shown = value if name in SAFE_QUERY_NAMES else "REDACTED"
-        pairs.append(f"{name}={shown}")
-    return f"{parts.path}?{'&'.join(pairs)}"
+    path, query = split_target(uri)
+    if query is None:
+        return log_text(path)
+    shown = []
+    for item in query_items(uri):
+        if item.name is None:
+            shown.append(b"REDACTED" if item.raw else b"")
+        elif item.name in SAFE_QUERY_NAMES:
+            shown.append(item.raw)
+        else:
+            shown.append(item.raw.partition(b"=")[0] + b"=REDACTED")
+    return log_text(path + b"?" + b"&".join(shown))
+
+
+def log_text(value: bytes | str) -> str:
+    """
+    ``value`` as printable ASCII for a log line: bytes as sent, text as its
+    UTF-8 (lone surrogates as ``\\udcxx``), with ``"``, ``\\``, control
+    characters and every non-ASCII byte escaped.
+    """
+    if isinstance(value, str):
+        value = value.encode("utf-8", "backslashreplace")
+    return str(_escape(value))
 
 
 def redacting_log_formatter(timestamp: str, request: Request) -> str:
     """
-    A combined-format access log line with the query redacted and the
-    ``Referer`` left out (a sender could copy the URL, token and all, there).
+    A combined-format access log line with the query redacted, the
+    ``Referer`` left out (a sender could copy the URL, token and all, there)
+    and every field escaped to printable ASCII.
     """
     address = request.getClientAddress()
     ip = address.host if isinstance(address, (IPv4Address, IPv6Address)) else "-"
     agent = request.getHeader(b"user-agent") or b"-"
     return '"{ip}" - - {timestamp} "{method} {uri} {protocol}" {code} {length} "-" "{agent}"'.format(
-        ip=_escape(ip),
-        timestamp=timestamp,
-        method=_escape(request.method),
-        uri=_escape(redact_uri(request.uri)),
-        protocol=_escape(request.clientproto),
-        code=request.code,
-        length=request.sentLength or "-",
-        agent=_escape(agent),
+        ip=log_text(ip),
+        timestamp=log_text(str(timestamp)),
+        method=log_text(request.method),
+        uri=redact_uri(request.uri),
+        protocol=log_text(request.clientproto),
+        code=int(request.code),
+        length=int(request.sentLength) or "-",
+        agent=log_text(agent),
     )
 
 
-def _raw_response(channel: HTTPChannel, code: int, phrase: str, body: dict[str, str]) -> None:
+def _raw_response(channel: HTTPChannel, code: int, body: dict[str, str]) -> None:
     # Answers a request that will never reach the resource: written straight
     # to the transport, then the connection is closed, so nothing more of the
     # request is read.
@@ -79,16 +223,33 @@ def _raw_response(channel: HTTPChannel, code: int, phrase: str, body: dict[str, 
     assert channel.transport is not None
     channel.transport.write(
         b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
-        b"Connection: close\r\n\r\n%s" % (code, phrase.encode("ascii"), len(content), content)
+        b"Connection: close\r\n\r\n%s" % (code, REASONS[code], len(content), content)
     )
     # Ignore whatever else arrives before the close (as HTTPChannel itself
     # does for data after a non-persistent request).
     channel.dataReceived = lambda data: None  # type: ignore[method-assign]
+    _close(channel)
+
+
+def _close(channel: HTTPChannel) -> None:
+    # Close after the answer is written; a peer that never reads it (so the
+    # close never completes) is aborted after the channel's abortTimeout, as
+    # HTTPChannel does on an idle timeout.
     channel.loseConnection()
+    if channel.abortTimeout is not None and getattr(channel, "_abortingCall", None) is None:
+        channel._abortingCall = channel.callLater(channel.abortTimeout, channel.forceAbortClient)
+
+
+def _source(request: Request) -> str:
+    return str(getattr(request.getClientAddress(), "host", "-"))
 
 
 class LimitedRequest(Request):
-    """A ``Request`` that refuses a body larger than its site's ``max_body``."""
+    """
+    A ``Request`` that refuses a body larger than its site's ``max_body``,
+    serves absolute-form targets, sends a reason phrase with every status and
+    closes its connection when it cannot be finished.
+    """
 
     log = Logger()
     _refused = False
@@ -103,9 +264,9 @@ class LimitedRequest(Request):
         self.log.info(
             "Refused a request body over {max_body} bytes from {source}",
             max_body=self._max_body(),
-            source=getattr(self.getClientAddress(), "host", "-"),
+            source=_source(self),
         )
-        _raw_response(self.channel, 413, "Payload Too Large", {"status": "Payload Too Large"})
+        _raw_response(self.channel, 413, {"status": "Payload Too Large"})
 
     def gotLength(self, length: int | None) -> None:
         if length is not None and length > self._max_body():
@@ -121,6 +282,9 @@ class LimitedRequest(Request):
         # let it reach the resource.
         if self._refused:
             return
+        path, host = origin_form(path)
+        if host:
+            self.requestHeaders.setRawHeaders(b"host", [host])
         super().requestReceived(command, path, version)
 
     def handleContentChunk(self, data: bytes) -> None:
@@ -132,13 +296,49 @@ class LimitedRequest(Request):
             return
         super().handleContentChunk(data)
 
+    def __repr__(self) -> str:
+        # twisted.web logs requests by their repr (a HEAD with a body, say):
+        # never with a ?token= in it.
+        return (
+            f"<{type(self).__name__} at 0x{id(self):x} method={log_text(self.method)} "
+            f"uri={redact_uri(self.uri)} clientproto={log_text(self.clientproto)}>"
+        )
+
+    def setResponseCode(self, code: int, message: bytes | None = None) -> None:
+        super().setResponseCode(code, message if message is not None else REASONS.get(code))
+
+    def finish(self) -> None:
+        if self._disconnected or self.finished:
+            # twisted.web's own refusals (a finish after the connection was
+            # lost, or a second one) stand.
+            super().finish()
+            return
+        try:
+            super().finish()
+        except Exception:
+            self._finish_failed(Failure())
+
+    def _finish_failed(self, failure: Failure) -> None:
+        # The request never reaches requestDone, so the channel would neither
+        # serve another request nor time out: close it.
+        self.log.failure(
+            "Could not finish the response to {source}; closed the connection",
+            failure,
+            source=_source(self),
+        )
+        self.finished = 1
+        if self.channel is not None:
+            _close(self.channel)
+
 
 class DeadlineChannel(HTTPChannel):
     """
     An ``HTTPChannel`` that gives each request ``site.request_timeout``
     seconds, from its first byte (or from the connection, for the first
     request), to arrive whole; a request still arriving then is answered 408
-    and the connection closed.
+    and the connection closed. A request line and header section over
+    ``totalHeadersSize`` bytes (or ``maxHeaders`` headers) is answered 431;
+    any other request ``twisted.web`` refuses is answered with a JSON 400.
     """
 
     log = Logger()
@@ -155,14 +355,51 @@ class DeadlineChannel(HTTPChannel):
                 self._deadline.cancel()
             self._deadline = None
 
+    def _peer(self) -> str:
+        return str(getattr(self.transport.getPeer(), "host", "-")) if self.transport else "-"
+
     def _expire(self) -> None:
         self._deadline = None
         self.log.info(
             "Closed a connection from {source}: request not received within {seconds}s",
-            source=getattr(self.transport.getPeer(), "host", "-") if self.transport else "-",
+            source=self._peer(),
             seconds=self.site.request_timeout,
         )
-        _raw_response(self, 408, "Request Timeout", {"status": "Request Timeout"})
+        _raw_response(self, 408, {"status": "Request Timeout"})
+
+    def _headers_too_large(self) -> None:
+        self._disarm()
+        self.log.info(
+            "Refused a request from {source}: header section over {limit} bytes or {count} fields",
+            source=self._peer(),
+            limit=self.totalHeadersSize,
+            count=self.maxHeaders,
+        )
+        _raw_response(self, 431, HEADERS_TOO_LARGE)
+
+    def _respondToBadRequestAndDisconnect(self) -> None:
+        # twisted.web's own refusal is a bare status line; say it in JSON.
+        self._disarm()
+        self.log.info("Refused a malformed request from {source}", source=self._peer())
+        _raw_response(self, 400, MALFORMED_REQUEST)
+
+    def lineReceived(self, line: bytes) -> None:
+        # HTTPChannel counts the request line and headers against
+        # totalHeadersSize and answers a bare 400; this is a 431.
+        if self._receivedHeaderSize + len(line) > self.totalHeadersSize:
+            self._headers_too_large()
+            return
+        super().lineReceived(line)
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        # A single line over MAX_LENGTH: LineReceiver would just close.
+        self._headers_too_large()
+
+    def headerReceived(self, line: bytes) -> bool:
+        if self._receivedHeaderCount >= self.maxHeaders:
+            self._headers_too_large()
+            return False
+        return bool(super().headerReceived(line))
 
     def connectionMade(self) -> None:
         super().connectionMade()
@@ -209,6 +446,9 @@ class BrigadeSite(Site):
             logFormatter=redacting_log_formatter,
             timeout=idle_timeout,
             reactor=reactor,
+            # A webhook body is never a form: do not spend the reactor
+            # parsing one (a hostile multipart body can be costly).
+            parsePOSTFormSubmission=False,
         )
         self.max_body = max_body
         self.request_timeout = request_timeout

@@ -3,6 +3,11 @@ The values that flow through the gateway: frozen, comparable, free of I/O.
 
 Fields that hold secrets are excluded from ``repr`` so that a value can never
 leak one into a log line or a traceback.
+
+Every text field (and every name and value of a ``Delivery``'s headers and
+query) must be valid Unicode that UTF-8 can encode (``grammar.is_text``):
+making a value with a lone surrogate in one raises ``InvalidText``, so an
+unencodable build cannot exist.
 """
 
 from __future__ import annotations
@@ -12,7 +17,8 @@ from typing import Any, Callable, Mapping, Sequence
 
 import attrs
 
-from .grammar import is_repository, is_tag
+from .errors import InvalidText
+from .grammar import is_repository, is_tag, is_text
 
 # Event actions a parser can report (registries.md section 6.1).
 PUSH = "push"
@@ -26,6 +32,21 @@ IMAGE = "image"
 CHART = "chart"
 OTHER = "other"
 UNKNOWN = "unknown"
+
+
+def _all_text(value: object) -> bool:
+    if isinstance(value, str):
+        return is_text(value)
+    if isinstance(value, tuple):
+        return all(_all_text(item) for item in value)
+    return True
+
+
+def _require_text(instance: attrs.AttrsInstance) -> None:
+    """Raise ``InvalidText``, naming the field, unless every text in ``instance`` is encodable."""
+    for field in attrs.fields(type(instance)):
+        if not _all_text(getattr(instance, field.name)):
+            raise InvalidText(f"{type(instance).__name__}.{field.name} is not valid UTF-8 text")
 
 
 def _headers(value: Mapping[str, str] | Sequence[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
@@ -56,6 +77,9 @@ class Delivery:
     query: tuple[tuple[str, str], ...] = attrs.field(default=(), converter=_pairs, repr=False)
     source: str = ""
 
+    def __attrs_post_init__(self) -> None:
+        _require_text(self)
+
     def query_value(self, name: str) -> str | None:
         """The last value of the query parameter ``name``, or None."""
         found = None
@@ -78,6 +102,9 @@ def _keeps_to(grammar: Callable[[str], bool]) -> Callable[[Any, Any, Any], None]
     # The parsers drop such values (registries/_common.make_event); this
     # makes an event outside the OCI grammar impossible to construct.
     def check(instance: Any, attribute: Any, value: Any) -> None:
+        if isinstance(value, str) and not is_text(value):
+            # Unencodable text is the edge's concern, reported as such.
+            raise InvalidText(f"{type(instance).__name__}.{attribute.name} is not valid UTF-8 text")
         if not (isinstance(value, str) and grammar(value)):
             raise ValueError(f"{attribute.name} outside the OCI grammar: {value!r}")
 
@@ -110,6 +137,9 @@ class RegistryEvent:
     actor: str | None = None
     reason: str | None = None
 
+    def __attrs_post_init__(self) -> None:
+        _require_text(self)
+
 
 @attrs.frozen
 class Project:
@@ -125,6 +155,9 @@ class Project:
     repository: str = ""
     clone_url: str = ""
     cr_gateway_secret: bytes | None = attrs.field(default=None, repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        _require_text(self)
 
 
 @attrs.frozen
@@ -150,6 +183,9 @@ class Build:
     script: str = ""
     config: str = ""
 
+    def __attrs_post_init__(self) -> None:
+        _require_text(self)
+
     @property
     def name(self) -> str:
         """The build Secret's name, which is also its ``build_id``."""
@@ -170,3 +206,6 @@ class Receipt:
     build_name: str
     duplicate: bool = False
     queued: bool = False
+
+    def __attrs_post_init__(self) -> None:
+        _require_text(self)

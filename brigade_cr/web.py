@@ -2,6 +2,17 @@
 The HTTP surface: Brigade v1's webhook routes and the health check.
 
 Domain errors become HTTP statuses here and nowhere else.
+
+Every part of the URL that becomes data is checked before the application
+sees it (``url_text_problem``): the percent-decoded path (as Klein matches
+it), the ``Host`` header (which Klein reads) and every query name and value
+(read with ``site.query_items``, the parser the access log redacts with) must
+be UTF-8, else the request is answered 400
+``{"status": "Bad Request", "reason": ...}`` and nothing more happens. Other
+header values are decoded as ISO-8859-1 (RFC 9110 section 5.5: every byte is
+one character), which always yields valid text and keeps the bytes as sent.
+Text in the body is checked when the body is decoded, after authentication
+(``payload.decode_document``).
 """
 
 from __future__ import annotations
@@ -9,6 +20,7 @@ from __future__ import annotations
 import json
 from datetime import datetime, timezone
 from typing import Any, Callable, Sequence
+from urllib.parse import unquote_to_bytes
 
 import attrs
 from klein import Klein
@@ -17,6 +29,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
+from twisted.web.resource import Resource
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from .clientaddr import Network, request_client_address
@@ -24,11 +37,13 @@ from .errors import (
     BackendRejected,
     BackendUnavailable,
     BadRequest,
+    InvalidText,
     ProjectNotFound,
     RateLimited,
     Unauthorized,
 )
 from .gateway import Accepted, Gateway, Ignored
+from .site import query_items, query_text
 from .values import Delivery
 
 WEBHOOK_PREFIX = "/events/webhook/"
@@ -57,13 +72,63 @@ def _json(request: IRequest, code: int, body: dict[str, Any]) -> bytes:
     return json.dumps(body, sort_keys=False).encode("utf-8") + b"\n"
 
 
-def _query(request: IRequest) -> list[tuple[str, str]]:
-    # surrogateescape keeps undecodable bytes, so a token compares as sent.
-    return [
-        (name.decode("utf-8", "surrogateescape"), value.decode("utf-8", "surrogateescape"))
-        for name, values in request.args.items()
-        for value in values
-    ]
+def _is_utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def url_text_problem(request: IRequest) -> str | None:
+    """
+    Why the text of ``request``'s URL cannot become data, or None: the
+    percent-decoded path, the host Klein reads from the ``Host`` header, or a
+    query name or value (as ``site.query_items`` reads them) is not UTF-8,
+    or the host is not one werkzeug can route (an empty or over-long label).
+    The reason names the part, never its content.
+    """
+    if not _is_utf8(unquote_to_bytes(request.path)):
+        return "the path is not valid UTF-8"
+    try:
+        host = request.getRequestHostname().decode("utf-8")
+    except UnicodeDecodeError:
+        return "the Host header is not valid UTF-8"
+    try:
+        # As werkzeug's Map.bind does (without the port), which raises
+        # BadHost outside Klein's error handling: a 500 for "Host: ..".
+        host.partition(":")[0].encode("idna")
+    except UnicodeError:
+        return "the Host header is not a valid host name"
+    for item in query_items(request.uri):
+        if item.name is not None and not (_is_utf8(item.name) and _is_utf8(item.value or b"")):
+            return "the query is not valid UTF-8"
+    return None
+
+
+class TextCheckedResource(Resource):
+    """
+    Answers 400 ``{"status": "Bad Request", "reason": ...}`` for a request
+    whose URL text is not UTF-8 (``url_text_problem``), before ``inner``
+    (Klein, which would answer an HTML page) sees it; else renders ``inner``.
+    """
+
+    isLeaf = True
+
+    def __init__(self, inner: Any) -> None:
+        super().__init__()
+        self._inner = inner
+
+    def render(self, request: IRequest) -> Any:
+        reason = url_text_problem(request)
+        if reason is None:
+            return self._inner.render(request)
+        body = _json(request, 400, {"status": "Bad Request", "reason": reason})
+        if request.method == b"HEAD":
+            # twisted.web would drop the body, but log a warning first.
+            request.setHeader(b"content-length", b"%d" % len(body))
+            return b""
+        return body
 
 
 @attrs.define
@@ -94,7 +159,7 @@ class WebhookSite:
 
     def resource(self) -> Any:
         """The ``twisted.web`` resource serving this application."""
-        return self.app.resource()
+        return TextCheckedResource(self.app.resource())
 
     @app.route("/healthz", methods=["GET", "HEAD"])
     def healthz(self, request: IRequest) -> bytes:
@@ -138,6 +203,11 @@ class WebhookSite:
         self._in_flight += 1
         try:
             return await self._webhook(request, rest)
+        except InvalidText as e:
+            # Only making the Delivery raises this here (the gateway's errors
+            # are answered in _webhook); TextCheckedResource refuses such URLs
+            # first, and this keeps the app as safe without it.
+            return _json(request, 400, {"status": "Bad Request", "reason": e.message})
         finally:
             self._in_flight -= 1
             if self._in_flight == 0:
@@ -152,7 +222,9 @@ class WebhookSite:
             return self._not_found(request)
         project_ref, path_commit = parts
         body = request.content.read() if request.content is not None else b""
-        query = _query(request)
+        # The query as the access log's redactor reads it, so the two cannot
+        # disagree about what is a ?token=.
+        query = query_text(request.uri)
         delivery = Delivery(
             project_ref=project_ref,
             # A non-empty ?commit= wins over the path's commit.

@@ -15,7 +15,7 @@ from twisted.logger import LogLevel, globalLogPublisher
 
 from brigade_cr.auth import HmacScheme, Verdict, check_credentials
 from brigade_cr.brigade import project_id
-from brigade_cr.errors import RateLimited, Unauthorized
+from brigade_cr.errors import InvalidText, RateLimited, Unauthorized
 from brigade_cr.gateway import DUMMY_SECRET_LENGTH, Accepted, Gateway, failure_key
 from brigade_cr.memory import MemoryBuilds, MemoryProjects
 from brigade_cr.ratelimit import RateLimiter
@@ -127,11 +127,25 @@ def test_any_valid_proof_is_enough() -> None:
 
 
 def test_non_ascii_token_bytes() -> None:
-    """Tokens compare as the bytes sent, including non-UTF-8 bytes."""
+    """
+    Tokens compare as the UTF-8 bytes sent; a non-UTF-8 token cannot become
+    a Delivery at all (the edge answers 400).
+    """
     secret = "s\u00e9cret".encode()
     assert check_credentials(secret, delivery(token="s\u00e9cret"), SCHEMES).ok
     raw = b"\xff\xfe".decode("utf-8", "surrogateescape")
-    assert check_credentials(b"\xff\xfe", delivery(token=raw), SCHEMES).ok
+    with pytest.raises(InvalidText):
+        delivery(token=raw)
+
+
+def test_non_ascii_header_bytes() -> None:
+    """A bearer header (decoded ISO-8859-1 at the edge) compares as the bytes sent."""
+    sent = "s\u00e9cret".encode()
+    header = "Bearer " + sent.decode("latin-1")
+    assert check_credentials(sent, delivery(headers={"Authorization": header}), SCHEMES).ok
+    assert not check_credentials(
+        "s\u00e9cret".encode("latin-1"), delivery(headers={"Authorization": header}), SCHEMES
+    ).ok
 
 
 # The gateway's use of it.

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from brigade_cr.errors import BadRequest
+from brigade_cr.errors import BadRequest, InvalidText
 from brigade_cr.payload import MAX_DEPTH, decode_document
 
 
@@ -41,6 +41,14 @@ def test_object_decodes() -> None:
         (b'{"a": ' + b"9" * 5000 + b"}", "body is not JSON"),
         (b"[" * (MAX_DEPTH + 1) + b"]" * (MAX_DEPTH + 1), "body is nested too deeply"),
         (b'{"a":' * 100000 + b"1" + b"}" * 100000, "body is nested too deeply"),
+        (b"[" * 100000 + b"]" * 100000, "body is nested too deeply"),
+        (b'{"a": ' + b"[" * 5000 + b"]" * 5000 + b"}", "body is nested too deeply"),
+        (b'{"a": "\\udc80"}', "body has text that is not valid Unicode"),
+        (b'{"\\ud800": 1}', "body has text that is not valid Unicode"),
+        (b'{"a": [{"b": ["x\\uDFFFy"]}]}', "body has text that is not valid Unicode"),
+        (b'{"a": "\\ude00\\ud83d"}', "body has text that is not valid Unicode"),
+        (b'{"a": {"\\udc80": null}}', "body has text that is not valid Unicode"),
+        (b'"\\udc80"', "body has text that is not valid Unicode"),
     ],
 )
 def test_malformed_bodies(body: bytes, reason: str) -> None:
@@ -50,6 +58,21 @@ def test_malformed_bodies(body: bytes, reason: str) -> None:
     assert caught.value.message == reason
 
 
+def test_bad_text_is_invalid_text() -> None:
+    """A lone surrogate escape is refused as InvalidText, the BadRequest for text."""
+    with pytest.raises(InvalidText):
+        decode_document(b'{"repository": {"repo_name": "acme/\\udc80"}}')
+
+
+def test_escapes_that_are_valid_text() -> None:
+    """A surrogate pair escape is one character; an escaped backslash before "u" is no escape at all."""
+    assert decode_document(b'{"a": "\\ud83d\\ude00", "b": "\\\\udc80", "\\u00e9": "\\uffff"}') == {
+        "a": "\U0001f600",
+        "b": "\\udc80",
+        "\u00e9": "\uffff",
+    }
+
+
 def test_depth_limit_counts_only_structure() -> None:
     """Brackets inside strings do not count towards the depth limit."""
     body = json.dumps({"text": "[" * 1000 + '\\"{'}).encode()
@@ -57,9 +80,41 @@ def test_depth_limit_counts_only_structure() -> None:
 
 
 def test_depth_at_limit_is_accepted() -> None:
-    """Nesting exactly at the limit is fine."""
+    """Nesting exactly at the limit is fine, in objects and arrays; one more is not."""
     body = b'{"a":' + b"[" * (MAX_DEPTH - 1) + b"]" * (MAX_DEPTH - 1) + b"}"
     assert "a" in decode_document(body)
+    body = b'{"a":' * MAX_DEPTH + b"1" + b"}" * MAX_DEPTH
+    assert "a" in decode_document(body)
+    with pytest.raises(BadRequest) as caught:
+        decode_document(b'{"a":' * (MAX_DEPTH + 1) + b"1" + b"}" * (MAX_DEPTH + 1))
+    assert caught.value.message == "body is nested too deeply"
+
+
+@given(
+    st.recursive(
+        st.none() | st.integers() | st.text(alphabet='ab\u00e9\udc80\udfff\U0001f600\\"', max_size=4),
+        lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(alphabet="k\udc80", max_size=2), c, max_size=3),
+        max_leaves=15,
+    )
+)
+def test_refused_exactly_when_some_text_is_not_encodable(value: object) -> None:
+    """
+    A document with a lone surrogate in any key or string is refused with
+    InvalidText; one without decodes to itself. (Only low surrogates are
+    drawn: a high one before a low one would be a pair, one character.)
+    """
+    document = {"d": value}
+    body = json.dumps(document).encode()
+    encodable = True
+    try:
+        json.dumps(document, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        encodable = False
+    if encodable:
+        assert decode_document(body) == document
+    else:
+        with pytest.raises(InvalidText):
+            decode_document(body)
 
 
 @given(st.binary(max_size=512))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import attrs
 import pytest
@@ -16,10 +16,12 @@ from zope.interface import implementer
 
 from brigade_cr.brigade import project_id
 from brigade_cr.errors import BackendRejected, BackendUnavailable
+from brigade_cr.fileio import InlineIO
 from brigade_cr.gateway import Gateway
 from brigade_cr.interfaces import IBuilds
 from brigade_cr.memory import MemoryBuilds, MemoryProjects
 from brigade_cr.ratelimit import RateLimiter
+from brigade_cr.spool import SpooledBuilds
 from brigade_cr.values import Build, Receipt
 from brigade_cr.web import WebhookSite, make_site_resource, split_webhook_path
 from tests.backend_contract import project_secret
@@ -326,3 +328,119 @@ def test_idle_waits_for_in_flight(web: Harness) -> None:
     assert later == [None]
     assert site.in_flight == 0
     assert result_of(response).code == 200
+
+
+# -- text at the edge -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("path", "reason"),
+    [
+        ("/events/webhook/%ff", "the path is not valid UTF-8"),
+        ("/events/webhook/solo/%C3", "the path is not valid UTF-8"),
+        ("/healthz%ff", "the path is not valid UTF-8"),
+        ("/events/webhook/solo?commit=%ff", "the query is not valid UTF-8"),
+        ("/events/webhook/solo?commit=%ED%B2%80", "the query is not valid UTF-8"),
+        ("/events/webhook/solo?registry=dockerhub&%ff=", "the query is not valid UTF-8"),
+        ("/healthz?x=%ff", "the query is not valid UTF-8"),
+    ],
+)
+def test_url_text_not_utf8_is_400(web: Harness, path: str, reason: str) -> None:
+    """A path or query that is not UTF-8 gets a JSON 400 (not Klein's HTML page), before anything is stored."""
+    code, body, headers = web.request("POST" if "webhook" in path else "GET", path, b"{}")
+    assert (code, body) == (400, {"status": "Bad Request", "reason": reason})
+    assert headers.getRawHeaders(b"content-type") == [b"application/json"]
+    assert web.builds.secrets == {}
+
+
+def test_url_text_is_checked_before_authentication(web: Harness) -> None:
+    """Without credentials, ?commit=%ff is still the 400 (the URL is checked first, and says nothing of projects)."""
+    code, body, _ = web.request("POST", "/events/webhook/nobody?commit=%ff", b"{}", authenticate=False)
+    assert (code, body) == (400, {"status": "Bad Request", "reason": "the query is not valid UTF-8"})
+
+
+def test_utf8_url_text_reaches_the_build(web: Harness) -> None:
+    """Non-ASCII UTF-8 in the path commit and the query is data like any other."""
+    body = (PAYLOADS / "dockerhub_push.json").read_bytes()
+    code, answer, _ = web.request("POST", "/events/webhook/acme/webapp/v%C3%A9?x=%E2%82%AC", body)
+    assert code == 200
+    assert isinstance(answer, dict) and answer["commit_ref"] == "v\u00e9"
+    assert _data(web.only_build(), "commit_ref") == "v\u00e9".encode()
+
+
+def dockerhub_body(repo_name: str) -> bytes:
+    document = json.loads((PAYLOADS / "dockerhub_push.json").read_text())
+    document["repository"]["repo_name"] = repo_name
+    return json.dumps(document).encode()
+
+
+def test_lone_surrogate_in_body_is_400(web: Harness) -> None:
+    """A repository name "\\udc80" in the JSON body is a 400 Malformed body, and nothing is built."""
+    body = dockerhub_body("acme/\udc80")
+    assert b'"acme/\\udc80"' in body
+    code, answer, _ = web.request("POST", "/events/webhook/solo", body)
+    assert (code, answer) == (400, {"status": "Malformed body", "reason": "body has text that is not valid Unicode"})
+    assert web.builds.secrets == {}
+
+
+@pytest.fixture
+def spooled(tmp_path: Path) -> Iterator[tuple[Harness, SpooledBuilds]]:
+    harness = Harness()
+    spool = SpooledBuilds(tmp_path / "spool", harness.builds, Clock(), InlineIO())
+    result_of(spool.start())
+    harness.gateway.builds = spool
+    yield harness, spool
+    result_of(spool.stop(0))
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "answer"),
+    [
+        (
+            "/events/webhook/solo?commit=%ff",
+            (PAYLOADS / "dockerhub_push.json").read_bytes(),
+            {"status": "Bad Request", "reason": "the query is not valid UTF-8"},
+        ),
+        (
+            "/events/webhook/solo",
+            dockerhub_body("acme/\udc80"),
+            {"status": "Malformed body", "reason": "body has text that is not valid Unicode"},
+        ),
+        (
+            "/events/webhook/solo",
+            dockerhub_body("\ud800"),
+            {"status": "Malformed body", "reason": "body has text that is not valid Unicode"},
+        ),
+    ],
+)
+def test_bad_text_is_never_spooled(
+    spooled: tuple[Harness, SpooledBuilds], path: str, body: bytes, answer: dict[str, str]
+) -> None:
+    """With a spool, unencodable text is the same 400: no record is written, none is dead-lettered."""
+    web, spool = spooled
+    code, got, _ = web.request("POST", path, body)
+    assert (code, got) == (400, answer)
+    assert spool.stats().queued == 0
+    assert sorted(path.name for path in spool.directory.iterdir()) == ["spool.lock"]
+    # The spool still takes a good delivery.
+    code, _, _ = web.request("POST", "/events/webhook/solo", (PAYLOADS / "dockerhub_push.json").read_bytes())
+    assert code == 200
+    assert len(web.builds.secrets) == 1
+
+
+def test_the_app_alone_refuses_bad_query_text(web: Harness) -> None:
+    """Served without TextCheckedResource, the webhook route still answers ?commit=%ff with the 400."""
+    treq = StubTreq(WebhookSite(web.gateway, Clock()).app.resource())
+    response = treq.post(
+        "http://gw.example/events/webhook/solo?commit=%ff",
+        data=(PAYLOADS / "dockerhub_push.json").read_bytes(),
+        headers={"Authorization": "Bearer " + SECRET.decode()},
+    )
+    treq.flush()
+    answer = result_of(response)
+    assert answer.code == 400
+    assert json.loads(result_of(answer.content())) == {
+        "status": "Bad Request",
+        "reason": "the query is not valid UTF-8",
+    }
+    assert web.builds.secrets == {}
