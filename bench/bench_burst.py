@@ -497,6 +497,7 @@ def burst(gateway: Gateway, standin: int, count: int, run_tag: str, bound: float
         "duplicated": duplicates + (after["codes"].get("409", 0) - before["codes"].get("409", 0)),
         "api_calls": calls,
         "api_calls_per_delivery": sum(calls.values()) / built if built else None,
+        "api_connections": after["connections"] - before["connections"],
         "cpu_ms_per_delivery": (cpu_seconds(gateway.pid) - cpu_before) * 1000 / built if built else None,
     }
 
@@ -584,6 +585,8 @@ def measure(
             drained=drained,
             api_calls=calls,
             api_calls_per_delivery=sum(calls.values()) / built if built else None,
+            # New TCP connections to the API: each one is a handshake (TLS, in a cluster).
+            api_connections=after["connections"] - before["connections"],
             cpu_ms_per_delivery=cpu * 1000 / built if built else None,
             cpu_ms_per_ack=cpu * 1000 / summary["acks"] if summary["acks"] else None,
         )
@@ -702,6 +705,9 @@ def figures(result: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
         "cpu_ms_per_delivery": cpu,
         "cpu_ratio": cpu / base["cpu_ms_per_request"] if cpu is not None else None,
         "api_calls_per_delivery": result["api_calls_per_delivery"],
+        "api_connections_per_delivery": (
+            result["api_connections"] / result["built"] if result["built"] and "api_connections" in result else None
+        ),
         "rss_start_mb": result["rss_start_mb"],
         "rss_after_mb": result["rss_after_mb"],
         "rss_deliveries": result["rss_deliveries"],
@@ -723,6 +729,7 @@ ROWS = [
     ("cpu_ms_per_delivery", "gateway CPU per delivery (ms)", "{:.3f}", None),
     ("cpu_ratio", "  ratio to baseline CPU/request", "{:.1f}x", "<= 5x"),
     ("api_calls_per_delivery", "Kubernetes API calls per delivery", "{:.2f}", "1.00"),
+    ("api_connections_per_delivery", "  new API connections per delivery", "{:.3f}", None),
     ("rss_start_mb", "RSS at start (MiB)", "{:.1f}", None),
     ("rss_deliveries", "deliveries in the RSS phase", "{}", "100000"),
     ("rss_after_mb", "RSS after the RSS phase (MiB)", "{:.1f}", "<= 80 MB after 100k"),

@@ -18,7 +18,7 @@ asyncio allows, so that it is never the benchmark's bottleneck:
 
 Every API request needs ``Authorization: Bearer TOKEN`` (else 401). Every one
 is counted by verb (``get``, ``create``, ``list``, ``watch``, ``other``) and
-by answer code; ``GET /_bench/stats`` (not counted) returns the counts and how
+by answer code, and so is every connection accepted; ``GET /_bench/stats`` (not counted) returns the counts and how
 many build Secrets exist, ``POST /_bench/missing`` with a JSON list of names
 returns the names that do not exist.
 
@@ -100,6 +100,7 @@ class Store:
         self.secrets: dict[tuple[str, str], tuple[str, dict[str, str], bytes]] = {}
         self.resource_version = 1
         self.builds = 0
+        self.connections = 0
         self.calls: Counter[str] = Counter()
         self.codes: Counter[str] = Counter()
         self.watchers: list[Watcher] = []
@@ -167,6 +168,7 @@ class Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
+        self.server.store.connections += 1
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.server.store.watchers = [w for w in self.server.store.watchers if w.connection is not self]
@@ -318,6 +320,8 @@ class StandIn:
         if kind == BUILD_TYPE:
             store.builds += 1
         connection.respond(201, body, close)
+        if store.watchers:
+            secret["metadata"]["resourceVersion"] = str(store.resource_version)
         for watcher in store.watchers:
             if watcher.namespace == namespace and _matches(name, kind, labels, watcher.fields, watcher.labels):
                 watcher.send({"type": "ADDED", "object": secret})
@@ -369,6 +373,7 @@ class StandIn:
                 "codes": dict(store.codes),
                 "builds": store.builds,
                 "watchers": len(store.watchers),
+                "connections": store.connections,
             }
             connection.respond(200, json.dumps(stats).encode(), close)
         elif path == "/_bench/missing" and method == "POST":
