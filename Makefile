@@ -5,7 +5,7 @@ VENV := .venv
 # CPython 3.10-3.13 (the newest of each) on it directly, not through shims.
 PYENV_BINS := $(shell command -v pyenv >/dev/null 2>&1 && root=$$(pyenv root) && ls -d $$root/versions/3.1[0-3].* 2>/dev/null | sort -t. -k2,2n -k3,3n | awk -F/ '{split($$NF, v, "."); last[v[1]"."v[2]] = $$0} END {for (k in last) print last[k] "/bin"}' | paste -sd: -)
 
-.PHONY: run test fuzz venv clean
+.PHONY: run test fuzz bench venv clean
 
 $(VENV)/bin/twistd: setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,12 @@ fuzz:
 	$(PYTHON) -m venv .venv-tox
 	.venv-tox/bin/pip install -q --upgrade pip 'tox>=4.11'
 	PATH="$(if $(PYENV_BINS),$(PYENV_BINS):)$$PATH" HYPOTHESIS_PROFILE=explore .venv-tox/bin/tox run -e py311 -- $(PROPERTY_TESTS) $(TOXARGS)
+
+## Measure acknowledgements, bursts and cost per delivery against a bare twisted.web resource
+## (needs wrk: apt-get install -y wrk; see docs/performance.md). E.g. make bench BENCHARGS=--quick
+BENCH_PYTHON ?= $(VENV)/bin/python
+bench: $(if $(filter $(VENV)/bin/python,$(BENCH_PYTHON)),venv)
+	$(BENCH_PYTHON) bench/bench_burst.py $(BENCHARGS)
 
 clean:
 	rm -rf $(VENV) .venv-tox .tox build *.egg-info
