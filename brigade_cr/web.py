@@ -24,7 +24,7 @@ from urllib.parse import unquote_to_bytes
 
 import attrs
 from klein import Klein
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -241,6 +241,15 @@ class WebhookSite:
         )
         try:
             outcome = await self.gateway.receive(delivery)
+        except CancelledError:
+            # Klein cancels the handler when the sender hangs up: nobody is
+            # left to answer, and nothing went wrong on this side. (A spooled
+            # record, once written, is kept and built all the same.)
+            self.log.info(
+                "The sender of a delivery for {project_ref!r} went away before its answer",
+                project_ref=project_ref,
+            )
+            raise
         except Exception:
             return self._error(request, Failure(), project_ref)
         if isinstance(outcome, Ignored):

@@ -11,7 +11,10 @@ import attrs
 import pytest
 from treq.testing import StubTreq
 from twisted.internet.defer import Deferred, fail
+from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
+from twisted.logger import LogLevel, formatEvent
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from brigade_cr.brigade import project_id
@@ -444,3 +447,38 @@ def test_the_app_alone_refuses_bad_query_text(web: Harness) -> None:
         "reason": "the query is not valid UTF-8",
     }
     assert web.builds.secrets == {}
+
+
+class _Hanging:
+    """An ``IBuilds`` whose submits never answer, counting how many were cancelled."""
+
+    def __init__(self) -> None:
+        self.cancelled = 0
+
+    def submit(self, build: object) -> Deferred[object]:
+        def cancel(_: Deferred[object]) -> None:
+            self.cancelled += 1
+
+        return Deferred(cancel)
+
+
+def test_sender_hanging_up_is_no_error() -> None:
+    """
+    A sender that disconnects while its delivery waits for the store is
+    logged as gone (info), with no error, no traceback and no answer.
+    """
+    from tests.wire import Wire, request
+
+    with Wire() as wire:
+        hanging = _Hanging()
+        wire.gateway.builds = hanging  # type: ignore[assignment]
+        channel, transport = wire.connect()
+        body = b'{"push_data": {"tag": "v1", "pushed_at": 1}, "repository": {"repo_name": "acme/webapp"}}'
+        wire.send(channel, request("POST", b"/events/webhook/solo", body, bearer=True), settle=0.5)
+        assert transport.value() == b""
+        channel.connectionLost(Failure(ConnectionDone()))
+        wire.reactor.advance(1)
+        assert hanging.cancelled == 1
+        assert wire.failures() == []
+        assert [formatEvent(event) for event in wire.events if event["log_level"] >= LogLevel.warn] == []
+        assert "The sender of a delivery for 'solo' went away before its answer" in wire.log_text()
