@@ -19,11 +19,11 @@ def _documents(name: str) -> list[dict[str, Any]]:
 
 
 def test_rbac_is_least_privilege() -> None:
-    """One Role in one namespace granting secrets get and create, bound to the ServiceAccount, nothing else."""
+    """One Role in one namespace granting secrets get, list, watch and create, bound to the ServiceAccount, nothing else."""
     documents = {doc["kind"]: doc for doc in _documents("rbac.yaml")}
     assert sorted(documents) == ["Role", "RoleBinding", "ServiceAccount"]
     role = documents["Role"]
-    assert role["rules"] == [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "create"]}]
+    assert role["rules"] == [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "list", "watch", "create"]}]
     binding = documents["RoleBinding"]
     assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "brigade-cr"}
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "brigade-cr", "namespace": "brigade"}]

@@ -1424,6 +1424,44 @@ def test_mem_watch_history_expired() -> None:
     fake.close_watches()
 
 
+def raw_events(chunks: list[bytes]) -> list[Any]:
+    return [json.loads(line) for line in b"".join(chunks).splitlines()]
+
+
+def test_mem_watch_bookmarks(mem: Mem) -> None:
+    """
+    With allowWatchBookmarks a watch gets a BOOKMARK at the current
+    resourceVersion on demand and as it times out; without it, none.
+    """
+    _, plain, plain_done = mem.watch("/api/v1/namespaces/default/secrets?watch=1&timeoutSeconds=10")
+    _, chunks, finished = mem.watch(
+        "/api/v1/namespaces/default/secrets?watch=1&allowWatchBookmarks=true&timeoutSeconds=10"
+    )
+    mem.create("elsewhere", namespace="other")
+    assert mem.fake.send_bookmarks() == 1
+    mem.stub.flush()
+    bookmark = {
+        "kind": "Secret",
+        "apiVersion": "v1",
+        "metadata": {"resourceVersion": str(mem.fake.resource_version), "creationTimestamp": None},
+    }
+    assert raw_events(chunks) == [{"type": "BOOKMARK", "object": bookmark}]
+    mem.create("later", namespace="other")
+    mem.clock.advance(10)
+    mem.stub.flush()
+    later = dict(bookmark, metadata={"resourceVersion": str(mem.fake.resource_version), "creationTimestamp": None})
+    assert raw_events(chunks) == [{"type": "BOOKMARK", "object": bookmark}, {"type": "BOOKMARK", "object": later}]
+    assert finished == [None]
+    assert plain == [] and plain_done == [None]
+
+
+def test_mem_calls_record_query(mem: Mem) -> None:
+    """Each recorded call carries its decoded query parameters."""
+    mem.request("GET", "/api/v1/namespaces/default/secrets?fieldSelector=type%3Dbrigade.sh%2Fproject&limit=5")
+    assert mem.fake.calls[-1].query == {"fieldSelector": "type=brigade.sh/project", "limit": "5"}
+    assert mem.fake.calls[-1].verb == "list"
+
+
 def test_mem_watch_namespaces_not_supported(mem: Mem) -> None:
     code, _, body = mem.request("GET", "/api/v1/namespaces?watch=true")
     assert (code, body["reason"]) == (405, "MethodNotAllowed")
