@@ -19,7 +19,7 @@ def _documents(name: str) -> list[dict[str, Any]]:
 
 
 def test_rbac_is_least_privilege() -> None:
-    """One Role in one namespace granting secrets get, list, watch and create, bound to the ServiceAccount, nothing else."""
+    """One Role in one namespace: secrets get, list, watch and create, bound to the ServiceAccount, nothing else."""
     documents = {doc["kind"]: doc for doc in _documents("rbac.yaml")}
     assert sorted(documents) == ["Role", "RoleBinding", "ServiceAccount"]
     role = documents["Role"]
