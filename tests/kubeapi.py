@@ -3206,7 +3206,7 @@ class FakeKubeControl:
         "calls": [<call>, ...]}}, every request the API port received
         (C{by_verb} counts those with a verb), oldest first; a C{<call>} is
         C{{"method", "path", "kind", "verb", "namespace", "name",
-        "authenticated"}} (see L{APICall}).
+        "authenticated", "query"}} (see L{APICall}).
       - C{DELETE /calls}: forget them; C{{"removed": N}}.
     """
 
