@@ -240,7 +240,7 @@ def test_outage_reconnects_with_backoff() -> None:
     """
     A failing API marks the sink broken and is retried after the jittered
     backoff (0.125 s, 0.25 s, 0.5 s with no jitter); once it answers, the
-    watch resumes from its resourceVersion without listing.
+    set is listed again (in sync) and watched from that list.
     """
     h = harness()
     seed(h, "acme/a", b"secret-a")
@@ -250,22 +250,31 @@ def test_outage_reconnects_with_backoff() -> None:
     h.fake.fail_with(503)
     h.fake.close_watches()
     h.flush()
-    assert len(h.calls("watch")) == 2
+    assert [c.verb for c in h.fake.calls] == ["list", "watch", "watch"]
     h.advance(0.124)
-    assert len(h.calls("watch")) == 2
+    assert len(h.fake.calls) == 3
     h.advance(0.001)
-    assert len(h.calls("watch")) == 3
+    assert [c.verb for c in h.fake.calls][3:] == ["list"]
     h.advance(0.25)
-    assert len(h.calls("watch")) == 4
-    h.fake.fail_with(None)
-    h.advance(0.5)
-    assert len(h.calls("watch")) == 5
-    assert len(h.calls("list")) == 1
-    reason = "Kubernetes API answered 503 ServiceUnavailable"
-    assert h.sink.told == [("replace", {A: b"secret-a"}), ("broken", reason), ("broken", reason), ("broken", reason)]
+    assert [c.verb for c in h.fake.calls][3:] == ["list", "list"]
     seed(h, "acme/b", b"secret-b")
+    h.fake.fail_with(None)
+    h.advance(0.499)
+    assert len(h.fake.calls) == 5
+    h.advance(0.001)
+    assert [c.verb for c in h.fake.calls][3:] == ["list", "list", "list", "watch"]
+    assert h.calls("watch")[-1]["resourceVersion"] == str(h.fake.resource_version)
+    reason = "Kubernetes API answered 503 ServiceUnavailable"
+    assert h.sink.told == [
+        ("replace", {A: b"secret-a"}),
+        ("broken", reason),
+        ("broken", reason),
+        ("broken", reason),
+        ("replace", {A: b"secret-a", B: b"secret-b"}),
+    ]
+    h.fake.delete_secret(NS, B)
     h.flush()
-    assert h.sink.told[-1] == ("put", (B, b"secret-b"))
+    assert h.sink.told[-1] == ("remove", B)
     h.watch.stop()
 
 

@@ -23,10 +23,10 @@ The cycle, as client-go's reflector runs it:
   again;
 - every ``resync`` seconds (default 300) the set is listed again in full
   anyway, so that nothing a watch could have missed lasts longer than that;
-- any other failure (refused, reset, timed out, 5xx, 403...) marks the sink
-  *broken* (it keeps serving what it knew) and the watch is retried after
-  ``Backoff`` (jittered, 0.25 s growing to 30 s, honouring ``Retry-After``);
-  a list follows unless the failed call was a watch that can resume.
+- any other failure (refused, reset, silent, timed out, 5xx, 403...) marks
+  the sink *broken* (it keeps serving what it knew); after ``Backoff``
+  (jittered, 0.25 s growing to 30 s, honouring ``Retry-After``) the set is
+  listed again, and the watch resumes from that list.
 
 Nothing here blocks: every call is asynchronous on the injected clock.
 """
@@ -187,8 +187,10 @@ class ProjectWatch:
                 retry_after = e.retry_after if isinstance(e, KubeStatusError) else None
                 delay = self.backoff.delay(attempt, retry_after)
                 attempt += 1
-                if self.resource_version is None:
-                    relist = True
+                # After a failure the next round lists again: what changed
+                # meanwhile may be past the server's watch history anyway,
+                # and a fresh list is what puts the set back in sync.
+                relist = True
                 sink.broken(reason)
                 self.log.warn(
                     "Project watch interrupted ({reason}); serving the last known projects, retrying in {delay:.1f}s",
