@@ -193,6 +193,10 @@ class DirectoryScan:
     blocking: BlockingIO
     clock: IReactorTime
     interval: float = DEFAULT_RESCAN_INTERVAL
+    # What ``read_projects`` gave before the reactor ran (``makeService``),
+    # told at ``start`` so that the set is loaded, and the gateway ready,
+    # before it listens.
+    initial: tuple[Signature, dict[str, Project]] | None = None
     _sink: Any = attrs.field(default=None, init=False)
     _loop: LoopingCall | None = attrs.field(default=None, init=False)
     _signature: Signature | None = attrs.field(default=None, init=False)
@@ -201,11 +205,17 @@ class DirectoryScan:
     log: ClassVar[Logger] = Logger()
 
     def start(self, sink: Any) -> None:
-        """Scan now, then every ``interval`` seconds."""
+        """
+        Tell ``sink`` the ``initial`` set at once, if there is one, else
+        scan now; then rescan every ``interval`` seconds.
+        """
         self._sink = sink
+        if self.initial is not None:
+            self._signature, projects = self.initial
+            sink.replace(projects)
         self._loop = LoopingCall(self.rescan)
         self._loop.clock = self.clock
-        self._loop.start(self.interval, now=True).addErrback(
+        self._loop.start(self.interval, now=self.initial is None).addErrback(
             lambda failure: self.log.failure("Project rescan loop failed", failure)
         )
 

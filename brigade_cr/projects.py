@@ -124,6 +124,8 @@ class KnownProjects:
     _persisted: bool = attrs.field(default=False, init=False)
     # Lookups may be answered from what is known (not waiting any more).
     _settled: bool = attrs.field(default=False, init=False)
+    # The source has said at least once that it cannot reach its store.
+    _broken_seen: bool = attrs.field(default=False, init=False)
     _waiters: list[Deferred[None]] = attrs.field(factory=list, init=False)
     _warned: set[str] = attrs.field(factory=set, init=False)
     _saved: list[dict[str, Any]] | None = attrs.field(default=None, init=False)
@@ -142,7 +144,11 @@ class KnownProjects:
         return Deferred.fromCoroutine(self._start())
 
     async def _start(self) -> None:
-        if self.store is not None and self.run_blocking is not None:
+        # The source first: a directory's is told its set at once, so the
+        # gateway is ready before it listens; the store matters only until
+        # the first sync.
+        self.source.start(self)
+        if self.store is not None and self.run_blocking is not None and not self._synced_once:
             try:
                 stored: list[Project] = await self.run_blocking(load_store, self.store)
             except Exception:
@@ -158,7 +164,8 @@ class KnownProjects:
                     count=len(stored),
                     path=self.store,
                 )
-        self.source.start(self)
+                # The source may already have said it cannot list.
+                self._settle_if_broken()
 
     def stop(self) -> None:
         """Stop the source; lookups still answer from memory."""
@@ -260,7 +267,11 @@ class KnownProjects:
                 count=len(self._projects),
             )
         self._in_sync = False
-        if self._persisted or self._synced_once:
+        self._broken_seen = True
+        self._settle_if_broken()
+
+    def _settle_if_broken(self) -> None:
+        if self._broken_seen and (self._persisted or self._synced_once):
             self._settle()
 
     def _settle(self) -> None:

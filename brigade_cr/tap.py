@@ -19,7 +19,7 @@ from twisted.web.server import Site
 from .fileio import ThreadedIO
 from .gateway import Gateway
 from .interfaces import IBuilds, IProjects
-from .local import DirectoryScan, directory_backend
+from .local import DirectoryScan, directory_backend, read_projects
 from .metrics import GatewayMetrics
 from .projects import KnownProjects, ProjectSource
 from .ratelimit import RateLimiter
@@ -290,8 +290,22 @@ def _directory(
         builds,
         f"{why}using the local directory backend: projects from {where / 'projects'}, "
         f"builds written to {where / 'builds'} (namespace {namespace!r})",
-        project_source=DirectoryScan(root / "projects", ThreadedIO(reactor, reactor.getThreadPool()), reactor),
+        project_source=DirectoryScan(
+            root / "projects",
+            ThreadedIO(reactor, reactor.getThreadPool()),
+            reactor,
+            initial=_read_projects(root / "projects"),
+        ),
     )
+
+
+def _read_projects(projects_dir: Path) -> Any:
+    # Before the reactor runs (as the kubeconfig is read), so the gateway
+    # knows its projects, and is ready, before it listens.
+    try:
+        return read_projects(projects_dir)
+    except OSError:
+        return None
 
 
 def _project_watch(client: Any, namespace: str, reactor: Any, options: Mapping[str, Any]) -> ProjectSource:

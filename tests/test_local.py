@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 import yaml
 from twisted.internet.task import Clock
@@ -209,3 +210,35 @@ def test_unwritable_directory_is_unavailable(tmp_path: Path) -> None:
     blocker.write_text("")
     with pytest.raises(BackendUnavailable):
         write_build(blocker / "builds", a_build(), "default")
+
+
+@attrs.define
+class NoIO:
+    """A BlockingIO that must not be used."""
+
+    calls: int = 0
+
+    def run(self, function: Any, *args: Any) -> Any:
+        self.calls += 1
+        return InlineIO().run(function, *args)
+
+
+def test_initial_set_told_at_start(tmp_path: Path) -> None:
+    """
+    A set read before the reactor runs is told at start, with no I/O: the
+    set is ready at once; rescans then go on every 2 s.
+    """
+    write(tmp_path / "one.yaml", project_secret("one", crGatewaySecret=b"first-secret-value"), 10**18)
+    clock = Clock()
+    io = NoIO()
+    scan = DirectoryScan(tmp_path, io, clock, initial=read_projects(tmp_path))
+    known = KnownProjects(scan, clock)
+    result_of(known.start())
+    assert (known.not_ready(), io.calls) == (None, 0)
+    assert secret_of(known, "one") == b"first-secret-value"
+    clock.advance(2)
+    assert io.calls == 1  # the signature only: nothing changed
+    write(tmp_path / "one.yaml", project_secret("one", crGatewaySecret=b"second-secret-value"), 10**18 + 1)
+    clock.advance(2)
+    assert io.calls == 3
+    assert secret_of(known, "one") == b"second-secret-value"

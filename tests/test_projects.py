@@ -228,3 +228,33 @@ def test_short_secret_warned_once(logged: list[LogEvent]) -> None:
     warnings = [formatEvent(e) for e in logged if "shorter than" in (e.get("log_format") or "")]
     assert warnings == [f"Project {PID} has a crGatewaySecret shorter than 16 characters: use a longer, random one"]
     assert not any("tiny-secret" in formatEvent(e) for e in logged)
+
+
+def test_source_broken_before_the_store_loads(tmp_path: Path) -> None:
+    """
+    The source starts first; if it reports it cannot list before the
+    persisted set is read, the set is served (misses at once) as soon as it is.
+    """
+    store = tmp_path / "projects.json"
+    save_store(store, [ONE])
+    pending: list[tuple[Deferred[Any], Callable[..., Any], tuple[Any, ...]]] = []
+
+    def later(function: Callable[..., Any], *args: Any) -> Deferred[Any]:
+        d: Deferred[Any] = Deferred()
+        pending.append((d, function, args))
+        return d
+
+    source = Source()
+    known = KnownProjects(source, Clock(), store=store, run_blocking=later)
+    started = known.start()
+    assert source.started == 1
+    assert known.not_ready() is not None
+    miss = known.get(OTHER)
+    source.sink.broken("connection refused")
+    assert not miss.called
+    d, function, args = pending.pop()
+    d.callback(function(*args))
+    assert started.called
+    assert known.not_ready() is None
+    assert isinstance(failure_of(miss), ProjectNotFound)
+    assert result_of(known.get(PID)) == ONE
