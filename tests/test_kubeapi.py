@@ -17,6 +17,7 @@ Three layers:
 from __future__ import annotations
 
 import base64
+import itertools
 import json
 import queue
 import shutil
@@ -727,6 +728,42 @@ def test_watch_field_selector_type(kube_target: KubeTarget) -> None:
     build = kube_target.seed_secret(make_secret(kube_target, labels={"heritage": "brigade"}, type=BUILD_TYPE))
     got = _drain(events, thread)
     assert [(kind, n) for kind, n, _ in got] == [("ADDED", build["metadata"]["name"])]
+
+
+@pytest.mark.slow
+def test_watch_bookmark_with_official_client(fake_kube_process: Any) -> None:
+    """
+    The official client's watch with allow_watch_bookmarks gets the fake's
+    BOOKMARK as the watch times out, and takes its resourceVersion (the
+    fake only: a real apiserver sends bookmarks on its own schedule).
+    """
+    from kubernetes import client, config
+
+    api = config.new_client_from_config(config_file=fake_kube_process.kubeconfig)
+    try:
+        core = client.CoreV1Api(api)
+        listed = core.list_namespaced_secret("default", label_selector="nothing=here", _request_timeout=T)
+        watcher = watch.Watch()
+        events = list(
+            itertools.islice(
+                watcher.stream(
+                    core.list_namespaced_secret,
+                    namespace="default",
+                    label_selector="nothing=here",
+                    resource_version=listed.metadata.resource_version,
+                    allow_watch_bookmarks=True,
+                    timeout_seconds=1,
+                    _request_timeout=T,
+                ),
+                5,
+            )
+        )
+    finally:
+        api.close()
+    assert [event["type"] for event in events] == ["BOOKMARK"]
+    bookmarked = events[0]["raw_object"]["metadata"]["resourceVersion"]
+    assert int(bookmarked) >= int(listed.metadata.resource_version)
+    assert watcher.resource_version == bookmarked
 
 
 def test_watch_ends_at_timeout(kube_target: KubeTarget) -> None:
