@@ -123,7 +123,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--gateway-arg",
         action="append",
         default=[],
-        help="an extra argument for the gateway (repeatable), e.g. --gateway-arg=--project-ttl=60",
+        help="an extra argument for the gateway (repeatable), e.g. --gateway-arg=--project-resync=60",
     )
     options = parser.parse_args(argv)
     count = options.count

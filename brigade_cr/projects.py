@@ -1,15 +1,27 @@
 """
-A project cache that keeps authentication working through an API outage
-(issue 5, promise P2).
+The projects a gateway knows, all of them, before they are asked for
+(issue 5 promise P2, issue 8 "no existence oracle").
 
-Projects that have received deliveries are kept in memory and refreshed in
-the background every ``ttl / 3`` seconds. While the Kubernetes API answers,
-a project deleted or re-keyed there stops being accepted within ``ttl``
-seconds. While it is unreachable or failing, the last known version is
-served, however old, so deliveries keep being authenticated and accepted
-(and, with the spool, queued). With a ``store`` path the known projects are
-also kept on disk (mode 0600: they hold each project's ``crGatewaySecret``)
-so that a restart during an outage still knows them.
+``KnownProjects`` serves every ``get`` from memory. A ``ProjectSource``
+keeps it up to date: the Kubernetes list-and-watch of ``kube/watch.py`` or
+the directory rescan of ``local.py``. So an unknown project and a known one
+cost the same (no API call per delivery), and the answer never depends on
+the API answering at that moment:
+
+- **in sync** (the last list succeeded and the watch runs): a hit fires at
+  once; a miss fails with ``ProjectNotFound`` at once;
+- **before the first sync** (start-up): a hit in the persisted set fires at
+  once; any other lookup waits for the first sync, at most
+  ``first_sync_timeout`` seconds (5), then fails with ``BackendUnavailable``
+  (or, with a persisted set, is answered from it); the wait ends early when
+  the source reports it cannot reach its store and a persisted set exists;
+- **through an outage** (the source reports it is broken): the last known
+  set is served, a miss is still ``ProjectNotFound``.
+
+With a ``store`` path the set is also kept on disk (``save_store``, mode
+0600: it holds each project's ``crGatewaySecret``), written atomically off
+the reactor after every change, so that a restart during an outage still
+knows the projects.
 """
 
 from __future__ import annotations
@@ -18,12 +30,11 @@ import base64
 import json
 import os
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 import attrs
-from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IReactorTime
-from twisted.internet.task import LoopingCall
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -31,13 +42,19 @@ from .errors import BackendUnavailable, ProjectNotFound
 from .interfaces import IProjects
 from .values import Project
 
-DEFAULT_TTL = 30.0
+DEFAULT_FIRST_SYNC_TIMEOUT = 5.0
+# A crGatewaySecret shorter than this is guessable enough to warn about.
+MIN_SECRET_LENGTH = 16
 
 
-@attrs.define
-class _Entry:
-    project: Project
-    fetched: float
+class ProjectSource(Protocol):
+    """Something that tells a ``KnownProjects`` which projects exist."""
+
+    def start(self, sink: Any) -> Any:
+        """Begin telling ``sink`` (``replace``, ``put``, ``remove``, ``broken``)."""
+
+    def stop(self) -> Any:
+        """Stop."""
 
 
 def _encode(project: Project) -> dict[str, Any]:
@@ -85,80 +102,201 @@ def save_store(path: Path, projects: list[Project]) -> None:
 
 
 @implementer(IProjects)
-@attrs.define
-class CachedProjects:
+@attrs.define(eq=False)
+class KnownProjects:
     """
-    An ``IProjects`` in front of another (``inner``), as described above.
-
-    ``run_blocking(f, *args)`` runs file I/O off the reactor and returns a
-    Deferred; it is only used with a ``store``.
+    An ``IProjects`` answered from memory, kept up to date by ``source``, as
+    described above. ``run_blocking(f, *args)`` runs file I/O off the
+    reactor and returns a Deferred; it is only used with a ``store``.
     """
 
-    inner: IProjects
+    source: ProjectSource
     clock: IReactorTime
-    ttl: float = DEFAULT_TTL
     store: Path | None = None
     run_blocking: Callable[..., Deferred[Any]] | None = None
-    _entries: dict[str, _Entry] = attrs.field(factory=dict, init=False)
-    _loop: LoopingCall | None = attrs.field(default=None, init=False)
+    first_sync_timeout: float = DEFAULT_FIRST_SYNC_TIMEOUT
+    _projects: dict[str, Project] = attrs.field(factory=dict, init=False)
+    # Listed in this process at least once.
+    _synced_once: bool = attrs.field(default=False, init=False)
+    # The last list succeeded and nothing broke since.
+    _in_sync: bool = attrs.field(default=False, init=False)
+    # Loaded from the store (before any list).
+    _persisted: bool = attrs.field(default=False, init=False)
+    # Lookups may be answered from what is known (not waiting any more).
+    _settled: bool = attrs.field(default=False, init=False)
+    # The source has said at least once that it cannot reach its store.
+    _broken_seen: bool = attrs.field(default=False, init=False)
+    _waiters: list[Deferred[None]] = attrs.field(factory=list, init=False)
+    _warned: set[str] = attrs.field(factory=set, init=False)
     _saved: list[dict[str, Any]] | None = attrs.field(default=None, init=False)
-    _failing: bool = attrs.field(default=False, init=False)
     _persisting: Deferred[None] | None = attrs.field(default=None, init=False)
     _persist_again: bool = attrs.field(default=False, init=False)
 
     log = Logger()
 
-    def start(self) -> Deferred[None] | None:
-        """Load the stored projects (if any) and begin refreshing in the background."""
-        if self.store is not None:
-            # Loaded entries count as old: refreshed at the first chance.
-            for project in load_store(self.store):
-                self._entries[project.id] = _Entry(project, float("-inf"))
-            if self._entries:
-                self.log.info("Loaded {count} known project(s) from {path}", count=len(self._entries), path=self.store)
-        self._loop = LoopingCall(self.refresh)
-        self._loop.clock = self.clock
-        self._loop.start(self.ttl / 3, now=False).addErrback(
-            lambda failure: self.log.failure("Project refresh loop failed", failure)
-        )
-        return None
+    # -- lifecycle ---------------------------------------------------------
+
+    def start(self) -> Deferred[None]:
+        """
+        Load the stored set (if any, off the reactor), then start the
+        source. Fires once the source is started.
+        """
+        return Deferred.fromCoroutine(self._start())
+
+    async def _start(self) -> None:
+        # The source first: a directory's is told its set at once, so the
+        # gateway is ready before it listens; the store matters only until
+        # the first sync.
+        self.source.start(self)
+        if self.store is not None and self.run_blocking is not None and not self._synced_once:
+            try:
+                stored: list[Project] = await self.run_blocking(load_store, self.store)
+            except Exception:
+                self.log.failure("Cannot load known projects from {path}", path=self.store)
+                stored = []
+            if stored and not self._synced_once:
+                self._projects = {p.id: p for p in stored}
+                self._persisted = True
+                self._saved = [_encode(p) for p in stored]
+                self._check_secrets(self._projects.values())
+                self.log.info(
+                    "Loaded {count} known project(s) from {path}; served until the first sync",
+                    count=len(stored),
+                    path=self.store,
+                )
+                # The source may already have said it cannot list.
+                self._settle_if_broken()
 
     def stop(self) -> None:
-        """Stop refreshing."""
-        if self._loop is not None and self._loop.running:
-            self._loop.stop()
+        """Stop the source; lookups still answer from memory."""
+        self.source.stop()
+
+    def not_ready(self) -> str | None:
+        """None once the first sync (or a persisted set) is loaded; else why not."""
+        if self._synced_once or self._persisted:
+            return None
+        return "the projects have not been loaded yet (waiting for the first sync)"
+
+    @property
+    def in_sync(self) -> bool:
+        """True while the last list succeeded and the source has not broken since."""
+        return self._in_sync
+
+    @property
+    def known(self) -> frozenset[str]:
+        """The IDs of the projects known now."""
+        return frozenset(self._projects)
+
+    # -- IProjects ---------------------------------------------------------
 
     def get(self, project_id: str) -> Deferred[Project]:
-        entry = self._entries.get(project_id)
-        if entry is not None and (self._failing or self.clock.seconds() - entry.fetched < self.ttl):
-            return Deferred.fromCoroutine(self._known(entry))
-        return Deferred.fromCoroutine(self._fetch(project_id, entry))
+        """
+        Fires at once with the known project ``project_id``; fails at once
+        with ``ProjectNotFound`` when it is unknown (once settled: see the
+        module docstring). Before the first sync it waits (bounded by
+        ``first_sync_timeout``), then fails with ``BackendUnavailable`` if
+        nothing was ever loaded.
+        """
+        project = self._projects.get(project_id)
+        if project is not None:
+            return succeed(project)
+        if self._settled:
+            return fail(ProjectNotFound("no such project"))
+        return Deferred.fromCoroutine(self._after_first_sync(project_id))
 
-    async def _known(self, entry: _Entry) -> Project:
-        return entry.project
-
-    async def _fetch(self, project_id: str, entry: _Entry | None) -> Project:
+    async def _after_first_sync(self, project_id: str) -> Project:
+        waiter: Deferred[None] = Deferred()
+        self._waiters.append(waiter)
+        timer: IDelayedCall = self.clock.callLater(
+            self.first_sync_timeout, lambda: None if waiter.called else waiter.callback(None)
+        )
         try:
-            project: Project = await self.inner.get(project_id)
-        except ProjectNotFound:
-            self._forget(project_id)
-            raise
-        except BackendUnavailable:
-            self._failing = True
-            if entry is None:
-                raise
-            self.log.info(
-                "Kubernetes unavailable: using the last known version of project {project_id}",
-                project_id=project_id,
-            )
-            return entry.project
-        self._failing = False
-        known = self._entries.get(project_id)
-        self._entries[project_id] = _Entry(project, self.clock.seconds())
-        if known is None or known.project != project:
-            # Saved at once, so that a crash right after still knows it.
+            await waiter
+        finally:
+            if timer.active():
+                timer.cancel()
+            if waiter in self._waiters:
+                self._waiters.remove(waiter)
+        project = self._projects.get(project_id)
+        if project is not None:
+            return project
+        if self._settled or self._persisted:
+            raise ProjectNotFound("no such project")
+        raise BackendUnavailable("the projects have not been loaded yet", retry_after=5)
+
+    # -- ProjectSink: what the source tells ----------------------------------
+
+    def replace(self, projects: dict[str, Project]) -> None:
+        """The complete set, just listed."""
+        if not self._in_sync and (self._synced_once or self._persisted):
+            self.log.info("Projects in sync again: {count} known", count=len(projects))
+        for gone in set(self._projects) - set(projects):
+            self.log.info("Project {project_id} is gone: no longer accepted", project_id=gone)
+        self._check_secrets(p for p in projects.values() if self._projects.get(p.id) != p)
+        self._projects = dict(projects)
+        self._synced_once = True
+        self._in_sync = True
+        self._settle()
+        self._save_soon()
+
+    def put(self, project: Project) -> None:
+        """A project added or changed."""
+        known = self._projects.get(project.id)
+        if known == project:
+            return
+        self._check_secrets([project])
+        self._projects[project.id] = project
+        self.log.info(
+            "Project {project_id} {change}", project_id=project.id, change="added" if known is None else "changed"
+        )
+        self._save_soon()
+
+    def remove(self, project_id: str) -> None:
+        """A project deleted, or no longer a project."""
+        if self._projects.pop(project_id, None) is not None:
+            self._warned.discard(project_id)
+            self.log.info("Project {project_id} is gone: no longer accepted", project_id=project_id)
             self._save_soon()
-        return project
+
+    def broken(self, reason: str) -> None:
+        """The source lost contact with its store: keep serving what is known."""
+        if self._in_sync:
+            self.log.warn(
+                "Projects out of sync ({reason}): serving the {count} last known",
+                reason=reason,
+                count=len(self._projects),
+            )
+        self._in_sync = False
+        self._broken_seen = True
+        self._settle_if_broken()
+
+    def _settle_if_broken(self) -> None:
+        if self._broken_seen and (self._persisted or self._synced_once):
+            self._settle()
+
+    def _settle(self) -> None:
+        self._settled = True
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if not waiter.called:
+                waiter.callback(None)
+
+    def _check_secrets(self, projects: Any) -> None:
+        for project in projects:
+            secret = project.cr_gateway_secret
+            if secret is not None and len(secret) < MIN_SECRET_LENGTH:
+                if project.id not in self._warned:
+                    self._warned.add(project.id)
+                    self.log.warn(
+                        "Project {project_id} has a crGatewaySecret shorter than {minimum} characters: "
+                        "use a longer, random one",
+                        project_id=project.id,
+                        minimum=MIN_SECRET_LENGTH,
+                    )
+            else:
+                self._warned.discard(project.id)
+
+    # -- persistence -------------------------------------------------------
 
     def _save_soon(self) -> None:
         if self.store is None:
@@ -176,34 +314,15 @@ class CachedProjects:
         self._persisting = Deferred.fromCoroutine(self._persist())
         self._persisting.addBoth(done)
 
-    def _forget(self, project_id: str) -> None:
-        if self._entries.pop(project_id, None) is not None:
-            self.log.info("Project {project_id} is gone: no longer accepted", project_id=project_id)
-            self._save_soon()
-
-    async def refresh(self) -> None:
-        """Refresh every known project older than half the TTL, one at a time."""
-        now = self.clock.seconds()
-        for project_id, entry in list(self._entries.items()):
-            if now - entry.fetched < self.ttl / 2:
-                continue
-            try:
-                await self._fetch(project_id, entry)
-            except ProjectNotFound:
-                pass
-            except BackendUnavailable:
-                # The API is down: keep what we know, try again next round.
-                break
-        self._save_soon()
-
     async def _persist(self) -> None:
         if self.store is None or self.run_blocking is None:
             return
-        snapshot = [_encode(entry.project) for entry in self._entries.values()]
+        projects = sorted(self._projects.values(), key=lambda p: p.id)
+        snapshot = [_encode(p) for p in projects]
         if snapshot == self._saved:
             return
         try:
-            await self.run_blocking(save_store, self.store, [e.project for e in self._entries.values()])
+            await self.run_blocking(save_store, self.store, projects)
             self._saved = snapshot
         except OSError as e:
             self.log.warn("Cannot save known projects to {path}: {error}", path=self.store, error=e.strerror)

@@ -35,7 +35,7 @@ class Spool(Protocol):
 
 
 class Background(Protocol):
-    """A background task with a synchronous start and stop (the project cache)."""
+    """A background task with a synchronous start and stop (the project watch)."""
 
     def start(self) -> Any: ...
 
@@ -54,7 +54,7 @@ async def _within(clock: IReactorTime, waiting: Deferred[Any], seconds: float) -
 @attrs.define(eq=False)
 class GatewayService(Service):
     """
-    Runs the site's listening service, the spool and the project cache, and
+    Runs the site's listening service, the spool and the project watch, and
     stops them in order.
     """
 

@@ -19,9 +19,9 @@ from .clientaddr import parse_network
 from .fileio import ThreadedIO
 from .gateway import Gateway
 from .interfaces import IBuilds, IProjects
-from .local import directory_backend
+from .local import DirectoryScan, directory_backend, read_projects
 from .metrics import GatewayMetrics
-from .projects import DEFAULT_TTL, CachedProjects
+from .projects import KnownProjects, ProjectSource
 from .ratelimit import RateLimiter
 from .retry import RetryingBuilds, Throttle, ThrottledBuilds
 from .service import DEFAULT_DRAIN_DEADLINE, GatewayService
@@ -170,10 +170,10 @@ class Options(usage.Options):
         ["spool-max-records", None, 10_000, "Deliveries the spool holds at most.", positive_int],
         ["spool-max-bytes", None, 256 * 1024 * 1024, "Bytes the spool holds at most (or 64M, 1G...).", byte_size],
         [
-            "project-ttl",
+            "project-resync",
             None,
-            DEFAULT_TTL,
-            "Seconds a project is served from the cache while the API answers.",
+            300.0,
+            "Seconds between full re-lists of the watched project Secrets (Kubernetes backend).",
             positive_number,
         ],
         ["kube-qps", None, 5.0, "Build creations per second at most (client-side rate limit).", positive_number],
@@ -230,6 +230,8 @@ class Backend:
     builds: IBuilds
     description: str
     close: Callable[[], Any] | None = None
+    # What keeps the in-memory project set up to date (a watch, a rescan).
+    project_source: ProjectSource | None = None
     # The client-side rate limit protects an API server, not a directory.
     throttled: bool = False
 
@@ -280,6 +282,7 @@ def choose_backend(options: Mapping[str, Any], reactor: Any, environ: Mapping[st
         f"Creating Brigade builds in Kubernetes namespace {namespace!r} at {config.server} ({config.source})",
         close=client.close,
         throttled=True,
+        project_source=_project_watch(client, namespace, reactor, options),
     )
 
 
@@ -310,7 +313,28 @@ def _directory(
         builds,
         f"{why}using the local directory backend: projects from {where / 'projects'}, "
         f"builds written to {where / 'builds'} (namespace {namespace!r})",
+        project_source=DirectoryScan(
+            root / "projects",
+            ThreadedIO(reactor, reactor.getThreadPool()),
+            reactor,
+            initial=_read_projects(root / "projects"),
+        ),
     )
+
+
+def _read_projects(projects_dir: Path) -> Any:
+    # Before the reactor runs (as the kubeconfig is read), so the gateway
+    # knows its projects, and is ready, before it listens.
+    try:
+        return read_projects(projects_dir)
+    except OSError:
+        return None
+
+
+def _project_watch(client: Any, namespace: str, reactor: Any, options: Mapping[str, Any]) -> ProjectSource:
+    from .kube.watch import ProjectWatch
+
+    return ProjectWatch(client, namespace, reactor, resync=options.get("project-resync", 300.0))
 
 
 def make_gateway(
@@ -342,7 +366,8 @@ def makeService(options: Options) -> IService:
     Build the gateway's object graph:
 
     backend stores (Kubernetes, throttled to the API's pace, or a directory);
-    projects behind a cache that survives outages; builds behind the durable
+    projects known in memory before they are asked for (a watch or a
+    rescan keeps them, persisted beside the spool); builds behind the durable
     spool (``--spool``) or, without one, retried within the request's time;
     the use case; the web application and its limited site; and the service
     that starts and stops them in order.
@@ -363,10 +388,10 @@ def makeService(options: Options) -> IService:
             Throttle(reactor, per_second=options["kube-qps"], burst=options["kube-burst"]),  # type: ignore[arg-type]
         )
     spool_dir = options["spool"]
-    projects = CachedProjects(
-        backend.projects,
+    assert backend.project_source is not None
+    projects = KnownProjects(
+        backend.project_source,
         reactor,  # type: ignore[arg-type]
-        ttl=options["project-ttl"],
         store=Path(spool_dir) / "projects.json" if spool_dir else None,
         run_blocking=io.run,
     )
@@ -392,7 +417,7 @@ def makeService(options: Options) -> IService:
     def readiness() -> str | None:
         if spool is not None and not spool.accepting():
             return "the spool cannot accept deliveries"
-        return None
+        return projects.not_ready()
 
     web = WebhookSite(gateway, reactor, readiness=readiness, trusted_proxies=options["trusted-proxy"])  # type: ignore[arg-type]
     site = BrigadeSite(

@@ -6,7 +6,9 @@ of the API that brigade-cr and the Brigade v1 controller use: discovery,
 namespaces (read-only), and Secrets with create/get/list/update/patch/
 delete/deletecollection/watch, label and field selectors, optimistic
 concurrency through C{resourceVersion}, bounded watch history (410
-Expired like a real watch cache), bearer-token auth, optional TLS
+Expired like a real watch cache), watch bookmarks (C{allowWatchBookmarks}:
+one as a watch times out, and on demand with L{FakeKube.send_bookmarks}),
+bearer-token auth, optional TLS
 client-certificate auth, the real apiserver's validation of Secrets and
 its Status error bodies.
 
@@ -1012,6 +1014,7 @@ class APICall:
     @ivar namespace: the namespace in the path, if any.
     @ivar name: the object name in the path, if any.
     @ivar authenticated: whether auth succeeded (C{True} if auth is off).
+    @ivar query: the decoded query parameters (the last value of each).
     """
 
     method: str
@@ -1021,6 +1024,7 @@ class APICall:
     namespace: str | None = None
     name: str | None = None
     authenticated: bool = True
+    query: Mapping[str, str] = Factory(dict)
 
 
 @frozen
@@ -1462,6 +1466,7 @@ class _Watch:
     fields: tuple[FieldTerm, ...]
     done: Deferred[None] | None = None
     timer: IDelayedCall | None = None
+    bookmarks: bool = False
 
     def _matches(self, obj: JSON | None) -> bool:
         if obj is None:
@@ -1488,6 +1493,18 @@ class _Watch:
             kind = None
         if kind is not None:
             self.send(kind, event.obj)
+
+    def bookmark(self, rv: int) -> None:
+        """Send a C{BOOKMARK} at C{rv} if the watcher asked for bookmarks."""
+        if self.bookmarks:
+            self.send(
+                "BOOKMARK",
+                {
+                    "kind": "Secret",
+                    "apiVersion": "v1",
+                    "metadata": {"resourceVersion": str(rv), "creationTimestamp": None},
+                },
+            )
 
     def send(self, kind: str, obj: JSON) -> None:
         line = json.dumps({"type": kind, "object": obj}, separators=(",", ":"))
@@ -1815,7 +1832,10 @@ class FakeKube:
         method = request.method.decode("ascii", "replace")
         path = request.path.decode("utf-8", "replace")
         authenticated = self._authenticated(request)
-        call = APICall(method, path, kind, verb, namespace, name, authenticated)
+        query = {
+            k.decode("utf-8", "replace"): v[-1].decode("utf-8", "replace") for k, v in (request.args or {}).items() if v
+        }
+        call = APICall(method, path, kind, verb, namespace, name, authenticated, query)
         self.calls.append(call)
         _log.debug("{method} {uri}", method=method, uri=request.uri)
         if not authenticated:
@@ -2251,7 +2271,7 @@ class FakeKube:
             ) from None
         if timeout is None or timeout <= 0:
             timeout = self.default_watch_timeout
-        watch = _Watch(request, namespace, labels, fields)
+        watch = _Watch(request, namespace, labels, fields, bookmarks=self._flag(request, "allowWatchBookmarks"))
         request.setResponseCode(200)
         request.setHeader(b"content-type", _CONTENT_JSON.encode())
         request.setHeader(b"cache-control", b"no-cache, private")
@@ -2281,8 +2301,28 @@ class FakeKube:
                 if event.rv > since:
                     watch.deliver(event)
         self._watches.add(watch)
-        watch.timer = self.clock.callLater(timeout, self._end_watch, watch)
+        watch.timer = self.clock.callLater(timeout, self._time_out_watch, watch)
         return watch.done
+
+    def _time_out_watch(self, watch: _Watch) -> None:
+        # Like the apiserver, a watch that asked for bookmarks gets one at
+        # the current resourceVersion as it times out, so the watcher can
+        # resume from there even if nothing it selects changed.
+        watch.bookmark(self._rv)
+        self._end_watch(watch)
+
+    def send_bookmarks(self) -> int:
+        """
+        Send a C{BOOKMARK} at the current resourceVersion to every open
+        watch that asked for bookmarks (the apiserver does so about once a
+        minute); return how many were sent.
+        """
+        sent = 0
+        for watch in list(self._watches):
+            if watch.bookmarks:
+                watch.bookmark(self._rv)
+                sent += 1
+        return sent
 
     def _matching_objects(self, watch: _Watch) -> list[JSON]:
         return [obj for _, obj in sorted(self._secrets.items()) if watch._matches(obj)]
@@ -3106,6 +3146,7 @@ def _call_json(call: APICall) -> JSON:
         "namespace": call.namespace,
         "name": call.name,
         "authenticated": call.authenticated,
+        "query": dict(call.query),
     }
 
 
@@ -3165,7 +3206,7 @@ class FakeKubeControl:
         "calls": [<call>, ...]}}, every request the API port received
         (C{by_verb} counts those with a verb), oldest first; a C{<call>} is
         C{{"method", "path", "kind", "verb", "namespace", "name",
-        "authenticated"}} (see L{APICall}).
+        "authenticated", "query"}} (see L{APICall}).
       - C{DELETE /calls}: forget them; C{{"removed": N}}.
     """
 

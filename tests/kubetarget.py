@@ -205,7 +205,7 @@ class FakeKubeProcess:
         """
         Every request the API port received, oldest first: dicts with
         C{method}, C{path}, C{kind}, C{verb}, C{namespace}, C{name},
-        C{authenticated}.
+        C{authenticated}, C{query} (the decoded query parameters).
         """
         calls: list[dict[str, Any]] = self.control("GET", "/calls")["calls"]
         return calls

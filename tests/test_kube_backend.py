@@ -96,6 +96,58 @@ class TestKubeBackend(BackendContract):
 
 
 @pytest_twisted.async_yield_fixture
+async def watched_backend(kube: tuple[FakeKube, Any, Stores]) -> AsyncIterator[BackendUnderTest]:
+    """
+    What a gateway serves from: the in-memory set kept by the project watch
+    over loopback TLS. A seed returns once the watch has seen it (its
+    resourceVersion reached the fake's), at most ``BOUND`` seconds.
+    """
+    from twisted.internet import reactor
+    from twisted.internet.task import deferLater
+
+    from brigade_cr.kube.watch import ProjectWatch
+    from brigade_cr.projects import KnownProjects
+
+    fake, _, made = kube
+    watch = ProjectWatch(made.client, NAMESPACE, reactor)
+    known = KnownProjects(watch, reactor)
+    await known.start()
+
+    async def caught_up(bookmark: bool = False) -> None:
+        for _ in range(int(BOUND / 0.01)):
+            if bookmark:
+                fake.send_bookmarks()
+            if known.in_sync and fake.active_watches == 1 and watch.resource_version == str(fake.resource_version):
+                return
+            await deferLater(reactor, 0.01)
+        raise AssertionError("the watch did not catch up")
+
+    await caught_up()
+
+    async def seed(secret: dict[str, Any]) -> None:
+        fake.put_secret(NAMESPACE, secret)
+        # The field selector keeps a non-project out of the watch: a
+        # bookmark then moves the watch's resourceVersion on.
+        await caught_up(bookmark=secret.get("type") != "brigade.sh/project")
+
+    async def stored(name: str) -> dict[str, Any] | None:
+        return fake.get_secret(NAMESPACE, name)
+
+    try:
+        yield BackendUnderTest(known, made.builds, NAMESPACE, seed, stored)
+    finally:
+        known.stop()
+
+
+class TestWatchedKubeBackend(BackendContract):
+    """The contract, on the watched in-memory set."""
+
+    @pytest.fixture
+    def backend(self, watched_backend: BackendUnderTest) -> BackendUnderTest:
+        return watched_backend
+
+
+@pytest_twisted.async_yield_fixture
 async def target_backend(kube_target: Any) -> AsyncIterator[BackendUnderTest]:
     """The stores on ``kube_target`` (the fake as a process, or a real cluster)."""
     from twisted.internet import reactor

@@ -17,6 +17,7 @@ Three layers:
 from __future__ import annotations
 
 import base64
+import itertools
 import json
 import queue
 import shutil
@@ -729,6 +730,42 @@ def test_watch_field_selector_type(kube_target: KubeTarget) -> None:
     assert [(kind, n) for kind, n, _ in got] == [("ADDED", build["metadata"]["name"])]
 
 
+@pytest.mark.slow
+def test_watch_bookmark_with_official_client(fake_kube_process: Any) -> None:
+    """
+    The official client's watch with allow_watch_bookmarks gets the fake's
+    BOOKMARK as the watch times out, and takes its resourceVersion (the
+    fake only: a real apiserver sends bookmarks on its own schedule).
+    """
+    from kubernetes import client, config
+
+    api = config.new_client_from_config(config_file=fake_kube_process.kubeconfig)
+    try:
+        core = client.CoreV1Api(api)
+        listed = core.list_namespaced_secret("default", label_selector="nothing=here", _request_timeout=T)
+        watcher = watch.Watch()
+        events = list(
+            itertools.islice(
+                watcher.stream(
+                    core.list_namespaced_secret,
+                    namespace="default",
+                    label_selector="nothing=here",
+                    resource_version=listed.metadata.resource_version,
+                    allow_watch_bookmarks=True,
+                    timeout_seconds=1,
+                    _request_timeout=T,
+                ),
+                5,
+            )
+        )
+    finally:
+        api.close()
+    assert [event["type"] for event in events] == ["BOOKMARK"]
+    bookmarked = events[0]["raw_object"]["metadata"]["resourceVersion"]
+    assert int(bookmarked) >= int(listed.metadata.resource_version)
+    assert watcher.resource_version == bookmarked
+
+
 def test_watch_ends_at_timeout(kube_target: KubeTarget) -> None:
     started = time.monotonic()
     events, thread = _watch_in_thread(
@@ -1422,6 +1459,44 @@ def test_mem_watch_history_expired() -> None:
     assert events_of(chunks) == [("ADDED", "c"), ("ADDED", "d"), ("ADDED", "e")]
     assert finished == []
     fake.close_watches()
+
+
+def raw_events(chunks: list[bytes]) -> list[Any]:
+    return [json.loads(line) for line in b"".join(chunks).splitlines()]
+
+
+def test_mem_watch_bookmarks(mem: Mem) -> None:
+    """
+    With allowWatchBookmarks a watch gets a BOOKMARK at the current
+    resourceVersion on demand and as it times out; without it, none.
+    """
+    _, plain, plain_done = mem.watch("/api/v1/namespaces/default/secrets?watch=1&timeoutSeconds=10")
+    _, chunks, finished = mem.watch(
+        "/api/v1/namespaces/default/secrets?watch=1&allowWatchBookmarks=true&timeoutSeconds=10"
+    )
+    mem.create("elsewhere", namespace="other")
+    assert mem.fake.send_bookmarks() == 1
+    mem.stub.flush()
+    bookmark = {
+        "kind": "Secret",
+        "apiVersion": "v1",
+        "metadata": {"resourceVersion": str(mem.fake.resource_version), "creationTimestamp": None},
+    }
+    assert raw_events(chunks) == [{"type": "BOOKMARK", "object": bookmark}]
+    mem.create("later", namespace="other")
+    mem.clock.advance(10)
+    mem.stub.flush()
+    later = dict(bookmark, metadata={"resourceVersion": str(mem.fake.resource_version), "creationTimestamp": None})
+    assert raw_events(chunks) == [{"type": "BOOKMARK", "object": bookmark}, {"type": "BOOKMARK", "object": later}]
+    assert finished == [None]
+    assert plain == [] and plain_done == [None]
+
+
+def test_mem_calls_record_query(mem: Mem) -> None:
+    """Each recorded call carries its decoded query parameters."""
+    mem.request("GET", "/api/v1/namespaces/default/secrets?fieldSelector=type%3Dbrigade.sh%2Fproject&limit=5")
+    assert mem.fake.calls[-1].query == {"fieldSelector": "type=brigade.sh/project", "limit": "5"}
+    assert mem.fake.calls[-1].verb == "list"
 
 
 def test_mem_watch_namespaces_not_supported(mem: Mem) -> None:

@@ -188,6 +188,7 @@ def test_control_endpoint(proc: FakeKubeProcess, target: KubeTarget) -> None:
         "namespace": NS,
         "name": None,
         "authenticated": True,
+        "query": {},
     }
     assert proc.count(verb="create", name=None, namespace=NS) >= 1
     assert proc.calls_by_verb()["create"] == proc.count(verb="create")

@@ -7,13 +7,26 @@ import os
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 import yaml
+from twisted.internet.task import Clock
 
+from brigade_cr.brigade import project_id
 from brigade_cr.errors import BackendUnavailable, ProjectNotFound
-from brigade_cr.local import directory_backend, read_project, write_build
+from brigade_cr.fileio import InlineIO
+from brigade_cr.local import (
+    DirectoryScan,
+    directory_backend,
+    manifest_signature,
+    read_project,
+    read_projects,
+    write_build,
+)
+from brigade_cr.projects import KnownProjects
 from brigade_cr.values import Receipt
 from tests.backend_contract import BackendContract, BackendUnderTest, a_build, project_secret
+from tests.helpers import failure_of, result_of
 
 
 @pytest.fixture
@@ -36,6 +49,124 @@ def backend(tmp_path: Path) -> BackendUnderTest:
 
 class TestDirectoryBackend(BackendContract):
     """The contract, on a temporary directory."""
+
+
+@pytest.fixture
+def scanned_backend(tmp_path: Path) -> BackendUnderTest:
+    """What a gateway serves: the in-memory set kept by a rescan of the directory."""
+    from twisted.internet import reactor
+
+    _, builds = directory_backend(reactor, reactor.getThreadPool(), tmp_path, "brigade")
+    (tmp_path / "projects").mkdir()
+    scan = DirectoryScan(tmp_path / "projects", InlineIO(), Clock())
+    known = KnownProjects(scan, Clock())
+    result_of(known.start())
+
+    async def seed(secret: dict[str, Any]) -> None:
+        name = secret["metadata"]["name"]
+        (tmp_path / "projects" / f"{name}.yaml").write_text(yaml.safe_dump(secret))
+        await scan.rescan()
+
+    async def stored(name: str) -> dict[str, Any] | None:
+        path = tmp_path / "builds" / f"{name}.json"
+        return json.loads(path.read_text()) if path.exists() else None
+
+    return BackendUnderTest(known, builds, "brigade", seed, stored)
+
+
+class TestScannedDirectoryBackend(BackendContract):
+    """The contract, on the rescanned in-memory set."""
+
+    @pytest.fixture
+    def backend(self, scanned_backend: BackendUnderTest) -> BackendUnderTest:
+        return scanned_backend
+
+
+@pytest.fixture
+def scanning(tmp_path: Path) -> tuple[KnownProjects, DirectoryScan, Clock, Path]:
+    clock = Clock()
+    directory = tmp_path / "projects"
+    directory.mkdir()
+    scan = DirectoryScan(directory, InlineIO(), clock)
+    known = KnownProjects(scan, clock)
+    result_of(known.start())
+    return known, scan, clock, directory
+
+
+def write(path: Path, secret: dict[str, Any], mtime_ns: int) -> None:
+    path.write_text(yaml.safe_dump(secret))
+    os.utime(path, ns=(mtime_ns, mtime_ns))
+
+
+def secret_of(known: KnownProjects, name: str) -> bytes | None:
+    project = result_of(known.get(project_id(name)))
+    return project.cr_gateway_secret
+
+
+def test_rescan_notices_added_changed_removed(scanning: tuple[KnownProjects, DirectoryScan, Clock, Path]) -> None:
+    """Every 2 s the directory is rescanned: added, changed and removed files take effect."""
+    known, _, clock, directory = scanning
+    assert known.not_ready() is None  # the first scan ran at start
+    assert isinstance(failure_of(known.get(project_id("one"))), ProjectNotFound)
+    write(directory / "one.yaml", project_secret("one", crGatewaySecret=b"first-secret-value"), 10**18)
+    clock.advance(1.9)
+    assert isinstance(failure_of(known.get(project_id("one"))), ProjectNotFound)
+    clock.advance(0.1)
+    assert secret_of(known, "one") == b"first-secret-value"
+    write(directory / "one.yaml", project_secret("one", crGatewaySecret=b"second-secret-value"), 10**18 + 1)
+    clock.advance(2)
+    assert secret_of(known, "one") == b"second-secret-value"
+    (directory / "one.yaml").unlink()
+    clock.advance(2)
+    assert isinstance(failure_of(known.get(project_id("one"))), ProjectNotFound)
+
+
+def test_rescan_reads_no_manifest_when_nothing_changed(
+    scanning: tuple[KnownProjects, DirectoryScan, Clock, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An unchanged directory (same names, sizes, mtimes) is not read again."""
+    known, _scan, clock, directory = scanning
+    write(directory / "one.yaml", project_secret("one", crGatewaySecret=b"first-secret-value"), 10**18)
+    clock.advance(2)
+    reads: list[Path] = []
+    monkeypatch.setattr("brigade_cr.local.read_projects", lambda d: reads.append(d) or read_projects(d))
+    clock.advance(20)
+    assert reads == []
+    assert secret_of(known, "one") == b"first-secret-value"
+
+
+def test_rescan_of_unreadable_directory_keeps_last_known(
+    scanning: tuple[KnownProjects, DirectoryScan, Clock, Path],
+) -> None:
+    """A directory that cannot be read keeps the last known set served, and is read again once it can be."""
+    known, scan, clock, directory = scanning
+    write(directory / "one.yaml", project_secret("one", crGatewaySecret=b"first-secret-value"), 10**18)
+    clock.advance(2)
+    scan.projects_dir = directory / "missing-dir" / "x"
+    (directory / "missing-dir").write_text("a file, not a directory")
+    clock.advance(2)
+    assert not known.in_sync
+    assert secret_of(known, "one") == b"first-secret-value"
+    scan.projects_dir = directory
+    clock.advance(2)
+    assert known.in_sync
+    assert secret_of(known, "one") == b"first-secret-value"
+
+
+def test_read_projects_only_projects(tmp_path: Path) -> None:
+    """Non-project Secrets are not projects; the first file in name order wins a duplicate name."""
+    (tmp_path / "a.yaml").write_text(yaml.safe_dump(project_secret("dup", crGatewaySecret=b"from-a")))
+    (tmp_path / "b.yaml").write_text(
+        yaml.safe_dump(project_secret("dup", crGatewaySecret=b"from-b"))
+        + "---\n"
+        + yaml.safe_dump(project_secret("build", secret_type="brigade.sh/build"))
+    )
+    (tmp_path / "notes.txt").write_text("ignored")
+    signature, projects = read_projects(tmp_path)
+    assert sorted(projects) == [project_id("dup")]
+    assert projects[project_id("dup")].cr_gateway_secret == b"from-a"
+    assert [name for name, _, _ in signature] == ["a.yaml", "b.yaml"]
+    assert manifest_signature(tmp_path / "nope") == ()
 
 
 def test_project_in_multi_document_yaml(tmp_path: Path) -> None:
@@ -79,3 +210,35 @@ def test_unwritable_directory_is_unavailable(tmp_path: Path) -> None:
     blocker.write_text("")
     with pytest.raises(BackendUnavailable):
         write_build(blocker / "builds", a_build(), "default")
+
+
+@attrs.define
+class NoIO:
+    """A BlockingIO that must not be used."""
+
+    calls: int = 0
+
+    def run(self, function: Any, *args: Any) -> Any:
+        self.calls += 1
+        return InlineIO().run(function, *args)
+
+
+def test_initial_set_told_at_start(tmp_path: Path) -> None:
+    """
+    A set read before the reactor runs is told at start, with no I/O: the
+    set is ready at once; rescans then go on every 2 s.
+    """
+    write(tmp_path / "one.yaml", project_secret("one", crGatewaySecret=b"first-secret-value"), 10**18)
+    clock = Clock()
+    io = NoIO()
+    scan = DirectoryScan(tmp_path, io, clock, initial=read_projects(tmp_path))
+    known = KnownProjects(scan, clock)
+    result_of(known.start())
+    assert (known.not_ready(), io.calls) == (None, 0)
+    assert secret_of(known, "one") == b"first-secret-value"
+    clock.advance(2)
+    assert io.calls == 1  # the signature only: nothing changed
+    write(tmp_path / "one.yaml", project_secret("one", crGatewaySecret=b"second-secret-value"), 10**18 + 1)
+    clock.advance(2)
+    assert io.calls == 3
+    assert secret_of(known, "one") == b"second-secret-value"

@@ -2,6 +2,11 @@
 ``IProjects`` and ``IBuilds`` on the Kubernetes API: project Secrets are
 read, build Secrets created, in one namespace.
 
+A gateway does not look projects up with ``KubeProjects`` (one GET per
+delivery would tell by its timing which projects exist): it serves them
+from ``projects.KnownProjects``, kept by ``watch.ProjectWatch``.
+``KubeProjects`` is the direct lookup, for tools and the contract tests.
+
 How API answers become domain errors:
 
 ======================================  ==================  =====================

@@ -1,6 +1,6 @@
 """
 A small asynchronous Kubernetes API client on treq: just what brigade-cr
-needs (Secrets and ``/version``), JSON in and out.
+needs (Secrets, a watch on them, and ``/version``), JSON in and out.
 
 The one seam is the injected HTTP client: anything with treq's
 ``request(method, url, *, headers, data, ...)``, such as
@@ -31,7 +31,7 @@ from __future__ import annotations
 import email.utils
 import json
 import math
-from typing import Any, ClassVar, Mapping
+from typing import Any, Callable, ClassVar, Mapping
 from urllib.parse import quote, urlencode
 
 import attrs
@@ -231,6 +231,87 @@ class _BoundedBody(Protocol):
             self.done.errback(reason)
 
 
+class _LineStream(Protocol):
+    """
+    A watch body: newline-delimited JSON objects, each passed to
+    ``on_event`` as its line completes. ``done`` fires with None when the
+    body ends cleanly and fails with ``KubeTransportError`` when it breaks,
+    stays silent for ``idle`` seconds, or holds a line over ``limit`` bytes
+    or one that is not a JSON object.
+    """
+
+    def __init__(
+        self, on_event: Callable[[dict[str, Any]], None], limit: int, idle: float, clock: IReactorTime
+    ) -> None:
+        self.on_event = on_event
+        self.limit = limit
+        self.idle = idle
+        self.clock = clock
+        self.buffer = b""
+        self.done: Deferred[None] = Deferred(lambda _: self._drop())
+        self.timer: IDelayedCall | None = None
+
+    def connectionMade(self) -> None:
+        self.timer = self.clock.callLater(self.idle, self._silent)
+
+    def _drop(self) -> None:
+        if self.timer is not None and self.timer.active():
+            self.timer.cancel()
+        if self.transport is not None:
+            self.transport.stopProducing()  # type: ignore[attr-defined]
+
+    def _fail(self, failure: Failure | BaseException) -> None:
+        if not self.done.called:
+            self.done.errback(failure)
+        self._drop()
+
+    def _silent(self) -> None:
+        self._fail(KubeTransportError(f"watch stream silent for {self.idle:g}s"))
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.done.called:
+            return
+        if self.timer is not None and self.timer.active():
+            self.timer.reset(self.idle)
+        self.buffer += data
+        while not self.done.called:
+            end = self.buffer.find(b"\n")
+            if end < 0:
+                if len(self.buffer) > self.limit:
+                    self._fail(KubeTransportError(f"watch event longer than {self.limit} bytes"))
+                return
+            line, self.buffer = self.buffer[:end], self.buffer[end + 1 :]
+            if end > self.limit:
+                self._fail(KubeTransportError(f"watch event longer than {self.limit} bytes"))
+                return
+            if not line.strip():
+                continue
+            try:
+                event = json.loads(line)
+            except ValueError:
+                event = None
+            if not isinstance(event, dict):
+                self._fail(KubeTransportError("watch event is not a JSON object"))
+                return
+            try:
+                self.on_event(event)
+            except Exception:
+                self._fail(Failure())
+                return
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if self.timer is not None and self.timer.active():
+            self.timer.cancel()
+        if self.done.called:
+            return
+        if isinstance(reason.value, (ResponseDone, PotentialDataLoss)):
+            self.done.callback(None)
+        else:
+            self.done.errback(
+                KubeTransportError("watch stream broken: " + transport_reason(reason.value or ConnectionClosed()))
+            )
+
+
 class _Discard(Protocol):
     """Drops the connection of a body nobody will read."""
 
@@ -422,6 +503,111 @@ class KubeClient:
             params["continue"] = continue_token
         return self.request("GET", _secrets_path(namespace), params=params or None)
 
+    def watch_secrets(
+        self,
+        namespace: str,
+        on_event: Callable[[dict[str, Any]], None],
+        *,
+        field_selector: str | None = None,
+        resource_version: str | None = None,
+        timeout_seconds: int = 300,
+        idle_timeout: float | None = None,
+        max_line: int | None = None,
+    ) -> Deferred[None]:
+        """
+        Watch the Secrets of ``namespace`` (``watch=1&allowWatchBookmarks=true``)
+        from ``resource_version``, calling ``on_event(event)`` with each
+        decoded event object (``{"type": ..., "object": ...}``) in order, on
+        the reactor, as its line arrives.
+
+        The server is asked to end the stream after ``timeout_seconds``; the
+        stream fires with None when it ends cleanly. Only the wait for the
+        answer's headers is bounded by ``timeout``; after that, a stream that
+        sends nothing for ``idle_timeout`` seconds (default
+        ``timeout_seconds + 30``) is dropped and fails with
+        ``KubeTransportError``, as does a broken stream, a line longer than
+        ``max_line`` bytes (default ``max_body``) or one that is not a JSON
+        object. A non-2xx answer fails with ``KubeStatusError`` (a 401 is
+        retried once with a fresh token, as ``request`` does). If
+        ``on_event`` raises, the stream is dropped and fails with that
+        error. Cancelling the Deferred drops the stream.
+        """
+        params: dict[str, str] = {"watch": "1", "allowWatchBookmarks": "true", "timeoutSeconds": str(timeout_seconds)}
+        if field_selector:
+            params["fieldSelector"] = field_selector
+        if resource_version:
+            params["resourceVersion"] = resource_version
+        path = _secrets_path(namespace)
+        url = self.base_url.rstrip("/") + path + "?" + urlencode(params)
+        idle = float(timeout_seconds) + 30.0 if idle_timeout is None else idle_timeout
+        limit = self.max_body if max_line is None else max_line
+        return Deferred.fromCoroutine(self._watch(path, url, on_event, idle, limit))
+
+    async def _watch(
+        self, path: str, url: str, on_event: Callable[[dict[str, Any]], None], idle: float, limit: int
+    ) -> None:
+        token = await self._token()
+        try:
+            return await self._watch_attempt(path, url, on_event, idle, limit, token)
+        except KubeStatusError as e:
+            if e.code != 401 or token is None:
+                raise
+        self.log.info(
+            "Kubernetes API refused the token (401) for watch {path}; refreshing it and retrying once", path=path
+        )
+        self.tokens.invalidate()
+        return await self._watch_attempt(path, url, on_event, idle, limit, await self._token())
+
+    async def _watch_attempt(
+        self,
+        path: str,
+        url: str,
+        on_event: Callable[[dict[str, Any]], None],
+        idle: float,
+        limit: int,
+        token: str | None,
+    ) -> None:
+        headers = self._headers(token, has_body=False)
+        requested: Deferred[IResponse] = self.http.request(
+            "GET",
+            url,
+            headers=headers,
+            data=None,
+            allow_redirects=False,  # never carry the token elsewhere
+            unbuffered=True,
+            reactor=self.clock,
+        )
+        timed_out: list[bool] = []
+
+        def expire() -> None:
+            timed_out.append(True)
+            requested.cancel()
+
+        timer: IDelayedCall = self.clock.callLater(self.timeout, expire)
+        try:
+            response = await requested
+        except Exception as e:
+            if timed_out:
+                raise KubeTransportError(f"timed out after {self.timeout:g}s") from None
+            if isinstance(e, CancelledError) or isinstance(_first_reason(e), CancelledError):
+                raise CancelledError() from None
+            raise KubeTransportError(transport_reason(e)) from None
+        finally:
+            if timer.active():
+                timer.cancel()
+        code = int(response.code)
+        if not 200 <= code < 300:
+            try:
+                body = await _read_body(response, self.max_body)
+            except _ResponseTooLarge:
+                body = b""
+            except Exception as e:
+                raise KubeTransportError(transport_reason(e)) from None
+            raise self._status_error(response, code, body)
+        lines = _LineStream(on_event, limit, idle, self.clock)
+        response.deliverBody(lines)
+        await lines.done
+
     def version(self) -> Deferred[dict[str, Any]]:
         """Fires with the server's ``/version`` (``major``, ``minor``, ``gitVersion``, ...)."""
         return self.request("GET", "/version")
@@ -514,19 +700,32 @@ class KubeClient:
                 timer.cancel()
         return result
 
-    async def _exchange(self, method: str, url: str, data: bytes | None, token: str | None) -> dict[str, Any]:
+    def _headers(self, token: str | None, has_body: bool) -> Headers:
         headers = {
             b"Accept": [b"application/json"],
             b"User-Agent": [self.user_agent.encode("ascii")],
         }
-        if data is not None:
+        if has_body:
             headers[b"Content-Type"] = [b"application/json"]
         if token is not None:
             headers[b"Authorization"] = [b"Bearer " + token.encode("utf-8")]
+        return Headers(headers)
+
+    def _status_error(self, response: Any, code: int, body: bytes) -> KubeStatusError:
+        status = _status_body(code, body)
+        retry_after = parse_retry_after(_header(response.headers, b"Retry-After"), self.clock.seconds())
+        if retry_after is None:
+            details = status.get("details")
+            seconds = details.get("retryAfterSeconds") if isinstance(details, dict) else None
+            if isinstance(seconds, int) and seconds > 0:
+                retry_after = seconds
+        return KubeStatusError(code, status, retry_after)
+
+    async def _exchange(self, method: str, url: str, data: bytes | None, token: str | None) -> dict[str, Any]:
         response = await self.http.request(
             method,
             url,
-            headers=Headers(headers),
+            headers=self._headers(token, data is not None),
             data=data,
             allow_redirects=False,  # never carry the token elsewhere
             unbuffered=True,
@@ -538,14 +737,7 @@ class KubeClient:
             raise KubeTransportError(f"response larger than {self.max_body} bytes (HTTP {response.code})") from None
         code = int(response.code)
         if not 200 <= code < 300:
-            status = _status_body(code, body)
-            retry_after = parse_retry_after(_header(response.headers, b"Retry-After"), self.clock.seconds())
-            if retry_after is None:
-                details = status.get("details")
-                seconds = details.get("retryAfterSeconds") if isinstance(details, dict) else None
-                if isinstance(seconds, int) and seconds > 0:
-                    retry_after = seconds
-            raise KubeStatusError(code, status, retry_after)
+            raise self._status_error(response, code, body)
         try:
             document = json.loads(body)
         except ValueError:

@@ -238,7 +238,7 @@ def recover(directory: Path, now: str, at_step: Callable[[str], None] = no_step)
                 continue
             parsed = parse_record_filename(filename)
             if parsed is None:
-                continue  # not ours: the lock, a project cache, an operator's note
+                continue  # not ours: the lock, the known projects, an operator's note
             sequence, name = parsed
             try:
                 data = path.read_bytes()
