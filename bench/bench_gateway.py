@@ -28,10 +28,10 @@ sys.path.insert(0, str(REPO))
 from treq.testing import StubTreq  # noqa: E402
 from twisted.internet.task import Clock  # noqa: E402
 
-from brigade_cr.brigade import project_id  # noqa: E402
-from brigade_cr.gateway import Gateway  # noqa: E402
-from brigade_cr.memory import MemoryBuilds, MemoryProjects  # noqa: E402
-from brigade_cr.web import make_site_resource  # noqa: E402
+from brigade_cr.core.contract import project_id  # noqa: E402
+from brigade_cr.core.gateway import Gateway  # noqa: E402
+from brigade_cr.testing.memory import MemoryBuilds, MemoryProjects  # noqa: E402
+from brigade_cr.web.routes import make_site_resource  # noqa: E402
 
 BODY = (REPO / "tests" / "payloads" / "acr_push.json").read_bytes()
 SECRET = "bench-secret"  # noqa: S105 (a throwaway project secret on loopback)

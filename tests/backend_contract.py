@@ -16,10 +16,10 @@ import pytest
 import pytest_twisted
 from zope.interface.verify import verifyObject
 
-from brigade_cr.brigade import BUILD_DATA_KEYS, build_secret, project_id
-from brigade_cr.errors import BackendRejected, ProjectNotFound
-from brigade_cr.interfaces import IBuilds, IProjects
-from brigade_cr.values import Build, Receipt
+from brigade_cr.core.contract import BUILD_DATA_KEYS, build_secret, project_id
+from brigade_cr.core.errors import BackendRejected, ProjectNotFound
+from brigade_cr.core.interfaces import IBuilds, IProjects
+from brigade_cr.core.values import Build, Receipt
 
 
 @attrs.define

@@ -33,13 +33,13 @@ from twisted.internet.defer import Deferred, DeferredSemaphore, fail, gatherResu
 from twisted.internet.task import deferLater, react
 from zope.interface import implementer
 
-from brigade_cr.errors import BackendRejected, BackendUnavailable
-from brigade_cr.fileio import ThreadedIO
-from brigade_cr.interfaces import IBuilds
-from brigade_cr.local import directory_backend
-from brigade_cr.retry import Backoff
-from brigade_cr.spool import SpooledBuilds
-from brigade_cr.values import Build, Receipt
+from brigade_cr.core.errors import BackendRejected, BackendUnavailable
+from brigade_cr.core.interfaces import IBuilds
+from brigade_cr.core.values import Build, Receipt
+from brigade_cr.stores.directory import directory_backend
+from brigade_cr.stores.fileio import ThreadedIO
+from brigade_cr.stores.retry import Backoff
+from brigade_cr.stores.spool import SpooledBuilds
 from tests.backend_contract import a_build
 
 CRASH_EXIT = 86

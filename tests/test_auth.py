@@ -13,13 +13,13 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import EventLoggingObserver
 from twisted.logger import LogLevel, globalLogPublisher
 
-from brigade_cr.auth import HmacScheme, Verdict, check_credentials
-from brigade_cr.brigade import project_id
-from brigade_cr.errors import InvalidText, RateLimited, Unauthorized
-from brigade_cr.gateway import DUMMY_SECRET_LENGTH, Accepted, Gateway, failure_key
-from brigade_cr.memory import MemoryBuilds, MemoryProjects
-from brigade_cr.ratelimit import RateLimiter
-from brigade_cr.values import Delivery
+from brigade_cr.core.auth import HmacScheme, Verdict, check_credentials
+from brigade_cr.core.contract import project_id
+from brigade_cr.core.errors import InvalidText, RateLimited, Unauthorized
+from brigade_cr.core.gateway import DUMMY_SECRET_LENGTH, Accepted, Gateway, failure_key
+from brigade_cr.core.tokenbucket import RateLimiter
+from brigade_cr.core.values import Delivery
+from brigade_cr.testing.memory import MemoryBuilds, MemoryProjects
 from tests.backend_contract import project_secret
 from tests.helpers import failure_of, result_of
 
@@ -316,7 +316,7 @@ class _RecordingLimiter(RateLimiter):
 
 
 def _traced(monkeypatch: pytest.MonkeyPatch) -> tuple[Gateway, list[tuple[str, object]]]:
-    import brigade_cr.gateway as gateway_module
+    import brigade_cr.core.gateway as gateway_module
 
     gateway, _, _ = make_gateway()
     calls: list[tuple[str, object]] = []

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from brigade_cr.brigade import (
+from brigade_cr.core.contract import (
     BUILD_DATA_KEYS,
     build_secret,
     decode_ulid_time,
@@ -20,8 +20,8 @@ from brigade_cr.brigade import (
     same_build,
     secret_data,
 )
-from brigade_cr.errors import ProjectNotFound
-from brigade_cr.values import Build
+from brigade_cr.core.errors import ProjectNotFound
+from brigade_cr.core.values import Build
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from twisted.internet.address import IPv4Address
 from twisted.web.test.requesthelper import DummyRequest
 
-from brigade_cr.clientaddr import Network, client_address, parse_network, request_client_address
+from brigade_cr.web.clientaddr import Network, client_address, parse_network, request_client_address
 
 PODS = ipaddress.ip_network("10.244.0.0/16")
 V6 = ipaddress.ip_network("fd00::/8")

@@ -34,7 +34,7 @@ import pytest
 import yaml
 from packaging.version import Version
 
-from brigade_cr.tap import Options
+from brigade_cr.app.tap import Options
 
 ROOT = Path(__file__).parent.parent
 ETC = ROOT / "etc"
@@ -925,7 +925,7 @@ LEFT_OUT = [
     "dist/brigade_cr-0.1.0-py3-none-any.whl",
     "brigade_cr.egg-info/PKG-INFO",
     "brigade_cr/__pycache__/tap.cpython-312.pyc",
-    "brigade_cr/kube/__pycache__/client.cpython-312.pyc",
+    "brigade_cr/stores/kube/__pycache__/client.cpython-312.pyc",
     "brigade_cr/stale.pyc",
     "brigade_cr/.venv/bin/python",
     "twisted/plugins/dropin.cache",
@@ -952,7 +952,7 @@ def test_dockerignore_keeps_the_sources() -> None:
     listed = _run(["git", "ls-files", "setup.py", "pyproject.toml", "README.md", "brigade_cr", "twisted"], cwd=ROOT)
     assert listed.returncode == 0, listed.stderr
     tracked = listed.stdout.split()
-    assert "twisted/plugins/brigade_cr_plugin.py" in tracked and "brigade_cr/tap.py" in tracked
+    assert "twisted/plugins/brigade_cr_plugin.py" in tracked and "brigade_cr/app/tap.py" in tracked
     patterns = dockerignore_patterns()
     assert [path for path in tracked if docker_ignored(path, patterns)] == []
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from brigade_cr.brigade import BUILD_DATA_KEYS, is_ulid, project_id
+from brigade_cr.core.contract import BUILD_DATA_KEYS, is_ulid, project_id
 from tests.backend_contract import project_secret
 from tests.e2e import AUTH, NAMESPACE, PAYLOADS, SECRET, builds, data, new_builds
 from tests.gatewayprocess import GatewayProcess

@@ -22,11 +22,11 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import EventLoggingObserver
 from twisted.logger import globalLogPublisher
 
-from brigade_cr.gateway import Gateway
-from brigade_cr.memory import MemoryBuilds, MemoryProjects
-from brigade_cr.ratelimit import RateLimiter
-from brigade_cr.spool import decode_record
-from brigade_cr.web import make_site_resource
+from brigade_cr.core.gateway import Gateway
+from brigade_cr.core.tokenbucket import RateLimiter
+from brigade_cr.stores.spool import decode_record
+from brigade_cr.testing.memory import MemoryBuilds, MemoryProjects
+from brigade_cr.web.routes import make_site_resource
 from tests.backend_contract import project_secret
 from tests.helpers import result_of
 from tests.wire import SECRET as WIRE_SECRET

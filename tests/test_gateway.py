@@ -11,11 +11,11 @@ import attrs
 import pytest
 from twisted.internet.task import Clock
 
-from brigade_cr.brigade import decode_ulid_time, is_ulid, project_id
-from brigade_cr.errors import BackendUnavailable, BadRequest, Unauthorized
-from brigade_cr.gateway import Accepted, Gateway, Ignored, event_type, titles
-from brigade_cr.memory import MemoryBuilds, MemoryProjects
-from brigade_cr.values import Delivery, RegistryEvent
+from brigade_cr.core.contract import decode_ulid_time, is_ulid, project_id
+from brigade_cr.core.errors import BackendUnavailable, BadRequest, Unauthorized
+from brigade_cr.core.gateway import Accepted, Gateway, Ignored, event_type, titles
+from brigade_cr.core.values import Delivery, RegistryEvent
+from brigade_cr.testing.memory import MemoryBuilds, MemoryProjects
 from tests.backend_contract import project_secret
 from tests.helpers import failure_of, result_of
 

@@ -1,5 +1,5 @@
 """
-Tests for ``brigade_cr.kube.backend``: the shared backend contract (on the
+Tests for ``brigade_cr.stores.kube.backend``: the shared backend contract (on the
 fake API served over TLS in the test reactor, and through ``kube_target``,
 which includes a real cluster when one is configured), then how every
 class of API failure maps to a domain error, over real loopback
@@ -22,13 +22,13 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.ssl import CertificateOptions, PrivateCertificate
 from zope.interface.verify import verifyObject
 
-from brigade_cr.brigade import BUILD_DATA_KEYS, build_secret, project_id
-from brigade_cr.errors import BackendRejected, BackendUnavailable, ProjectNotFound
-from brigade_cr.interfaces import IBuilds, IProjects
-from brigade_cr.kube.backend import KubeBuilds, KubeProjects, make_kube_backend
-from brigade_cr.kube.client import KubeClient, KubeStatusError
-from brigade_cr.kube.config import BearerToken, BearerTokenFile, KubeConfig, NoCredentials, load_kubeconfig
-from brigade_cr.values import Receipt
+from brigade_cr.core.contract import BUILD_DATA_KEYS, build_secret, project_id
+from brigade_cr.core.errors import BackendRejected, BackendUnavailable, ProjectNotFound
+from brigade_cr.core.interfaces import IBuilds, IProjects
+from brigade_cr.core.values import Receipt
+from brigade_cr.stores.kube.backend import KubeBuilds, KubeProjects, make_kube_backend
+from brigade_cr.stores.kube.client import KubeClient, KubeStatusError
+from brigade_cr.stores.kube.config import BearerToken, BearerTokenFile, KubeConfig, NoCredentials, load_kubeconfig
 from tests.backend_contract import BackendContract, BackendUnderTest, a_build, project_secret
 from tests.certs import write_test_pki
 from tests.kubeapi import FakeKube
@@ -105,8 +105,8 @@ async def watched_backend(kube: tuple[FakeKube, Any, Stores]) -> AsyncIterator[B
     from twisted.internet import reactor
     from twisted.internet.task import deferLater
 
-    from brigade_cr.kube.watch import ProjectWatch
-    from brigade_cr.projects import KnownProjects
+    from brigade_cr.stores.kube.watch import ProjectWatch
+    from brigade_cr.stores.projects import KnownProjects
 
     fake, _, made = kube
     watch = ProjectWatch(made.client, NAMESPACE, reactor)

@@ -1,5 +1,5 @@
 """
-Tests for ``brigade_cr.kube.client``, ``credentials`` and ``tls``.
+Tests for ``brigade_cr.stores.kube.client``, ``credentials`` and ``tls``.
 
 Three kinds:
 
@@ -34,14 +34,14 @@ from twisted.web.server import NOT_DONE_YET
 from zope.interface.verify import verifyObject
 
 from brigade_cr import __version__
-from brigade_cr.kube.client import (
+from brigade_cr.stores.kube.client import (
     KubeClient,
     KubeStatusError,
     KubeTransportError,
     parse_retry_after,
     transport_reason,
 )
-from brigade_cr.kube.config import (
+from brigade_cr.stores.kube.config import (
     BearerToken,
     BearerTokenFile,
     ExecPlugin,
@@ -50,7 +50,7 @@ from brigade_cr.kube.config import (
     NoCredentials,
     load_kubeconfig,
 )
-from brigade_cr.kube.credentials import (
+from brigade_cr.stores.kube.credentials import (
     ExecToken,
     FileToken,
     ITokenSource,
@@ -60,7 +60,7 @@ from brigade_cr.kube.credentials import (
     parse_rfc3339,
     token_source_for,
 )
-from brigade_cr.kube.tls import tls_policy
+from brigade_cr.stores.kube.tls import tls_policy
 from tests.certs import write_test_pki
 from tests.helpers import failure_of, result_of
 from tests.kubeapi import FakeKube

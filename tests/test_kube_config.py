@@ -1,5 +1,5 @@
 """
-Tests for ``brigade_cr.kube.config``: reading kubeconfig files and the
+Tests for ``brigade_cr.stores.kube.config``: reading kubeconfig files and the
 in-cluster service account, the lookup order, and the namespace rule.
 """
 
@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
-from brigade_cr.kube.config import (
+from brigade_cr.stores.kube.config import (
     BearerToken,
     BearerTokenFile,
     ExecPlugin,

@@ -17,12 +17,12 @@ from twisted.internet.task import Clock
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
-from brigade_cr.brigade import project_id
-from brigade_cr.kube.client import KubeClient, KubeStatusError, KubeTransportError
-from brigade_cr.kube.credentials import StaticToken
-from brigade_cr.kube.watch import PROJECT_SELECTOR, ProjectWatch
-from brigade_cr.retry import Backoff
-from brigade_cr.values import Project
+from brigade_cr.core.contract import project_id
+from brigade_cr.core.values import Project
+from brigade_cr.stores.kube.client import KubeClient, KubeStatusError, KubeTransportError
+from brigade_cr.stores.kube.credentials import StaticToken
+from brigade_cr.stores.kube.watch import PROJECT_SELECTOR, ProjectWatch
+from brigade_cr.stores.retry import Backoff
 from tests.backend_contract import project_secret
 from tests.helpers import failure_of
 from tests.kubeapi import FakeKube

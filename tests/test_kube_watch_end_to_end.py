@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
-from brigade_cr.brigade import project_id
+from brigade_cr.core.contract import project_id
 from tests.backend_contract import project_secret
 from tests.e2e import NAMESPACE, PAYLOADS, SECRET
 from tests.gatewayprocess import GatewayProcess

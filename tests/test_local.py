@@ -12,10 +12,10 @@ import pytest
 import yaml
 from twisted.internet.task import Clock
 
-from brigade_cr.brigade import project_id
-from brigade_cr.errors import BackendUnavailable, ProjectNotFound
-from brigade_cr.fileio import InlineIO
-from brigade_cr.local import (
+from brigade_cr.core.contract import project_id
+from brigade_cr.core.errors import BackendUnavailable, ProjectNotFound
+from brigade_cr.core.values import Receipt
+from brigade_cr.stores.directory import (
     DirectoryScan,
     directory_backend,
     manifest_signature,
@@ -23,8 +23,8 @@ from brigade_cr.local import (
     read_projects,
     write_build,
 )
-from brigade_cr.projects import KnownProjects
-from brigade_cr.values import Receipt
+from brigade_cr.stores.fileio import InlineIO
+from brigade_cr.stores.projects import KnownProjects
 from tests.backend_contract import BackendContract, BackendUnderTest, a_build, project_secret
 from tests.helpers import failure_of, result_of
 
@@ -129,7 +129,7 @@ def test_rescan_reads_no_manifest_when_nothing_changed(
     write(directory / "one.yaml", project_secret("one", crGatewaySecret=b"first-secret-value"), 10**18)
     clock.advance(2)
     reads: list[Path] = []
-    monkeypatch.setattr("brigade_cr.local.read_projects", lambda d: reads.append(d) or read_projects(d))
+    monkeypatch.setattr("brigade_cr.stores.directory.read_projects", lambda d: reads.append(d) or read_projects(d))
     clock.advance(20)
     assert reads == []
     assert secret_of(known, "one") == b"first-secret-value"

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from brigade_cr.memory import MemoryBuilds, MemoryProjects
+from brigade_cr.testing.memory import MemoryBuilds, MemoryProjects
 from tests.backend_contract import BackendContract, BackendUnderTest
 
 

@@ -11,13 +11,13 @@ from hypothesis import strategies as st
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 
-from brigade_cr.brigade import project_id
-from brigade_cr.gateway import Gateway
-from brigade_cr.memory import MemoryBuilds, MemoryProjects
-from brigade_cr.metrics import OUTCOMES, GatewayMetrics
-from brigade_cr.ratelimit import RateLimiter
+from brigade_cr.app.metrics import OUTCOMES, GatewayMetrics
+from brigade_cr.core.contract import project_id
+from brigade_cr.core.gateway import Gateway
+from brigade_cr.core.tokenbucket import RateLimiter
+from brigade_cr.core.values import Delivery
 from brigade_cr.registries import FORMATS
-from brigade_cr.values import Delivery
+from brigade_cr.testing.memory import MemoryBuilds, MemoryProjects
 from tests.backend_contract import project_secret
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=timezone.utc)
@@ -111,7 +111,7 @@ def test_spool_gauges() -> None:
     The spool's stats are exported at scrape time: the queue, the records in
     flight and the oldest record's age as gauges, parked records as counters.
     """
-    from brigade_cr.spool import SpoolStats
+    from brigade_cr.stores.spool import SpoolStats
 
     metrics = GatewayMetrics()
     current = {"queued": 3}

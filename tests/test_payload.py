@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from brigade_cr.errors import BadRequest, InvalidText
-from brigade_cr.payload import MAX_DEPTH, decode_document
+from brigade_cr.core.errors import BadRequest, InvalidText
+from brigade_cr.core.payload import MAX_DEPTH, decode_document
 
 
 def test_object_decodes() -> None:

@@ -20,11 +20,11 @@ from twisted.internet.task import Clock
 from twisted.logger import LogEvent, formatEvent, globalLogPublisher
 from zope.interface.verify import verifyObject
 
-from brigade_cr.brigade import project_id
-from brigade_cr.errors import BackendUnavailable, ProjectNotFound
-from brigade_cr.interfaces import IProjects
-from brigade_cr.projects import KnownProjects, load_store, save_store
-from brigade_cr.values import Project
+from brigade_cr.core.contract import project_id
+from brigade_cr.core.errors import BackendUnavailable, ProjectNotFound
+from brigade_cr.core.interfaces import IProjects
+from brigade_cr.core.values import Project
+from brigade_cr.stores.projects import KnownProjects, load_store, save_store
 from tests.helpers import failure_of, result_of
 
 PID = project_id("acme/webapp")

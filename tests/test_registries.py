@@ -12,11 +12,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 from zope.interface.verify import verifyObject
 
-from brigade_cr.errors import BadRequest
-from brigade_cr.interfaces import IPayloadFormat
+from brigade_cr.core.errors import BadRequest
+from brigade_cr.core.interfaces import IPayloadFormat
+from brigade_cr.core.values import Delivery, RegistryEvent
 from brigade_cr.registries import FORMATS, ACRFormat, DockerHubFormat, GenericFormat, recognise
 from brigade_cr.registries._common import artifact_class, parse_time
-from brigade_cr.values import Delivery, RegistryEvent
 
 PAYLOADS = Path(__file__).parent / "payloads"
 RECEIVED = datetime(2026, 11, 26, 12, 0, tzinfo=timezone.utc)

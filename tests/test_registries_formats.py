@@ -22,10 +22,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from zope.interface.verify import verifyObject
 
-from brigade_cr.auth import HmacScheme
-from brigade_cr.errors import BadRequest
-from brigade_cr.gateway import BUILDABLE, event_type
-from brigade_cr.interfaces import IPayloadFormat
+from brigade_cr.core.auth import HmacScheme
+from brigade_cr.core.errors import BadRequest
+from brigade_cr.core.gateway import BUILDABLE, event_type
+from brigade_cr.core.interfaces import IPayloadFormat
+from brigade_cr.core.values import Delivery, RegistryEvent
 from brigade_cr.registries import (
     FORMATS,
     ACRFormat,
@@ -49,7 +50,6 @@ from brigade_cr.registries._common import (
     tag_of,
     url_host,
 )
-from brigade_cr.values import Delivery, RegistryEvent
 
 PAYLOADS = Path(__file__).parent / "payloads"
 RECEIVED = datetime(2026, 11, 26, 12, 0, tzinfo=timezone.utc)

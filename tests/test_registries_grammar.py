@@ -17,7 +17,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from brigade_cr.grammar import MAX_REPOSITORY, REPOSITORY, TAG, is_repository, is_tag
+from brigade_cr.core.grammar import MAX_REPOSITORY, REPOSITORY, TAG, is_repository, is_tag
+from brigade_cr.core.values import Delivery, RegistryEvent
 from brigade_cr.registries import FORMATS, recognise
 from brigade_cr.registries._common import (
     INVALID_REPOSITORY,
@@ -27,7 +28,6 @@ from brigade_cr.registries._common import (
     make_event,
     outcome,
 )
-from brigade_cr.values import Delivery, RegistryEvent
 
 RECEIVED = datetime(2026, 11, 26, 12, 0, tzinfo=timezone.utc)
 DIGEST = "sha256:" + "c" * 64

@@ -1,5 +1,5 @@
 """
-Tests for ``brigade_cr.retry``: exact backoff delays, the token bucket, and
+Tests for ``brigade_cr.stores.retry``: exact backoff delays, the token bucket, and
 retrying within a time budget, all on a ``Clock`` with no real waiting.
 """
 
@@ -16,10 +16,10 @@ from twisted.internet.task import Clock
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from brigade_cr.errors import BackendRejected, BackendUnavailable
-from brigade_cr.interfaces import IBuilds
-from brigade_cr.retry import MAX_RETRY_AFTER, Backoff, RetryingBuilds, Throttle, ThrottledBuilds
-from brigade_cr.values import Build, Receipt
+from brigade_cr.core.errors import BackendRejected, BackendUnavailable
+from brigade_cr.core.interfaces import IBuilds
+from brigade_cr.core.values import Build, Receipt
+from brigade_cr.stores.retry import MAX_RETRY_AFTER, Backoff, RetryingBuilds, Throttle, ThrottledBuilds
 from tests.backend_contract import a_build
 from tests.helpers import failure_of, result_of
 

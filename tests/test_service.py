@@ -9,10 +9,10 @@ from twisted.application.service import Service
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
 
-from brigade_cr.gateway import Gateway
-from brigade_cr.memory import MemoryBuilds, MemoryProjects
-from brigade_cr.service import GatewayService
-from brigade_cr.web import WebhookSite
+from brigade_cr.app.service import GatewayService
+from brigade_cr.core.gateway import Gateway
+from brigade_cr.testing.memory import MemoryBuilds, MemoryProjects
+from brigade_cr.web.routes import WebhookSite
 
 
 class Listening(Service):

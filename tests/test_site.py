@@ -17,9 +17,9 @@ from twisted.logger import formatEvent
 from twisted.web.http import parse_qs
 from twisted.web.resource import Resource
 
-from brigade_cr.errors import InvalidText
-from brigade_cr.ratelimit import RateLimiter
-from brigade_cr.site import (
+from brigade_cr.core.errors import InvalidText
+from brigade_cr.core.tokenbucket import RateLimiter
+from brigade_cr.web.site import (
     REASONS,
     BrigadeSite,
     QueryItem,

@@ -1,5 +1,5 @@
 """
-Tests for ``brigade_cr.spool``: the shared backend contract, the record
+Tests for ``brigade_cr.stores.spool``: the shared backend contract, the record
 format, outages simulated on a ``Clock``, dead letters, quarantine,
 backpressure, shutdown, the directory lock, and a property: any sequence of
 submits, outages and restarts creates each build exactly once, in order.
@@ -34,14 +34,14 @@ from twisted.logger import Logger, LogLevel, formatEvent
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from brigade_cr.brigade import build_secret, secret_data
-from brigade_cr.errors import BackendRejected, BackendUnavailable, InvalidText
-from brigade_cr.fileio import InlineIO, ThreadedIO
-from brigade_cr.interfaces import IBuilds
-from brigade_cr.memory import MemoryBuilds, MemoryProjects
-from brigade_cr.metrics import GatewayMetrics
-from brigade_cr.retry import Backoff
-from brigade_cr.spool import (
+from brigade_cr.app.metrics import GatewayMetrics
+from brigade_cr.core.contract import build_secret, secret_data
+from brigade_cr.core.errors import BackendRejected, BackendUnavailable, InvalidText
+from brigade_cr.core.interfaces import IBuilds
+from brigade_cr.core.values import Build, Receipt
+from brigade_cr.stores.fileio import InlineIO, ThreadedIO
+from brigade_cr.stores.retry import Backoff
+from brigade_cr.stores.spool import (
     DEAD_LETTER,
     LOCK_FILE,
     MAX_ATTEMPTS,
@@ -56,9 +56,9 @@ from brigade_cr.spool import (
     parse_record_filename,
     record_filename,
 )
-from brigade_cr.spool import record as spool_record
-from brigade_cr.spool import spooled as spool_drainer
-from brigade_cr.values import Build, Receipt
+from brigade_cr.stores.spool import record as spool_record
+from brigade_cr.stores.spool import spooled as spool_drainer
+from brigade_cr.testing.memory import MemoryBuilds, MemoryProjects
 from tests.backend_contract import BackendContract, BackendUnderTest, a_build
 from tests.helpers import failure_of, result_of
 

@@ -33,12 +33,13 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
 from zope.interface import implementer
 
-from brigade_cr.brigade import secret_data
-from brigade_cr.errors import BackendRejected
-from brigade_cr.fileio import InlineIO
-from brigade_cr.interfaces import IBuilds
-from brigade_cr.local import write_build
-from brigade_cr.spool import (
+from brigade_cr.core.contract import secret_data
+from brigade_cr.core.errors import BackendRejected
+from brigade_cr.core.interfaces import IBuilds
+from brigade_cr.core.values import Build, Receipt
+from brigade_cr.stores.directory import write_build
+from brigade_cr.stores.fileio import InlineIO
+from brigade_cr.stores.spool import (
     DEAD_LETTER,
     DEAD_LETTER_STEPS,
     DRAIN_STEPS,
@@ -51,7 +52,6 @@ from brigade_cr.spool import (
     parse_record_filename,
     record_filename,
 )
-from brigade_cr.values import Build, Receipt
 from tests.helpers import result_of
 from tests.spool_writer import CRASH_EXIT, build_for
 

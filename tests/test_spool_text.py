@@ -13,9 +13,9 @@ from pathlib import Path
 
 from twisted.internet.task import Clock
 
-from brigade_cr.fileio import InlineIO
-from brigade_cr.memory import MemoryBuilds
-from brigade_cr.spool import SpooledBuilds, decode_record, encode_record
+from brigade_cr.stores.fileio import InlineIO
+from brigade_cr.stores.spool import SpooledBuilds, decode_record, encode_record
+from brigade_cr.testing.memory import MemoryBuilds
 from tests.backend_contract import a_build
 from tests.helpers import result_of
 

@@ -19,7 +19,7 @@ from twisted.internet.interfaces import IReactorFDSet
 from twisted.internet.protocol import Factory, Protocol
 from twisted.python import usage
 
-from brigade_cr.startup import SPOOL_LOCK, StartupError, bind, check_spool, fails_clearly
+from brigade_cr.app.startup import SPOOL_LOCK, StartupError, bind, check_spool, fails_clearly
 from tests.gatewayprocess import Finished, run_to_completion
 
 

@@ -8,8 +8,8 @@ from typing import Any, Callable
 import attrs
 import pytest
 
-from brigade_cr.errors import BadRequest, InvalidText
-from brigade_cr.values import PUSH, Build, Delivery, Project, Receipt, RegistryEvent
+from brigade_cr.core.errors import BadRequest, InvalidText
+from brigade_cr.core.values import PUSH, Build, Delivery, Project, Receipt, RegistryEvent
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=timezone.utc)
 BAD = ["\udc80", "a\ud800b", "\udfff"]

@@ -17,16 +17,16 @@ from twisted.logger import LogLevel, formatEvent
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from brigade_cr.brigade import project_id
-from brigade_cr.errors import BackendRejected, BackendUnavailable
-from brigade_cr.fileio import InlineIO
-from brigade_cr.gateway import Gateway
-from brigade_cr.interfaces import IBuilds
-from brigade_cr.memory import MemoryBuilds, MemoryProjects
-from brigade_cr.ratelimit import RateLimiter
-from brigade_cr.spool import SpooledBuilds
-from brigade_cr.values import Build, Receipt
-from brigade_cr.web import WebhookSite, make_site_resource, split_webhook_path
+from brigade_cr.core.contract import project_id
+from brigade_cr.core.errors import BackendRejected, BackendUnavailable
+from brigade_cr.core.gateway import Gateway
+from brigade_cr.core.interfaces import IBuilds
+from brigade_cr.core.tokenbucket import RateLimiter
+from brigade_cr.core.values import Build, Receipt
+from brigade_cr.stores.fileio import InlineIO
+from brigade_cr.stores.spool import SpooledBuilds
+from brigade_cr.testing.memory import MemoryBuilds, MemoryProjects
+from brigade_cr.web.routes import WebhookSite, make_site_resource, split_webhook_path
 from tests.backend_contract import project_secret
 from tests.helpers import result_of
 

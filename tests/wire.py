@@ -18,14 +18,14 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.testing import EventLoggingObserver, MemoryReactorClock, StringTransport
 from twisted.logger import formatEvent, globalLogPublisher
 
-from brigade_cr.fileio import InlineIO
-from brigade_cr.gateway import Gateway
-from brigade_cr.interfaces import IBuilds
-from brigade_cr.memory import MemoryBuilds, MemoryProjects
-from brigade_cr.ratelimit import RateLimiter
-from brigade_cr.site import BrigadeSite
-from brigade_cr.spool import SpooledBuilds
-from brigade_cr.web import WebhookSite
+from brigade_cr.core.gateway import Gateway
+from brigade_cr.core.interfaces import IBuilds
+from brigade_cr.core.tokenbucket import RateLimiter
+from brigade_cr.stores.fileio import InlineIO
+from brigade_cr.stores.spool import SpooledBuilds
+from brigade_cr.testing.memory import MemoryBuilds, MemoryProjects
+from brigade_cr.web.routes import WebhookSite
+from brigade_cr.web.site import BrigadeSite
 from tests.backend_contract import project_secret
 from tests.helpers import result_of
 

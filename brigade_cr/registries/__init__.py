@@ -22,19 +22,19 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
 
-from ..interfaces import IPayloadFormat
-from .acr import ACRFormat
-from .aliyun import AliyunFormat
-from .distribution import DistributionFormat
-from .dockerhub import DockerHubFormat
-from .ecr import ECRFormat
-from .gar import GARFormat
-from .generic import GenericFormat
-from .github import GitHubFormat
-from .harbor import HarborFormat
-from .jfrog import JFrogFormat
-from .nexus import NexusFormat
-from .quay import QuayFormat
+from brigade_cr.core.interfaces import IPayloadFormat
+from brigade_cr.registries.acr import ACRFormat
+from brigade_cr.registries.aliyun import AliyunFormat
+from brigade_cr.registries.distribution import DistributionFormat
+from brigade_cr.registries.dockerhub import DockerHubFormat
+from brigade_cr.registries.ecr import ECRFormat
+from brigade_cr.registries.gar import GARFormat
+from brigade_cr.registries.generic import GenericFormat
+from brigade_cr.registries.github import GitHubFormat
+from brigade_cr.registries.harbor import HarborFormat
+from brigade_cr.registries.jfrog import JFrogFormat
+from brigade_cr.registries.nexus import NexusFormat
+from brigade_cr.registries.quay import QuayFormat
 
 __all__ = [
     "FORMATS",

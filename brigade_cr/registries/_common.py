@@ -8,8 +8,8 @@ from typing import Any, Mapping
 
 import attrs
 
-from ..grammar import is_repository, is_tag
-from ..values import CHART, IGNORED, IMAGE, OTHER, PUSH, UNKNOWN, RegistryEvent
+from brigade_cr.core.grammar import is_repository, is_tag
+from brigade_cr.core.values import CHART, IGNORED, IMAGE, OTHER, PUSH, UNKNOWN, RegistryEvent
 
 INVALID_TAG = "invalid tag"
 INVALID_REPOSITORY = "invalid repository"

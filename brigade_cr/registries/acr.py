@@ -6,11 +6,20 @@ from typing import Any, Mapping, Sequence
 
 from zope.interface import implementer
 
-from ..auth import HmacScheme
-from ..errors import BadRequest
-from ..interfaces import IPayloadFormat
-from ..values import CHART, DELETE, IGNORED, OTHER, PING, PUSH, QUARANTINE, Delivery, RegistryEvent
-from ._common import INVALID_TAG, artifact_class, is_signature, make_event, obj, parse_time, tag_of, text
+from brigade_cr.core.auth import HmacScheme
+from brigade_cr.core.errors import BadRequest
+from brigade_cr.core.interfaces import IPayloadFormat
+from brigade_cr.core.values import CHART, DELETE, IGNORED, OTHER, PING, PUSH, QUARANTINE, Delivery, RegistryEvent
+from brigade_cr.registries._common import (
+    INVALID_TAG,
+    artifact_class,
+    is_signature,
+    make_event,
+    obj,
+    parse_time,
+    tag_of,
+    text,
+)
 
 # ACR action -> (our action, forced artifact class or None).
 _ACTIONS: dict[str, tuple[str, str | None]] = {

@@ -27,10 +27,10 @@ from typing import Any, Mapping, Sequence
 
 from zope.interface import implementer
 
-from ..auth import HmacScheme
-from ..interfaces import IPayloadFormat
-from ..values import PUSH, UNKNOWN, Delivery, RegistryEvent
-from ._common import digest_of, make_event, obj, outcome, parse_time, text
+from brigade_cr.core.auth import HmacScheme
+from brigade_cr.core.interfaces import IPayloadFormat
+from brigade_cr.core.values import PUSH, UNKNOWN, Delivery, RegistryEvent
+from brigade_cr.registries._common import digest_of, make_event, obj, outcome, parse_time, text
 
 _REGION = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")
 # A time that says its own zone: ends in Z or a +hh:mm / -hhmm offset.

@@ -29,11 +29,11 @@ from typing import Any, Mapping, Sequence
 
 from zope.interface import implementer
 
-from ..auth import HmacScheme
-from ..errors import BadRequest
-from ..interfaces import IPayloadFormat
-from ..values import DELETE, IGNORED, PUSH, Delivery, RegistryEvent
-from ._common import (
+from brigade_cr.core.auth import HmacScheme
+from brigade_cr.core.errors import BadRequest
+from brigade_cr.core.interfaces import IPayloadFormat
+from brigade_cr.core.values import DELETE, IGNORED, PUSH, Delivery, RegistryEvent
+from brigade_cr.registries._common import (
     artifact_class,
     digest_of,
     host_of,

@@ -6,10 +6,10 @@ from typing import Any, Mapping, Sequence
 
 from zope.interface import implementer
 
-from ..auth import HmacScheme
-from ..interfaces import IPayloadFormat
-from ..values import PUSH, Delivery, RegistryEvent
-from ._common import artifact_class, make_event, obj, outcome, parse_time, text
+from brigade_cr.core.auth import HmacScheme
+from brigade_cr.core.interfaces import IPayloadFormat
+from brigade_cr.core.values import PUSH, Delivery, RegistryEvent
+from brigade_cr.registries._common import artifact_class, make_event, obj, outcome, parse_time, text
 
 
 @implementer(IPayloadFormat)

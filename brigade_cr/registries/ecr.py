@@ -20,10 +20,20 @@ from typing import Any, Mapping, Sequence
 
 from zope.interface import implementer
 
-from ..auth import HmacScheme
-from ..interfaces import IPayloadFormat
-from ..values import DELETE, IGNORED, PUSH, Delivery, RegistryEvent
-from ._common import artifact_class, digest_of, evolve_event, make_event, obj, outcome, parse_time, tag_of, text
+from brigade_cr.core.auth import HmacScheme
+from brigade_cr.core.interfaces import IPayloadFormat
+from brigade_cr.core.values import DELETE, IGNORED, PUSH, Delivery, RegistryEvent
+from brigade_cr.registries._common import (
+    artifact_class,
+    digest_of,
+    evolve_event,
+    make_event,
+    obj,
+    outcome,
+    parse_time,
+    tag_of,
+    text,
+)
 
 IMAGE_ACTION = "ECR Image Action"
 _ACTIONS = {"PUSH": PUSH, "DELETE": DELETE}

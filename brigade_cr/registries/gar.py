@@ -28,12 +28,12 @@ from typing import Any, Mapping, Sequence
 
 from zope.interface import implementer
 
-from ..auth import HmacScheme
-from ..errors import BadRequest
-from ..interfaces import IPayloadFormat
-from ..payload import decode_document
-from ..values import DELETE, IGNORED, PUSH, UNKNOWN, Delivery, RegistryEvent
-from ._common import evolve_event, make_event, outcome, parse_time, split_reference, tag_of, text
+from brigade_cr.core.auth import HmacScheme
+from brigade_cr.core.errors import BadRequest
+from brigade_cr.core.interfaces import IPayloadFormat
+from brigade_cr.core.payload import decode_document
+from brigade_cr.core.values import DELETE, IGNORED, PUSH, UNKNOWN, Delivery, RegistryEvent
+from brigade_cr.registries._common import evolve_event, make_event, outcome, parse_time, split_reference, tag_of, text
 
 _ACTIONS = {"INSERT": PUSH, "DELETE": DELETE}
 _HEADER_PREFIX = "x-goog-pubsub-"

@@ -27,11 +27,20 @@ from typing import Any, Mapping, Sequence
 
 from zope.interface import implementer
 
-from ..auth import HmacScheme
-from ..errors import BadRequest
-from ..interfaces import IPayloadFormat
-from ..values import DELETE, IGNORED, PUSH, UNKNOWN, Delivery, RegistryEvent
-from ._common import digest_of, evolve_event, make_event, obj, outcome, parse_time, split_reference, text
+from brigade_cr.core.auth import HmacScheme
+from brigade_cr.core.errors import BadRequest
+from brigade_cr.core.interfaces import IPayloadFormat
+from brigade_cr.core.values import DELETE, IGNORED, PUSH, UNKNOWN, Delivery, RegistryEvent
+from brigade_cr.registries._common import (
+    digest_of,
+    evolve_event,
+    make_event,
+    obj,
+    outcome,
+    parse_time,
+    split_reference,
+    text,
+)
 
 _PUSH_TYPES = frozenset({"PUSH_ARTIFACT", "harbor.artifact.pushed", "pushImage"})
 _DELETE_TYPES = frozenset({"DELETE_ARTIFACT", "harbor.artifact.deleted", "deleteImage"})

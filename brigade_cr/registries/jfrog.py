@@ -29,10 +29,10 @@ from typing import Any, Mapping, Sequence
 
 from zope.interface import implementer
 
-from ..auth import HmacScheme
-from ..interfaces import IPayloadFormat
-from ..values import DELETE, IGNORED, IMAGE, PUSH, Delivery, RegistryEvent
-from ._common import artifact_class, evolve_event, make_event, obj, outcome, tag_of, text, url_host
+from brigade_cr.core.auth import HmacScheme
+from brigade_cr.core.interfaces import IPayloadFormat
+from brigade_cr.core.values import DELETE, IGNORED, IMAGE, PUSH, Delivery, RegistryEvent
+from brigade_cr.registries._common import artifact_class, evolve_event, make_event, obj, outcome, tag_of, text, url_host
 
 _ACTIONS = {"pushed": PUSH, "deleted": DELETE}
 _HEX = re.compile(r"[0-9a-f]{64}")

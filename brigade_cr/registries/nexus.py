@@ -21,10 +21,10 @@ from typing import Any, Mapping, Sequence
 
 from zope.interface import implementer
 
-from ..auth import HmacScheme
-from ..interfaces import IPayloadFormat
-from ..values import DELETE, IGNORED, PUSH, UNKNOWN, Delivery, RegistryEvent
-from ._common import evolve_event, make_event, obj, outcome, parse_time, tag_of, text
+from brigade_cr.core.auth import HmacScheme
+from brigade_cr.core.interfaces import IPayloadFormat
+from brigade_cr.core.values import DELETE, IGNORED, PUSH, UNKNOWN, Delivery, RegistryEvent
+from brigade_cr.registries._common import evolve_event, make_event, obj, outcome, parse_time, tag_of, text
 
 COMPONENT_EVENTS = "rm:repository:component"
 _ACTIONS = {"CREATED": PUSH, "UPDATED": PUSH, "DELETED": DELETE}

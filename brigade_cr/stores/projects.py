@@ -38,9 +38,9 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from .errors import BackendUnavailable, ProjectNotFound
-from .interfaces import IProjects
-from .values import Project
+from brigade_cr.core.errors import BackendUnavailable, ProjectNotFound
+from brigade_cr.core.interfaces import IProjects
+from brigade_cr.core.values import Project
 
 DEFAULT_FIRST_SYNC_TIMEOUT = 5.0
 # A crGatewaySecret shorter than this is guessable enough to warn about.

@@ -15,9 +15,10 @@ import attrs
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from .auth import HmacScheme, check_credentials
-from .brigade import project_id
-from .errors import (
+from brigade_cr.app.metrics import GatewayMetrics
+from brigade_cr.core.auth import HmacScheme, check_credentials
+from brigade_cr.core.contract import project_id
+from brigade_cr.core.errors import (
     BackendRejected,
     BackendUnavailable,
     BadRequest,
@@ -25,13 +26,11 @@ from .errors import (
     RateLimited,
     Unauthorized,
 )
-from .identity import build_ulid, identity_of
-from .interfaces import IBuilds, IPayloadFormat, IProjects
-from .metrics import GatewayMetrics
-from .payload import decode_document
-from .ratelimit import RateLimiter
-from .registries import FORMATS, recognise
-from .values import (
+from brigade_cr.core.identity import build_ulid, identity_of
+from brigade_cr.core.interfaces import IBuilds, IPayloadFormat, IProjects
+from brigade_cr.core.payload import decode_document
+from brigade_cr.core.tokenbucket import RateLimiter
+from brigade_cr.core.values import (
     CHART,
     DELETE,
     OTHER,
@@ -42,6 +41,7 @@ from .values import (
     Receipt,
     RegistryEvent,
 )
+from brigade_cr.registries import FORMATS, recognise
 
 BUILDABLE = frozenset({PUSH, DELETE, QUARANTINE})
 _OUTCOME_OF: dict[type[Exception], str] = {

@@ -41,11 +41,11 @@ from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
-from ..brigade import project_from_secret
-from ..errors import ProjectNotFound
-from ..retry import Backoff
-from ..values import Project
-from .client import KubeClient, KubeStatusError, KubeTransportError
+from brigade_cr.core.contract import project_from_secret
+from brigade_cr.core.errors import ProjectNotFound
+from brigade_cr.core.values import Project
+from brigade_cr.stores.kube.client import KubeClient, KubeStatusError, KubeTransportError
+from brigade_cr.stores.retry import Backoff
 
 PROJECT_SELECTOR = "type=brigade.sh/project"
 DEFAULT_RESYNC = 300.0

@@ -41,9 +41,15 @@ from typing import Any, Callable, Mapping
 
 import attrs
 
-from ..fileio import fsync_directory
-from ..values import Build
-from .record import CorruptRecord, decode_record, is_temporary_filename, parse_record_filename, temporary_filename
+from brigade_cr.core.values import Build
+from brigade_cr.stores.fileio import fsync_directory
+from brigade_cr.stores.spool.record import (
+    CorruptRecord,
+    decode_record,
+    is_temporary_filename,
+    parse_record_filename,
+    temporary_filename,
+)
 
 LOCK_FILE = "spool.lock"
 DEAD_LETTER = "dead-letter"

@@ -30,9 +30,9 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from .errors import BackendUnavailable
-from .interfaces import IBuilds
-from .values import Build, Receipt
+from brigade_cr.core.errors import BackendUnavailable
+from brigade_cr.core.interfaces import IBuilds
+from brigade_cr.core.values import Build, Receipt
 
 # The longest Retry-After honoured: a server asking for an hour (or sending a
 # nonsense value) must not park a spool's head record for that long.

@@ -28,11 +28,11 @@ from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
-from .brigade import build_secret, project_from_secret, same_build
-from .errors import BackendRejected, BackendUnavailable, ProjectNotFound
-from .fileio import BlockingIO, ThreadedIO, fsync_directory
-from .interfaces import IBuilds, IProjects
-from .values import Build, Project, Receipt
+from brigade_cr.core.contract import build_secret, project_from_secret, same_build
+from brigade_cr.core.errors import BackendRejected, BackendUnavailable, ProjectNotFound
+from brigade_cr.core.interfaces import IBuilds, IProjects
+from brigade_cr.core.values import Build, Project, Receipt
+from brigade_cr.stores.fileio import BlockingIO, ThreadedIO, fsync_directory
 
 T = TypeVar("T")
 MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")

@@ -46,7 +46,7 @@ from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel, _escape
 from twisted.web.server import Request, Site
 
-from .errors import InvalidText
+from brigade_cr.core.errors import InvalidText
 
 SAFE_QUERY_NAMES = frozenset({b"commit", b"registry"})
 DEFAULT_MAX_BODY = 256 * 1024

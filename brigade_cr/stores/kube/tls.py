@@ -44,7 +44,7 @@ from twisted.logger import Logger
 from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
 
-from .config import KubeConfig, KubeConfigError
+from brigade_cr.stores.kube.config import KubeConfig, KubeConfigError
 
 
 def _pem_certificates(data: bytes, what: str) -> list[Certificate]:

@@ -19,7 +19,7 @@ from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from .web import WebhookSite
+from brigade_cr.web.routes import WebhookSite
 
 DEFAULT_DRAIN_DEADLINE = 25.0
 

@@ -62,10 +62,10 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH, IAgent, IBodyProducer, IResponse
 from zope.interface import implementer
 
-from .. import __version__
-from .config import KubeConfig
-from .credentials import ITokenSource, KubeCredentialError, token_source_for
-from .tls import tls_policy
+from brigade_cr import __version__
+from brigade_cr.stores.kube.config import KubeConfig
+from brigade_cr.stores.kube.credentials import ITokenSource, KubeCredentialError, token_source_for
+from brigade_cr.stores.kube.tls import tls_policy
 
 USER_AGENT = f"brigade-cr/{__version__}"
 DEFAULT_TIMEOUT = 10.0

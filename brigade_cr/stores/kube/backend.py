@@ -51,12 +51,12 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from ..brigade import build_secret, project_from_secret, same_build
-from ..errors import BackendRejected, BackendUnavailable, ProjectNotFound
-from ..interfaces import IBuilds, IProjects
-from ..values import Build, Project, Receipt
-from .client import DEFAULT_TIMEOUT, KubeClient, KubeStatusError, KubeTransportError
-from .config import KubeConfig
+from brigade_cr.core.contract import build_secret, project_from_secret, same_build
+from brigade_cr.core.errors import BackendRejected, BackendUnavailable, ProjectNotFound
+from brigade_cr.core.interfaces import IBuilds, IProjects
+from brigade_cr.core.values import Build, Project, Receipt
+from brigade_cr.stores.kube.client import DEFAULT_TIMEOUT, KubeClient, KubeStatusError, KubeTransportError
+from brigade_cr.stores.kube.config import KubeConfig
 
 # A Secret name is a DNS-1123 subdomain.
 _SECRET_NAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")

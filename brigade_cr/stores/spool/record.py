@@ -27,7 +27,7 @@ from typing import Any
 
 import attrs
 
-from ..values import Build
+from brigade_cr.core.values import Build
 
 RECORD_VERSION = 1
 

@@ -12,10 +12,10 @@ import attrs
 from twisted.internet.defer import Deferred, fail, succeed
 from zope.interface import implementer
 
-from .brigade import build_secret, project_from_secret, same_build
-from .errors import BackendRejected, BackendUnavailable, ProjectNotFound
-from .interfaces import IBuilds, IProjects
-from .values import Build, Project, Receipt
+from brigade_cr.core.contract import build_secret, project_from_secret, same_build
+from brigade_cr.core.errors import BackendRejected, BackendUnavailable, ProjectNotFound
+from brigade_cr.core.interfaces import IBuilds, IProjects
+from brigade_cr.core.values import Build, Project, Receipt
 
 
 @implementer(IProjects)

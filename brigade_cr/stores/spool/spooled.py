@@ -30,12 +30,12 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from ..errors import BackendRejected, BackendUnavailable
-from ..fileio import BlockingIO
-from ..interfaces import IBuilds
-from ..retry import Backoff
-from ..values import Build, Receipt
-from .disk import (
+from brigade_cr.core.errors import BackendRejected, BackendUnavailable
+from brigade_cr.core.interfaces import IBuilds
+from brigade_cr.core.values import Build, Receipt
+from brigade_cr.stores.fileio import BlockingIO
+from brigade_cr.stores.retry import Backoff
+from brigade_cr.stores.spool.disk import (
     DEAD_LETTER,
     QUARANTINE,
     no_step,
@@ -46,7 +46,7 @@ from .disk import (
     remove_record,
     write_record,
 )
-from .record import BUILD_NAME, CorruptRecord, encode_record, record_filename
+from brigade_cr.stores.spool.record import BUILD_NAME, CorruptRecord, encode_record, record_filename
 
 T = TypeVar("T")
 

@@ -13,8 +13,8 @@ import binascii
 import hashlib
 from typing import Any, Mapping
 
-from .errors import ProjectNotFound
-from .values import Build, Project
+from brigade_cr.core.errors import ProjectNotFound
+from brigade_cr.core.values import Build, Project
 
 PROJECT_TYPE = "brigade.sh/project"
 BUILD_TYPE = "brigade.sh/build"

@@ -13,7 +13,7 @@ from typing import Iterable
 
 import attrs
 
-from .values import Delivery
+from brigade_cr.core.values import Delivery
 
 
 @attrs.frozen

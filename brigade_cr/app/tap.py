@@ -15,26 +15,26 @@ from twisted.python import usage
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
-from .clientaddr import parse_network
-from .fileio import ThreadedIO
-from .gateway import Gateway
-from .interfaces import IBuilds, IProjects
-from .local import DirectoryScan, directory_backend, read_projects
-from .metrics import GatewayMetrics
-from .projects import KnownProjects, ProjectSource
-from .ratelimit import RateLimiter
-from .retry import RetryingBuilds, Throttle, ThrottledBuilds
-from .service import DEFAULT_DRAIN_DEADLINE, GatewayService
-from .site import (
+from brigade_cr.app.metrics import GatewayMetrics
+from brigade_cr.app.service import DEFAULT_DRAIN_DEADLINE, GatewayService
+from brigade_cr.app.startup import StartupError, bind, check_spool, exit_nonzero_at_end, fails_clearly
+from brigade_cr.core.gateway import Gateway
+from brigade_cr.core.interfaces import IBuilds, IProjects
+from brigade_cr.core.tokenbucket import RateLimiter
+from brigade_cr.stores.directory import DirectoryScan, directory_backend, read_projects
+from brigade_cr.stores.fileio import ThreadedIO
+from brigade_cr.stores.projects import KnownProjects, ProjectSource
+from brigade_cr.stores.retry import RetryingBuilds, Throttle, ThrottledBuilds
+from brigade_cr.stores.spool import SpooledBuilds
+from brigade_cr.web.clientaddr import parse_network
+from brigade_cr.web.routes import WebhookSite
+from brigade_cr.web.site import (
     DEFAULT_IDLE_TIMEOUT,
     DEFAULT_MAX_BODY,
     DEFAULT_MAX_CONNECTIONS,
     DEFAULT_REQUEST_TIMEOUT,
     BrigadeSite,
 )
-from .spool import SpooledBuilds
-from .startup import StartupError, bind, check_spool, exit_nonzero_at_end, fails_clearly
-from .web import WebhookSite
 
 DEFAULT_DIRECTORY = "brigade-cr-data"
 
@@ -245,8 +245,8 @@ def choose_backend(options: Mapping[str, Any], reactor: Any, environ: Mapping[st
     if choice is not None and choice.startswith("dir:"):
         return _directory(Path(choice[4:]), options, reactor, environ, "")
     # Imported here so that a directory-only run needs no Kubernetes setup.
-    from .kube.backend import make_kube_backend
-    from .kube.config import KubeConfigError, namespace_default, resolve_config
+    from brigade_cr.stores.kube.backend import make_kube_backend
+    from brigade_cr.stores.kube.config import KubeConfigError, namespace_default, resolve_config
 
     try:
         config = resolve_config(
@@ -332,7 +332,7 @@ def _read_projects(projects_dir: Path) -> Any:
 
 
 def _project_watch(client: Any, namespace: str, reactor: Any, options: Mapping[str, Any]) -> ProjectSource:
-    from .kube.watch import ProjectWatch
+    from brigade_cr.stores.kube.watch import ProjectWatch
 
     return ProjectWatch(client, namespace, reactor, resync=options.get("project-resync", 300.0))
 

@@ -31,8 +31,8 @@ from typing import Sequence
 
 import attrs
 
-from .brigade import encode_ulid
-from .values import Delivery, RegistryEvent
+from brigade_cr.core.contract import encode_ulid
+from brigade_cr.core.values import Delivery, RegistryEvent
 
 BUCKET_SECONDS = 60
 _SEPARATOR = "\x1f"  # cannot occur in JSON-decoded text we put in a key unescaped

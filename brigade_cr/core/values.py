@@ -17,8 +17,8 @@ from typing import Any, Callable, Mapping, Sequence
 
 import attrs
 
-from .errors import InvalidText
-from .grammar import is_repository, is_tag, is_text
+from brigade_cr.core.errors import InvalidText
+from brigade_cr.core.grammar import is_repository, is_tag, is_text
 
 # Event actions a parser can report (registries.md section 6.1).
 PUSH = "push"

@@ -32,8 +32,7 @@ from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
-from .clientaddr import Network, request_client_address
-from .errors import (
+from brigade_cr.core.errors import (
     BackendRejected,
     BackendUnavailable,
     BadRequest,
@@ -42,9 +41,10 @@ from .errors import (
     RateLimited,
     Unauthorized,
 )
-from .gateway import Accepted, Gateway, Ignored
-from .site import query_items, query_text
-from .values import Delivery
+from brigade_cr.core.gateway import Accepted, Gateway, Ignored
+from brigade_cr.core.values import Delivery
+from brigade_cr.web.clientaddr import Network, request_client_address
+from brigade_cr.web.site import query_items, query_text
 
 WEBHOOK_PREFIX = "/events/webhook/"
 DEFAULT_RETRY_AFTER = 10

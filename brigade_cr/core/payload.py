@@ -11,8 +11,8 @@ import json
 import re
 from typing import Any
 
-from .errors import BadRequest, InvalidText
-from .grammar import is_text
+from brigade_cr.core.errors import BadRequest, InvalidText
+from brigade_cr.core.grammar import is_text
 
 MAX_DEPTH = 64
 

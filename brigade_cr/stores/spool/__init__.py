@@ -63,7 +63,7 @@ the rest are drained, oldest first. Attempt counts live in memory: after a
 restart a record that had failed unexpectedly gets its full count again.
 """
 
-from .disk import (
+from brigade_cr.stores.spool.disk import (
     DEAD_LETTER,
     DEAD_LETTER_STEPS,
     DRAIN_STEPS,
@@ -81,7 +81,7 @@ from .disk import (
     remove_record,
     write_record,
 )
-from .record import (
+from brigade_cr.stores.spool.record import (
     RECORD_VERSION,
     CorruptRecord,
     decode_record,
@@ -89,7 +89,7 @@ from .record import (
     parse_record_filename,
     record_filename,
 )
-from .spooled import (
+from brigade_cr.stores.spool.spooled import (
     MAX_ATTEMPTS,
     MAX_IN_FLIGHT,
     TRACEBACK_FRAMES,

@@ -42,7 +42,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import Interface, implementer
 
-from .config import (
+from brigade_cr.stores.kube.config import (
     BearerToken,
     BearerTokenFile,
     ExecPlugin,

@@ -1,0 +1,3 @@
+"""
+The HTTP edge: the Klein routes, the site's request limits and its access log, the client address.
+"""
