@@ -1,5 +1,5 @@
 """
-Alibaba Cloud (Aliyun) Container Registry webhooks (registries.md section
+Alibaba Cloud (Aliyun) Container Registry webhooks (docs/registries.md section
 4.11).
 
 Docker-Hub-like, but ``repository`` has ``region`` and ``repo_full_name``
