@@ -157,3 +157,12 @@ def test_spool_gauges() -> None:
         "brigade_cr_spool_quarantined": "counter",
         "brigade_cr_spool_handed_over": "counter",
     }
+
+
+def test_gateway_metrics_provide_the_core_interface() -> None:
+    """GatewayMetrics is the IGatewayMetrics the gateway is written against (core never imports app)."""
+    from zope.interface.verify import verifyObject
+
+    from brigade_cr.core.interfaces import IGatewayMetrics
+
+    assert verifyObject(IGatewayMetrics, GatewayMetrics())

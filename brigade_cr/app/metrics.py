@@ -1,10 +1,11 @@
 """
-Prometheus metrics (promise P10: label values come from configuration, never
-from payloads).
+Prometheus metrics (promise P10, docs/guarantees.md: label values come from
+configuration, never from payloads).
 
 - ``brigade_cr_deliveries_total{format, outcome}``: ``format`` is one of the
   known payload formats (or ``none`` when a delivery was refused before its
-  body was read); ``outcome`` is one of ``OUTCOMES``.
+  body was read); ``outcome`` is one of ``OUTCOMES``: the four of success
+  and the outcomes of the error table (``core/answers.py``).
 - ``brigade_cr_builds_total{project, event_type}``: ``project`` is the ID of
   a project that authenticated the delivery (so it exists in Kubernetes);
   ``event_type`` one of the Brigade event types brigade-cr emits.
@@ -29,19 +30,10 @@ from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from prometheus_client.twisted import MetricsResource
+from zope.interface import implementer
 
-OUTCOMES = (
-    "built",
-    "duplicate",
-    "queued",
-    "ignored",
-    "unauthorized",
-    "rate_limited",
-    "malformed",
-    "unavailable",
-    "rejected",
-    "error",
-)
+from brigade_cr.core.answers import OUTCOMES
+from brigade_cr.core.interfaces import IGatewayMetrics
 
 
 @attrs.define(eq=False)  # a registry keys its collectors by identity
@@ -85,6 +77,7 @@ class _SpoolCollector(Collector):
         yield handed_over
 
 
+@implementer(IGatewayMetrics)
 @attrs.define
 class GatewayMetrics:
     """The gateway's counters, in their own registry (no global state)."""
@@ -124,3 +117,6 @@ class GatewayMetrics:
     def resource(self) -> Any:
         """A ``twisted.web`` resource serving the metrics in the text format."""
         return MetricsResource(registry=self.registry)
+
+
+__all__ = ["OUTCOMES", "GatewayMetrics"]

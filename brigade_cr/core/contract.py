@@ -160,7 +160,7 @@ def build_data(build: Build) -> dict[str, bytes]:
 def build_secret(build: Build, namespace: str) -> dict[str, Any]:
     """
     The build Secret exactly as Brigade v1's controller and ``brig`` expect
-    it (brigade-v1-contract.md section 1.2). There is no ``status`` label: the
+    it (docs/brigade-v1.md section 2). There is no ``status`` label: the
     controller skips secrets labelled ``status=accepted``.
     """
     return {

@@ -1,8 +1,9 @@
 """
 Domain errors.
 
-Every layer raises these; ``web.py`` maps them to HTTP statuses in exactly one
-place.
+Every layer raises these. What each one is answered (HTTP status, body,
+``Retry-After``), logged and counted as is one table, ``core/answers.py``,
+read by the web layer and by the gateway's metrics alike.
 """
 
 from __future__ import annotations
@@ -18,7 +19,13 @@ class BadRequest(Exception):
 
     @property
     def message(self) -> str:
+        """The explanation the sender is given."""
         return str(self.args[0]) if self.args else "Malformed body"
+
+    @property
+    def reason(self) -> str:
+        """The same as ``message``: nothing in it is secret."""
+        return self.message
 
 
 class InvalidText(BadRequest):
@@ -27,6 +34,15 @@ class InvalidText(BadRequest):
     value, a header value that is read, a JSON string) is not valid Unicode
     encodable as UTF-8: a lone surrogate from ``%ff`` or ``"\\udc80"``, say.
     ``args[0]`` names the part, never its content.
+    """
+
+
+class InvalidURLText(InvalidText):
+    """
+    The text of the request's target (its path or query) or its ``Host``
+    header is not UTF-8. Unlike text in the body, found after
+    authentication, this is a request nobody could route: answered
+    ``Bad Request`` rather than ``Malformed body``.
     """
 
 
@@ -51,6 +67,17 @@ class BackendUnavailable(Exception):
         super().__init__(reason)
         self.reason = reason
         self.retry_after = retry_after
+
+
+class ShuttingDown(BackendUnavailable):
+    """
+    The gateway is stopping (SIGTERM): it takes no new delivery, while those
+    in flight finish. A sender should try again in a few seconds, by when a
+    replica (or this one, restarted) takes it.
+    """
+
+    def __init__(self) -> None:
+        super().__init__("shutting down", retry_after=5)
 
 
 class BackendRejected(Exception):

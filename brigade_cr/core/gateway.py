@@ -3,7 +3,13 @@ The use case: one delivery in, one Brigade build (or a reasoned no) out.
 
 It knows nothing of HTTP or Kubernetes: it is handed an ``IProjects``, an
 ``IBuilds`` and a clock. Build IDs are derived from the event (see
-``identity.py``), so a re-delivery is the same build.
+``identity.py``), so a re-delivery is the same build. It counts each
+delivery in an ``IGatewayMetrics`` (``app/metrics.py`` implements it) under
+the outcome ``core/answers.py`` gives its error.
+
+The payload formats default to ``brigade_cr.registries.FORMATS``: the one
+import from core into ``registries`` (which themselves import only core),
+allowed by name in ``tests/test_layers.py``.
 """
 
 from __future__ import annotations
@@ -15,19 +21,12 @@ import attrs
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from brigade_cr.app.metrics import GatewayMetrics
+from brigade_cr.core.answers import outcome_of
 from brigade_cr.core.auth import HmacScheme, check_credentials
 from brigade_cr.core.contract import project_id
-from brigade_cr.core.errors import (
-    BackendRejected,
-    BackendUnavailable,
-    BadRequest,
-    ProjectNotFound,
-    RateLimited,
-    Unauthorized,
-)
+from brigade_cr.core.errors import BadRequest, ProjectNotFound, RateLimited, Unauthorized
 from brigade_cr.core.identity import build_ulid, identity_of
-from brigade_cr.core.interfaces import IBuilds, IPayloadFormat, IProjects
+from brigade_cr.core.interfaces import IBuilds, IGatewayMetrics, IPayloadFormat, IProjects
 from brigade_cr.core.payload import decode_document
 from brigade_cr.core.tokenbucket import RateLimiter
 from brigade_cr.core.values import (
@@ -44,14 +43,6 @@ from brigade_cr.core.values import (
 from brigade_cr.registries import FORMATS, recognise
 
 BUILDABLE = frozenset({PUSH, DELETE, QUARANTINE})
-_OUTCOME_OF: dict[type[Exception], str] = {
-    Unauthorized: "unauthorized",
-    ProjectNotFound: "unauthorized",
-    RateLimited: "rate_limited",
-    BadRequest: "malformed",
-    BackendUnavailable: "unavailable",
-    BackendRejected: "rejected",
-}
 
 
 @attrs.define
@@ -161,7 +152,7 @@ class Gateway:
     auth_required: bool = True
     auth_failures: RateLimiter | None = None
     project_rate: RateLimiter | None = None
-    metrics: GatewayMetrics | None = None
+    metrics: IGatewayMetrics | None = None
     _warned: set[str] = attrs.field(factory=set, init=False)
     # What an unknown project's credentials are checked against: random per
     # process, and as long as a typical crGatewaySecret.
@@ -244,14 +235,15 @@ class Gateway:
         it (never before), then build.
 
         Raises ``Unauthorized``, ``RateLimited``, ``BadRequest``,
-        ``BackendUnavailable`` or ``BackendRejected``; the web layer maps
-        each to a status.
+        ``BackendUnavailable`` or ``BackendRejected``; ``core/answers.py``
+        says what each is answered and counted as (the web layer answers,
+        this counts the delivery in ``metrics`` under that outcome).
         """
         seen = _Seen()
         try:
             outcome = await self._receive(delivery, seen)
         except Exception as e:
-            self._count(seen.format, _OUTCOME_OF.get(type(e), "error"))
+            self._count(seen.format, outcome_of(e))
             raise
         if isinstance(outcome, Ignored):
             self._count(seen.format, "ignored")

@@ -1,5 +1,6 @@
 """
-Deterministic build IDs: one event, one build (promise P3).
+Deterministic build IDs: one event, one build (promise P3,
+docs/guarantees.md; docs/registries.md section 6.2).
 
 A build's ULID is derived from the event, so a re-delivery (a sender's
 retry, a geo-replica's copy, a manual redelivery) gets the same build Secret

@@ -1,9 +1,11 @@
 """
 The seams of brigade-cr.
 
-The use case (``gateway.py``) is written against these interfaces only; each
-has a Kubernetes implementation, a directory implementation and an in-memory
-one, all checked by one shared contract suite.
+The use case (``gateway.py``) is written against these interfaces only. Each
+store interface has a Kubernetes implementation, a directory implementation
+and an in-memory one, all checked by one shared contract suite;
+``IGatewayMetrics`` is implemented by ``app/metrics.py``, so that core never
+imports the application's wiring.
 """
 
 from __future__ import annotations
@@ -76,3 +78,18 @@ class IPayloadFormat(Interface):
         delivery is answered 2xx without a build. Raises ``BadRequest`` when a
         document this format recognised is missing what it requires.
         """
+
+
+class IGatewayMetrics(Interface):
+    """Where the gateway counts deliveries and builds."""
+
+    def delivered(payload_format: str, outcome: str) -> None:
+        """
+        Count one delivery of ``payload_format`` (a format's ``name``, or
+        ``none`` when it was refused before its body was read) that ended
+        as ``outcome``, one of ``core.answers.OUTCOMES``. Raises
+        ``ValueError`` for any other outcome.
+        """
+
+    def built(project_id: str, event_type: str) -> None:
+        """Count one build (not a duplicate) accepted for an authenticated project."""

@@ -20,14 +20,14 @@ import attrs
 from brigade_cr.core.errors import InvalidText
 from brigade_cr.core.grammar import is_repository, is_tag, is_text
 
-# Event actions a parser can report (registries.md section 6.1).
+# Event actions a parser can report (docs/registries.md section 6.1).
 PUSH = "push"
 DELETE = "delete"
 QUARANTINE = "quarantine"
 PING = "ping"
 IGNORED = "ignored"
 
-# Artifact classes (registries.md section 3).
+# Artifact classes (docs/registries.md section 3).
 IMAGE = "image"
 CHART = "chart"
 OTHER = "other"
@@ -114,7 +114,7 @@ def _keeps_to(grammar: Callable[[str], bool]) -> Callable[[Any, Any, Any], None]
 @attrs.frozen
 class RegistryEvent:
     """
-    One event a registry reported, normalised (registries.md section 6.1).
+    One event a registry reported, normalised (docs/registries.md section 6.1).
 
     ``action`` is one of ``push``, ``delete``, ``quarantine``, ``ping`` or
     ``ignored`` (then ``reason`` says why: ``untagged``, ``pull``, ...).

@@ -1,19 +1,20 @@
 """
 The payload formats brigade-cr understands, in recognition order.
 
-Order matters: the most specific marks are tested first (registries.md
-section 2), and ``generic`` always matches last:
+Order matters: the most specific marks are tested first, and ``generic``
+always matches last. ``FORMATS`` is the table of docs/registries.md section
+2, test by test:
 
 1. GitHub (``X-GitHub-Event``), 2. Nexus (``X-Nexus-Webhook-Id``),
 3. JFrog, 4. Distribution (before ACR: its events have ACR's inner shape),
-5. Harbor, 6. ECR, 7. Pub/Sub (GAR), 9. ACR, 10. Quay, 11. Aliyun (before
-Docker Hub: both have ``push_data``), 12. Docker Hub, then generic.
+5. Harbor, 6. ECR, 7. Pub/Sub (GAR), 8. ACR, 9. Quay, 10. Aliyun (before
+Docker Hub: both have ``push_data``), 11. Docker Hub, 12. generic.
 
-Harbor is one format with two recognition tests, CloudEvents (section 2,
-test 5) and Default (test 8); both run at position 5. Moving test 8 ahead of
-ECR and Pub/Sub changes nothing: an ECR event needs ``source == "aws.ecr"``
-and ``detail-type``, a Pub/Sub push ``message``/``subscription`` or
-``x-goog-pubsub-*`` headers, and Harbor's Default body has none of these.
+Harbor is one format with two shapes, CloudEvents and Default, both tested
+at position 5. Testing the Default shape ahead of ECR and Pub/Sub changes
+nothing: an ECR event needs ``source == "aws.ecr"`` and ``detail-type``, a
+Pub/Sub push ``message``/``subscription`` or ``x-goog-pubsub-*`` headers,
+and Harbor's Default body has none of these.
 CloudEvents that are not Harbor's are out of scope and fall through to
 ``generic``.
 """

@@ -9,6 +9,7 @@ from typing import Any, Mapping
 import attrs
 
 from brigade_cr.core.grammar import is_repository, is_tag
+from brigade_cr.core.timestamps import parse_rfc3339
 from brigade_cr.core.values import CHART, IGNORED, IMAGE, OTHER, PUSH, UNKNOWN, RegistryEvent
 
 INVALID_TAG = "invalid tag"
@@ -47,7 +48,7 @@ MANIFEST_TYPES = frozenset(
 )
 # Marks of signature, attestation and SBOM artifact types (cosign, sigstore,
 # in-toto, Notation, SPDX, CycloneDX, Syft): class ``other``, never built
-# (registries.md section 5.8).
+# (docs/registries.md section 5.8).
 _SIGNATURE_TYPE_MARKS = (
     "cosign",
     "sigstore",
@@ -73,16 +74,11 @@ _HOST = re.compile(
     r"|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?$"
 )
 
-_RFC3339 = re.compile(
-    r"^(\d{4})-(\d\d)-(\d\d)[Tt ](\d\d):(\d\d):(\d\d)(?:\.(\d+))?"
-    r"(Z|z|[+-]\d\d:?\d\d)?$"
-)
-
 
 def artifact_class(media_type: str | None, config_type: str | None = None, artifact_type: str | None = None) -> str:
     """
     The artifact class for a manifest media type and, where known, its config
-    media type and its OCI ``artifactType`` (registries.md section 3).
+    media type and its OCI ``artifactType`` (docs/registries.md section 3).
 
     A manifest that declares an ``artifactType`` is an artifact, not an
     image: it is a chart for Helm's types, ``other`` for anything else.
@@ -116,7 +112,7 @@ def is_manifest(media_type: str | None) -> bool:
 def is_signature(tag: Any = None, artifact_type: Any = None) -> bool:
     """
     True when a tag or an ``artifactType`` marks a signature, attestation or
-    SBOM rather than something to deploy (registries.md section 5.8).
+    SBOM rather than something to deploy (docs/registries.md section 5.8).
     """
     if isinstance(tag, str) and _SIGNATURE_TAG.fullmatch(tag):
         return True
@@ -266,11 +262,12 @@ def obj(document: Mapping[str, Any], key: str) -> Mapping[str, Any]:
     return value if isinstance(value, Mapping) else {}
 
 
-def parse_time(value: Any, fallback: datetime) -> datetime:
+def parse_time(value: Any, fallback: datetime, naive_is_utc: bool = True) -> datetime:
     """
     A UTC datetime from Unix seconds (int or float) or an RFC 3339 string
-    with up to nanoseconds; ``fallback`` (the receive time) when the value is
-    absent or unreadable.
+    (``core.timestamps.parse_rfc3339``; a string with no zone is UTC unless
+    ``naive_is_utc`` is False); ``fallback`` (the receive time) when the
+    value is absent or unreadable (docs/registries.md section 5.11).
     """
     if isinstance(value, bool):
         return fallback
@@ -280,19 +277,6 @@ def parse_time(value: Any, fallback: datetime) -> datetime:
         except (OverflowError, OSError, ValueError):
             return fallback
     if isinstance(value, str):
-        match = _RFC3339.match(value.strip())
-        if not match:
-            return fallback
-        year, month, day, hour, minute, second, fraction, zone = match.groups()
-        micro = int((fraction or "0")[:6].ljust(6, "0"))
-        iso = f"{year}-{month}-{day}T{hour}:{minute}:{second}.{micro:06d}"
-        if zone in (None, "Z", "z"):
-            iso += "+00:00"
-        else:
-            iso += zone if ":" in zone else zone[:3] + ":" + zone[3:]
-        try:
-            return datetime.fromisoformat(iso).astimezone(timezone.utc)
-        except (OverflowError, ValueError):
-            # Overflow: a date at the edge of the calendar moved by its offset.
-            return fallback
+        parsed = parse_rfc3339(value, naive_is_utc=naive_is_utc)
+        return fallback if parsed is None else parsed
     return fallback

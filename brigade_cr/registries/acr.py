@@ -1,4 +1,4 @@
-"""Azure Container Registry webhooks (registries.md section 4.2)."""
+"""Azure Container Registry webhooks (docs/registries.md section 4.2)."""
 
 from __future__ import annotations
 
@@ -69,7 +69,7 @@ class ACRFormat:
             reason = "unknown action"
         elif action != PING and is_signature(tag):
             # Cosign and referrer tags name a signature, not a deployable
-            # (registries.md section 5.8).
+            # (docs/registries.md section 5.8).
             action, reason, forced_class = IGNORED, "signature", OTHER
         elif action != PING and tag_reason == INVALID_TAG:
             action, reason = IGNORED, INVALID_TAG

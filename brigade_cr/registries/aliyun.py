@@ -1,5 +1,5 @@
 """
-Alibaba Cloud (Aliyun) Container Registry webhooks (registries.md section
+Alibaba Cloud (Aliyun) Container Registry webhooks (docs/registries.md section
 4.11).
 
 Docker-Hub-like, but ``repository`` has ``region`` and ``repo_full_name``
@@ -33,14 +33,11 @@ from brigade_cr.core.values import PUSH, UNKNOWN, Delivery, RegistryEvent
 from brigade_cr.registries._common import digest_of, make_event, obj, outcome, parse_time, text
 
 _REGION = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")
-# A time that says its own zone: ends in Z or a +hh:mm / -hhmm offset.
-_ZONED = re.compile(r".*[0-9](?:[Zz]|[+-][0-9]{2}:?[0-9]{2})")
 
 
 def _time(value: Any, received: datetime) -> datetime:
-    if isinstance(value, str) and not _ZONED.fullmatch(value.strip()):
-        return received
-    return parse_time(value, received)
+    # A zone-less pushed_at is the account's local time, not UTC: see above.
+    return parse_time(value, received, naive_is_utc=False)
 
 
 @implementer(IPayloadFormat)

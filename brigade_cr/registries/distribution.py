@@ -1,6 +1,6 @@
 """
 CNCF Distribution notifications, v1 (2.x) and v2 (3.x) envelopes, as also
-sent by GitLab self-managed (registries.md section 4.5).
+sent by GitLab self-managed (docs/registries.md section 4.5).
 
 One envelope ``{"events": [...]}`` batches unrelated events; each becomes
 one record, keyed ``distribution:<events[].id>``. Only a ``push`` of a

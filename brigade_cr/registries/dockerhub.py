@@ -1,4 +1,4 @@
-"""Docker Hub repository webhooks (registries.md section 4.1)."""
+"""Docker Hub repository webhooks (docs/registries.md section 4.1)."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ class DockerHubFormat:
         push = obj(document, "push_data")
         media_type = text(push, "media_type")
         # Very old payloads have no tag: never assume "latest". Cosign and
-        # referrer tags name a signature (registries.md section 5.8); a digest
+        # referrer tags name a signature (docs/registries.md section 5.8); a digest
         # where a tag belongs is no tag.
         action, reason, tag, klass = outcome(PUSH, text(push, "tag"), artifact_class(media_type))
         return [

@@ -1,5 +1,5 @@
 """
-AWS ECR events delivered by an EventBridge API destination (registries.md
+AWS ECR events delivered by an EventBridge API destination (docs/registries.md
 section 4.9).
 
 The untransformed EventBridge event (``source == "aws.ecr"``) is required.

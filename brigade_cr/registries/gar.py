@@ -1,6 +1,6 @@
 """
 Google Artifact Registry and Container Registry notifications, delivered by
-a Pub/Sub push subscription (registries.md section 4.8).
+a Pub/Sub push subscription (docs/registries.md section 4.8).
 
 The wrapped body is ``{message: {data, messageId, publishTime, attributes},
 subscription}``, ``data`` being base64 JSON ``{action, digest, tag}``. With

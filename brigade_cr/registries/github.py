@@ -1,8 +1,8 @@
 """
 GitHub Packages webhooks: ``package``, the legacy ``registry_package`` (GitHub
-App installations) and ``ping`` (registries.md section 4.6).
+App installations) and ``ping`` (docs/registries.md section 4.6).
 
-Recognised by the ``X-GitHub-Event`` header alone (section 2, test 1). A
+Recognised by the ``X-GitHub-Event`` header alone (docs/registries.md section 2, test 1). A
 ``published`` or ``updated`` container package version with a real tag
 builds. Untagged platform manifests (``tag.name == ""``; one per platform of
 a multi-arch push, besides the tagged index), other ecosystems (npm, maven,

@@ -1,5 +1,5 @@
 """
-Harbor webhooks, Default and CloudEvents payload formats (registries.md
+Harbor webhooks, Default and CloudEvents payload formats (docs/registries.md
 section 4.3).
 
 Both formats carry the same ``event_data``: one event per resource in
@@ -8,7 +8,8 @@ Both formats carry the same ``event_data``: one event per resource in
 (``harbor.artifact.deleted``, 1.x ``deleteImage``) becomes a delete; every
 other type (pulls, scans, quotas, replication, retention, tags, ChartMuseum
 charts) is ignored with a reason. Harbor puts the digest in ``tag`` for
-digest-only, robot and proxy-cache pushes (section 5.4): that is no tag.
+digest-only, robot and proxy-cache pushes (docs/registries.md section 5.4):
+that is no tag.
 
 Harbor sends no media type, so the class is ``unknown`` (OCI charts are
 ``PUSH_ARTIFACT`` too). The Default format has no event id: the consumer

@@ -1,5 +1,5 @@
 """
-JFrog Artifactory predefined webhooks, Docker domain (registries.md section
+JFrog Artifactory predefined webhooks, Docker domain (docs/registries.md section
 4.7).
 
 Recognised by ``X-JFrog-Event-Auth`` or by the body's ``domain``,
@@ -80,7 +80,7 @@ class JFrogFormat:
         repository = f"{repo_key}/{image}" if image and repo_key else image or None
         manifest = text(data, "name")
         media_type = _MEDIA_TYPES.get((manifest or "", (text(data, "image_type") or "").lower()))
-        # A list or index is an image whatever its flavour (section 3).
+        # A list or index is an image whatever its flavour (docs/registries.md section 3).
         klass = IMAGE if manifest == "list.manifest.json" else artifact_class(media_type)
         sha256 = text(data, "sha256")
         event = make_event(

@@ -1,13 +1,13 @@
 """
-Sonatype Nexus Repository 3 repository webhooks (registries.md section 4.10).
+Sonatype Nexus Repository 3 repository webhooks (docs/registries.md section 4.10).
 
 Recognised by ``X-Nexus-Webhook-Id``. Only component events
 (``rm:repository:component``) of format ``docker`` are read: ``CREATED`` and
-``UPDATED`` with a real tag build, and ``DELETED`` is a delete. Section 4.10
-says only that everything but ``CREATED``/``UPDATED`` "gets a 2xx"; a delete
-build is answered 2xx too, and section 3 makes every delete its own build
-type, so a deleted Docker component (a tag: ``component.version``) becomes
-an ``image_delete`` like every other sender's. Asset, repository and audit
+``UPDATED`` with a real tag build, and ``DELETED`` is a delete (the same
+section). A delete build is answered 2xx like every other delivery, and
+docs/registries.md section 3 makes every delete its own build type, so a
+deleted Docker component (a tag: ``component.version``) becomes an
+``image_delete`` like every other sender's. Asset, repository and audit
 events, other formats and other actions are ignored.
 
 Nexus sends no host (it depends on the per-repository connector port or

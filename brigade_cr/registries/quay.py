@@ -1,5 +1,5 @@
 """
-Quay (quay.io and Red Hat Quay) repository notifications (registries.md
+Quay (quay.io and Red Hat Quay) repository notifications (docs/registries.md
 section 4.4).
 
 Only ``repo_push`` builds: one record per entry of ``updated_tags``, which is
@@ -8,7 +8,7 @@ other events (builds, vulnerabilities, mirroring) carry ``docker_url`` but no
 ``updated_tags``: recognised here so that they are not built as ``generic``,
 and ignored.
 
-"Test notification" sends ``pruned_image_count`` (section 4.4), but so did
+"Test notification" sends ``pruned_image_count`` (docs/registries.md section 4.4), but so did
 real legacy pushes, next to ``pushed_image_count`` (quay.io's own 2015
 notification docs): a test is ``pruned_image_count`` without
 ``pushed_image_count``, so a legacy push still builds.

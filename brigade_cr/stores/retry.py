@@ -1,10 +1,12 @@
 """
-How brigade-cr waits before asking the Kubernetes API again (promise P4).
+How brigade-cr waits before asking the Kubernetes API again (promise P4,
+docs/guarantees.md).
 
 - ``Backoff``: jittered exponential backoff (base 0.5 s, factor 2, capped at
   30 s) that honours a server's ``Retry-After``.
-- ``Throttle``: a client-side token bucket (default 5 per second, burst 10,
-  as client-go), so that a backlog drained after an outage does not become a
+- ``Throttle``: a client-side rate limit that waits for its token (the one
+  ``core.tokenbucket.TokenBucket``; default 5 per second, burst 10, as
+  client-go), so that a backlog drained after an outage does not become a
   storm against the API server.
 - ``ThrottledBuilds``: an ``IBuilds`` that takes a ``Throttle`` token before
   every call to the ``IBuilds`` it wraps.
@@ -32,6 +34,7 @@ from zope.interface import implementer
 
 from brigade_cr.core.errors import BackendUnavailable
 from brigade_cr.core.interfaces import IBuilds
+from brigade_cr.core.tokenbucket import TokenBucket
 from brigade_cr.core.values import Build, Receipt
 
 # The longest Retry-After honoured: a server asking for an hour (or sending a
@@ -90,7 +93,8 @@ class Backoff:
 @attrs.define
 class Throttle:
     """
-    A token bucket: ``burst`` tokens at most, refilled at ``per_second``.
+    A waiting ``TokenBucket``: ``burst`` tokens at most, refilled at
+    ``per_second``.
 
     ``acquire()`` takes a token, waiting (on ``clock``) for one when the
     bucket is empty. Waiters are served first come, first served: a caller
@@ -100,16 +104,14 @@ class Throttle:
     clock: IReactorTime
     per_second: float = 5.0
     burst: int = 10
-    _tokens: float = attrs.field(init=False)
-    _stamp: float = attrs.field(init=False)
+    _bucket: TokenBucket = attrs.field(init=False)
     _waiters: deque[Deferred[None]] = attrs.field(init=False, factory=deque)
     _timer: IDelayedCall | None = attrs.field(init=False, default=None)
 
     def __attrs_post_init__(self) -> None:
         if self.per_second <= 0 or self.burst < 1:
             raise ValueError("a Throttle needs per_second > 0 and burst >= 1")
-        self._tokens = float(self.burst)
-        self._stamp = self.clock.seconds()
+        self._bucket = TokenBucket.full(self.per_second, self.burst, self.clock.seconds())
 
     def acquire(self) -> Deferred[None]:
         """
@@ -119,9 +121,7 @@ class Throttle:
         Cancelling it gives up the place in line (it fails with
         ``CancelledError``) without taking a token.
         """
-        self._refill()
-        if not self._waiters and self._tokens >= 1.0:
-            self._tokens -= 1.0
+        if not self._waiters and self._bucket.take(self.clock.seconds()):
             return succeed(None)
         waiter: Deferred[None] = Deferred(self._cancel)
         self._waiters.append(waiter)
@@ -133,24 +133,17 @@ class Throttle:
         """How many callers are waiting for a token."""
         return len(self._waiters)
 
-    def _refill(self) -> None:
-        now = self.clock.seconds()
-        self._tokens = min(float(self.burst), self._tokens + max(0.0, now - self._stamp) * self.per_second)
-        self._stamp = now
-
     def _schedule(self) -> None:
         if not self._waiters or (self._timer is not None and self._timer.active()):
             return
-        wait = max(0.0, (1.0 - self._tokens) / self.per_second)
-        self._timer = self.clock.callLater(wait, self._release)
+        self._timer = self.clock.callLater(self._bucket.wait(self.clock.seconds()), self._release)
 
     def _release(self) -> None:
         self._timer = None
-        self._refill()
-        # Float arithmetic may leave 0.9999999 after exactly one token's time.
+        now = self.clock.seconds()
         ready: list[Deferred[None]] = []
-        while self._waiters and self._tokens >= 1.0 - 1e-9:
-            self._tokens -= 1.0
+        # Woken at exactly one token's time, float arithmetic may leave 0.9999999.
+        while self._waiters and self._bucket.take(now, slack=1e-9):
             ready.append(self._waiters.popleft())
         # Schedule before firing: a waiter's callbacks may call acquire().
         self._schedule()
@@ -196,7 +189,7 @@ class RetryingBuilds:
 
     Retrying a create is safe because a build's name is its idempotency key:
     a create that did succeed behind a 500 or a timeout comes back as a
-    duplicate (promise P3).
+    duplicate (promise P3, docs/guarantees.md).
     """
 
     inner: IBuilds

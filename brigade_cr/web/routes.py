@@ -1,7 +1,8 @@
 """
 The HTTP surface: Brigade v1's webhook routes and the health check.
 
-Domain errors become HTTP statuses here and nowhere else.
+Domain errors become HTTP answers here (``WebhookSite._answer``), as the
+one error table (``core/answers.py``) says.
 
 Every part of the URL that becomes data is checked before the application
 sees it (``url_text_problem``): the percent-decoded path (as Klein matches
@@ -32,22 +33,14 @@ from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
-from brigade_cr.core.errors import (
-    BackendRejected,
-    BackendUnavailable,
-    BadRequest,
-    InvalidText,
-    ProjectNotFound,
-    RateLimited,
-    Unauthorized,
-)
+from brigade_cr.core.answers import answer_for
+from brigade_cr.core.errors import InvalidText, InvalidURLText, ShuttingDown
 from brigade_cr.core.gateway import Accepted, Gateway, Ignored
 from brigade_cr.core.values import Delivery
 from brigade_cr.web.clientaddr import Network, request_client_address
 from brigade_cr.web.site import query_items, query_text
 
 WEBHOOK_PREFIX = "/events/webhook/"
-DEFAULT_RETRY_AFTER = 10
 
 
 def split_webhook_path(rest: str) -> tuple[str, str] | None:
@@ -108,9 +101,10 @@ def url_text_problem(request: IRequest) -> str | None:
 
 class TextCheckedResource(Resource):
     """
-    Answers 400 ``{"status": "Bad Request", "reason": ...}`` for a request
-    whose URL text is not UTF-8 (``url_text_problem``), before ``inner``
-    (Klein, which would answer an HTML page) sees it; else renders ``inner``.
+    Answers ``InvalidURLText`` (400 ``{"status": "Bad Request", "reason":
+    ...}``, from the error table) for a request whose URL text is not UTF-8
+    (``url_text_problem``), before ``inner`` (Klein, which would answer an
+    HTML page) sees it; else renders ``inner``.
     """
 
     isLeaf = True
@@ -123,7 +117,9 @@ class TextCheckedResource(Resource):
         reason = url_text_problem(request)
         if reason is None:
             return self._inner.render(request)
-        body = _json(request, 400, {"status": "Bad Request", "reason": reason})
+        error = InvalidURLText(reason)
+        answer = answer_for(error)
+        body = _json(request, answer.status, answer.body(error))
         if request.method == b"HEAD":
             # twisted.web would drop the body, but log a warning first.
             request.setHeader(b"content-length", b"%d" % len(body))
@@ -197,17 +193,16 @@ class WebhookSite:
     @app.route(WEBHOOK_PREFIX + "<path:rest>", methods=["POST"])
     async def webhook(self, request: IRequest, rest: str) -> bytes:
         if self.shutting_down:
-            request.setHeader(b"retry-after", b"5")
-            request.setHeader(b"connection", b"close")
-            return _json(request, 503, {"status": "Service Unavailable"})
+            return self._answer(request, ShuttingDown(), "")
         self._in_flight += 1
         try:
             return await self._webhook(request, rest)
         except InvalidText as e:
             # Only making the Delivery raises this here (the gateway's errors
-            # are answered in _webhook); TextCheckedResource refuses such URLs
-            # first, and this keeps the app as safe without it.
-            return _json(request, 400, {"status": "Bad Request", "reason": e.message})
+            # are answered in _webhook): it is the URL's text, answered as
+            # TextCheckedResource (which refuses such URLs first) answers it;
+            # this keeps the app as safe without it.
+            return self._answer(request, InvalidURLText(e.message), "")
         finally:
             self._in_flight -= 1
             if self._in_flight == 0:
@@ -250,8 +245,8 @@ class WebhookSite:
                 project_ref=project_ref,
             )
             raise
-        except Exception:
-            return self._error(request, Failure(), project_ref)
+        except Exception as e:
+            return self._answer(request, e, project_ref, Failure())
         if isinstance(outcome, Ignored):
             return _json(
                 request,
@@ -282,38 +277,28 @@ class WebhookSite:
             },
         )
 
-    def _error(self, request: IRequest, failure: Failure, project_ref: str) -> bytes:
-        """The one place a domain error becomes an HTTP answer."""
-        error = failure.value
-        if isinstance(error, BadRequest):
-            self.log.info(
-                "Refused a malformed body for {project_ref!r}: {reason}",
-                project_ref=project_ref,
-                reason=error.message,
-            )
-            return _json(request, 400, {"status": "Malformed body", "reason": error.message})
-        if isinstance(error, (Unauthorized, ProjectNotFound)):
-            # Unknown project, missing or wrong secret: one answer for all,
-            # so that the answer reveals nothing (the gateway logged why).
-            # 403, not 401: EventBridge would retry a 401 for a day.
-            return _json(request, 403, {"status": "Forbidden"})
-        if isinstance(error, RateLimited):
-            request.setHeader(b"retry-after", str(error.retry_after).encode("ascii"))
-            return _json(request, 429, {"status": "Too Many Requests"})
-        if isinstance(error, BackendUnavailable):
-            retry_after = error.retry_after or DEFAULT_RETRY_AFTER
-            self.log.warn(
-                "Build store unavailable, asked the sender to retry in {retry_after}s: {reason}",
-                retry_after=retry_after,
-                reason=error.reason,
-            )
+    def _answer(
+        self, request: IRequest, error: BaseException, project_ref: str, failure: Failure | None = None
+    ) -> bytes:
+        """
+        The one place a domain error becomes an HTTP answer: its status, body,
+        ``Retry-After``, ``connection: close`` and log line, all from the
+        error table (``core.answers.answer_for``). ``failure`` carries the
+        traceback logged for an unexpected error.
+        """
+        answer = answer_for(error)
+        retry_after = answer.retry_after_of(error)
+        if answer.log_level is not None:
+            fields = answer.log_fields(error, project_ref)
+            if answer.traceback:
+                self.log.failure(answer.log_format, failure, answer.log_level, **fields)
+            else:
+                self.log.emit(answer.log_level, answer.log_format, **fields)
+        if retry_after is not None:
             request.setHeader(b"retry-after", str(retry_after).encode("ascii"))
-            return _json(request, 503, {"status": "Service Unavailable"})
-        if isinstance(error, BackendRejected):
-            self.log.error("Build store refused a build: {reason}", reason=error.reason)
-            return _json(request, 502, {"status": "Build refused by Kubernetes"})
-        self.log.failure("Unexpected error handling a delivery", failure)
-        return _json(request, 500, {"status": "Internal Server Error"})
+        if answer.close:
+            request.setHeader(b"connection", b"close")
+        return _json(request, answer.status, answer.body(error))
 
     def _not_found(self, request: IRequest) -> bytes:
         return _json(request, 404, {"status": "Not Found"})
