@@ -430,6 +430,7 @@ print(sentinel.tcpServers, sentinel.getDelayedCalls(), sentinel.whenRunningHooks
 """
 
 
+@pytest.mark.slow
 def test_the_global_reactor_is_never_used(tmp_path: Path) -> None:
     """
     With a recording reactor installed as the global one, a gateway made,
