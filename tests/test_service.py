@@ -230,7 +230,7 @@ def timeline() -> Any:
 
 
 def test_children_and_their_order(gateway_dir: Path) -> None:
-    """make_service: metrics, projects, spool, webhook, signals; both ports bound (not accepting) at once."""
+    """make_service: metrics, projects, spool, webhook, signals; both ports bound (--port first), not accepting."""
     service, reactor = made(gateway_dir)
     assert [(child.name, type(child)) for child in service] == [
         ("metrics", BoundPort),
@@ -241,8 +241,8 @@ def test_children_and_their_order(gateway_dir: Path) -> None:
     ]
     # Bound in make_service so that a port in use is a start-up error ...
     assert [(port, type(factory).__name__, interface) for port, factory, _, interface in reactor.tcpServers] == [
-        (9100, "Site", "127.0.0.1"),
         (8000, "BrigadeSite", "127.0.0.1"),
+        (9100, "Site", "127.0.0.1"),
     ]
     # ... but nothing is accepted before the service starts.
     assert reactor.getReaders() == []
@@ -257,6 +257,26 @@ def test_without_spool_and_metrics(gateway_dir: Path) -> None:
     assert [child.name for child in service] == ["projects", "webhook", "signals"]
     service.startService()
     assert reactor.accepting(8000)
+
+
+def test_kube_backend_has_a_pool_to_close(tmp_path: Path) -> None:
+    """With Kubernetes: pool (closed after the projects stop), projects, webhook, signals; nothing dialled."""
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        "apiVersion: v1\nkind: Config\ncurrent-context: c\n"
+        "clusters: [{name: k, cluster: {server: 'https://127.0.0.1:6443', insecure-skip-tls-verify: true}}]\n"
+        "users: [{name: u, user: {token: t0k3n}}]\n"
+        "contexts: [{name: c, context: {cluster: k, user: u}}]\n"
+    )
+    reactor = GatewayReactor()
+    service = make_service(parse("--kubeconfig", str(kubeconfig), "--port", "tcp:8000"), reactor, {})
+    assert [(child.name, type(child).__name__) for child in service] == [
+        ("pool", "ClosePool"),
+        ("projects", "ProjectsService"),
+        ("webhook", "WebhookListener"),
+        ("signals", "StopOnSignal"),
+    ]
+    assert reactor.tcpClients == []
 
 
 def test_listener_accepts_only_after_the_spool_started(gateway_dir: Path, timeline: list[str]) -> None:

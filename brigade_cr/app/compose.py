@@ -147,18 +147,23 @@ def make_service(options: Mapping[str, Any], reactor: Any, environ: Mapping[str,
     root = GatewayServices(
         deadline, _announcements(backend.description, spool_dir, gateway), failed=exit_nonzero_at_end
     )
-    # Bound now, so that a port in use is a start-up error; accepting only
-    # once started. Metrics first: up from the start, down last.
-    if options["metrics"]:
-        _named("metrics", _metrics_port(options["metrics"], metrics, threads, reactor)).setServiceParent(root)
+    # Bound now (--port first, as before), so that a port in use is a
+    # start-up error; accepting only once their services start.
+    webhook_port = bind("--port", options["port"], site, reactor)
+    metrics_port = _metrics_port(options["metrics"], metrics, threads, reactor) if options["metrics"] else None
+    # Added in start order; the graceful stop runs backwards: the webhook
+    # listener first, the metrics listener last.
+    if metrics_port is not None:
+        _named("metrics", metrics_port).setServiceParent(root)
     if backend.close is not None:
         _named("pool", ClosePool(backend.close)).setServiceParent(root)
     _named("projects", ProjectsService(projects)).setServiceParent(root)
-    webhook = WebhookListener(web, bind("--port", options["port"], site, reactor), deadline)
-    if spool is not None:
+    if spool is None:
+        webhook = WebhookListener(web, webhook_port, deadline)
+    else:
         spooling = SpoolService(spool, deadline, failed=give_up)
         _named("spool", spooling).setServiceParent(root)
-        webhook.ready = spooling.recovered
+        webhook = WebhookListener(web, webhook_port, deadline, ready=spooling.recovered)
     _named("webhook", webhook).setServiceParent(root)
     _named("signals", StopOnSignal(core, threads)).setServiceParent(root)
     return root
