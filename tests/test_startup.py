@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from twisted.internet.interfaces import IReactorFDSet
+from twisted.internet.interfaces import IReactorFDSet, IReadDescriptor
 from twisted.internet.protocol import Factory, Protocol
 from twisted.python import usage
 
@@ -219,11 +219,12 @@ def test_bound_port_accepts_only_once_started() -> None:
     from twisted.internet import reactor
 
     bound = bind("--port", "tcp:0:interface=127.0.0.1", Factory.forProtocol(Protocol), reactor)
+    fdset = IReactorFDSet(reactor)
+    reading = IReadDescriptor(bound.port)
     try:
-        assert IReactorFDSet.providedBy(reactor)
-        assert bound.port not in reactor.getReaders()  # type: ignore[attr-defined]
+        assert reading not in fdset.getReaders()
         bound.startService()
-        assert bound.port in reactor.getReaders()  # type: ignore[attr-defined]
+        assert reading in fdset.getReaders()
     finally:
         bound.stopService()
-    assert bound.port not in reactor.getReaders()  # type: ignore[attr-defined]
+    assert reading not in fdset.getReaders()

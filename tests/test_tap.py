@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 from twisted.python import usage
 
+from brigade_cr.app.backend import choose_backend
 from brigade_cr.app.startup import StartupError
-from brigade_cr.app.tap import Options, choose_backend
+from brigade_cr.app.tap import Options
 
 
 def parse(*argv: str) -> Options:

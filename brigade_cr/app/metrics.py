@@ -28,8 +28,10 @@ from typing import Any, Callable, Iterator
 import attrs
 from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import make_wsgi_app
 from prometheus_client.registry import Collector
-from prometheus_client.twisted import MetricsResource
+from twisted.internet.interfaces import IReactorThreads
+from twisted.web.wsgi import WSGIResource
 from zope.interface import implementer
 
 from brigade_cr.core.answers import OUTCOMES
@@ -114,9 +116,13 @@ class GatewayMetrics:
         """Export the spool's ``stats()`` as gauges and counters, read at scrape time."""
         self.registry.register(_SpoolCollector(stats))
 
-    def resource(self) -> Any:
-        """A ``twisted.web`` resource serving the metrics in the text format."""
-        return MetricsResource(registry=self.registry)
+    def resource(self, reactor: IReactorThreads) -> Any:
+        """
+        A ``twisted.web`` resource serving the metrics in the text format,
+        rendered in ``reactor``'s thread pool (prometheus_client's own
+        ``MetricsResource`` takes the global reactor).
+        """
+        return WSGIResource(reactor, reactor.getThreadPool(), make_wsgi_app(self.registry))
 
 
 __all__ = ["OUTCOMES", "GatewayMetrics"]

@@ -19,18 +19,19 @@ import functools
 import os
 import sys
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, ParamSpec, TypeVar
 
 import attrs
 from twisted.application.service import Service
 from twisted.internet import endpoints
-from twisted.internet.defer import Deferred, maybeDeferred, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort, IReactorFDSet, IReadDescriptor
 from twisted.python import usage
 from twisted.python.failure import Failure
 
-F = TypeVar("F", bound=Callable[..., Any])
+P = ParamSpec("P")
+R = TypeVar("R")
 
 # The spool's lock file (spool.py's LOCK_FILE), tried here before the spool starts.
 SPOOL_LOCK = "spool.lock"
@@ -40,7 +41,7 @@ class StartupError(Exception):
     """A start-up problem the operator must fix; ``args[0]`` is the one line to print."""
 
 
-def fails_clearly(make_service: F) -> F:
+def fails_clearly(make_service: Callable[P, R]) -> Callable[P, R]:
     """
     Wrap ``makeService`` so that a ``StartupError`` or ``usage.UsageError``
     becomes ``SystemExit("brigade-cr: <message>")``: twistd prints the line
@@ -48,13 +49,13 @@ def fails_clearly(make_service: F) -> F:
     """
 
     @functools.wraps(make_service)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return make_service(*args, **kwargs)
         except (StartupError, usage.UsageError) as e:
             raise SystemExit(f"brigade-cr: {e}") from None
 
-    return wrapper  # type: ignore[return-value]
+    return wrapper
 
 
 def _reason(error: BaseException) -> str:
@@ -105,7 +106,12 @@ class BoundPort(Service):
         if self._closed:
             return succeed(None)
         self._closed = True
-        return maybeDeferred(self.port.stopListening)  # type: ignore[no-any-return,call-overload]
+        try:
+            closing = self.port.stopListening()
+        except Exception:
+            return fail()
+        # IListeningPort.stopListening may return a Deferred or None.
+        return closing if isinstance(closing, Deferred) else succeed(None)
 
 
 def bind(option: str, description: str, factory: Any, reactor: Any) -> BoundPort:
