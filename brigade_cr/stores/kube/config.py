@@ -311,7 +311,7 @@ def resolve_config(
 
 def namespace_default(option: str | None, environ: Mapping[str, str], config: KubeConfig | None) -> str:
     """
-    The Brigade namespace (brigade-v1-contract.md section 3): the
+    The Brigade namespace (docs/brigade-v1.md, section 5): the
     ``--namespace`` option, else ``BRIGADE_NAMESPACE``, else the in-cluster
     service-account namespace file, else ``default``.
 
