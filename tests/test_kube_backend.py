@@ -545,3 +545,14 @@ async def test_nothing_secret_is_logged(served_fake_kube: tuple[FakeKube, Any], 
         text = repr(event) + (formatEvent(event) or "")
         for secret_text in ("test-token", "rotated-token-value", "gateway-secret-value", "payload-marker"):
             assert secret_text not in text, (secret_text, event.get("log_format"))
+
+
+def test_make_kube_backend_pool_size() -> None:
+    """make_kube_backend sizes the shared client's pool as asked, and to the default 8 otherwise."""
+    from twisted.internet.task import Clock
+
+    config = KubeConfig(server="https://kube.example:6443", source="test")
+    _, _, sized = make_kube_backend(Clock(), config, "brigade", max_persistent=6)
+    _, _, default = make_kube_backend(Clock(), config, "brigade")
+    assert sized.pool is not None and default.pool is not None
+    assert (sized.pool.maxPersistentPerHost, default.pool.maxPersistentPerHost) == (6, 8)

@@ -17,27 +17,36 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import sys
+import threading
 import uuid
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import attrs
 import pytest
 import pytest_twisted
+from idna.core import InvalidCodepoint
+from treq.client import HTTPClient
 from treq.testing import StubTreq
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
+from twisted.logger import globalLogPublisher
+from twisted.web.client import Agent, _HTTP11ClientFactory
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 from zope.interface.verify import verifyObject
 
 from brigade_cr import __version__
 from brigade_cr.stores.kube.client import (
+    DEFAULT_MAX_PERSISTENT,
+    IPV6_URL_HOST,
     KubeClient,
     KubeStatusError,
     KubeTransportError,
+    QuietPool,
+    ServerEndpoints,
     parse_retry_after,
     transport_reason,
 )
@@ -57,7 +66,6 @@ from brigade_cr.stores.kube.credentials import (
     KubeCredentialError,
     NoToken,
     StaticToken,
-    parse_rfc3339,
     token_source_for,
 )
 from brigade_cr.stores.kube.tls import tls_policy
@@ -66,6 +74,7 @@ from tests.helpers import failure_of, result_of
 from tests.kubeapi import FakeKube
 
 TOKEN = "good-token-0123456789"
+SECRET_STDERR = "stderr-secret-never-reported"
 # Every loopback test finishes well inside this (seconds); the client's own
 # timeouts are shorter still.
 BOUND = 20.0
@@ -401,32 +410,25 @@ def test_transport_reasons() -> None:
 
 def test_token_sources_provide_interface(tmp_path: Path) -> None:
     """Every token source provides ITokenSource."""
-    plugin = ExecPlugin("client.authentication.k8s.io/v1", "x")
-    for source in (NoToken(), StaticToken("t"), FileToken(str(tmp_path), Clock()), ExecToken(plugin, Clock())):
+    plugin = ExecPlugin("x", object())
+    sources = (NoToken(), StaticToken("t"), FileToken(str(tmp_path), Clock()), ExecToken(plugin, Clock(), Deferred))
+    for source in sources:
         assert verifyObject(ITokenSource, source)
 
 
 def test_token_source_for() -> None:
-    """The config's credentials choose the token source."""
-    from twisted.internet import reactor
-
+    """The config's credentials choose the token source; an exec plugin gets the injected thread runner."""
+    clock = Clock()
     base = KubeConfig(server="https://k")
-    assert token_source_for(base, reactor) == NoToken()
-    assert token_source_for(attrs.evolve(base, credentials=BearerToken("t")), reactor) == StaticToken("t")
-    file_source = token_source_for(attrs.evolve(base, credentials=BearerTokenFile("/p", "fb")), reactor)
+    assert token_source_for(base, clock) == NoToken()
+    assert token_source_for(attrs.evolve(base, credentials=BearerToken("t")), clock) == StaticToken("t")
+    file_source = token_source_for(attrs.evolve(base, credentials=BearerTokenFile("/p", "fb")), clock)
     assert isinstance(file_source, FileToken)
     assert (file_source.path, file_source.fallback, file_source.period) == ("/p", "fb", 60.0)
-    plugin = ExecPlugin("client.authentication.k8s.io/v1", "x", provide_cluster_info=True)
-    exec_source = token_source_for(
-        attrs.evolve(base, credentials=plugin, ca_pem=b"CA", tls_server_name="n"), reactor, environ={"A": "1"}
-    )
+    runner = Threads()
+    exec_source = token_source_for(attrs.evolve(base, credentials=ExecPlugin("x", object())), clock, runner)
     assert isinstance(exec_source, ExecToken)
-    assert exec_source.environ == {"A": "1"}
-    assert exec_source.cluster == {
-        "server": "https://k",
-        "tls-server-name": "n",
-        "certificate-authority-data": base64.b64encode(b"CA").decode(),
-    }
+    assert (exec_source.run_in_thread, exec_source.clock, exec_source.timeout) == (runner, clock, 30.0)
     assert "t" not in repr(StaticToken("t")).replace("StaticToken", "")
 
 
@@ -484,140 +486,319 @@ def credential(token: str | None = "exec-token", expires: str | None = None, api
     return json.dumps({"apiVersion": f"client.authentication.k8s.io/{api}", "kind": "ExecCredential", "status": status})
 
 
-def exec_source(reactor: Any, command: str, **kwargs: Any) -> ExecToken:
-    args = kwargs.pop("args", ())
-    env = kwargs.pop("env", ())
-    plugin = ExecPlugin(
-        "client.authentication.k8s.io/v1",
-        command,
-        args=args,
-        env=env,
-        install_hint=kwargs.pop("install_hint", None),
-        interactive_mode="Never",
-        provide_cluster_info=kwargs.pop("provide_cluster_info", False),
-    )
-    return ExecToken(plugin, reactor, {"PATH": os.environ.get("PATH", "")}, **kwargs)
-
-
-@pytest_twisted.ensureDeferred
-async def test_exec_token_cached_until_expiry(tmp_path: Path) -> None:
+class Threads:
     """
-    The plugin's token is used until its expirationTimestamp (less the
-    margin), and the plugin sees its args, env and KUBERNETES_EXEC_INFO.
+    A thread runner that runs nothing until the test says so: ``pending``
+    holds each callable handed over, ``run()`` runs the oldest (here, in the
+    test, standing in for a pool thread) and fires its Deferred.
     """
-    from twisted.internet import reactor
 
+    def __init__(self) -> None:
+        self.pending: list[tuple[Any, Deferred[Any]]] = []
+
+    def __call__(self, f: Any) -> Deferred[Any]:
+        d: Deferred[Any] = Deferred()
+        self.pending.append((f, d))
+        return d
+
+    def run(self) -> None:
+        f, d = self.pending.pop(0)
+        try:
+            result = f()
+        except Exception:
+            d.errback()
+        else:
+            d.callback(result)
+
+
+def exec_config(tmp_path: Path, command: str, **spec: Any) -> KubeConfig:
+    """A KubeConfig with an exec plugin, loaded as the daemon loads it."""
+    document = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "c", "cluster": {"server": "https://kube.example:6443"}}],
+        "users": [
+            {
+                "name": "u",
+                "user": {
+                    "exec": {
+                        "apiVersion": "client.authentication.k8s.io/v1",
+                        "command": command,
+                        "interactiveMode": "Never",
+                        **spec,
+                    }
+                },
+            }
+        ],
+        "contexts": [{"name": "ctx", "context": {"cluster": "c", "user": "u"}}],
+        "current-context": "ctx",
+    }
+    path = tmp_path / f"kubeconfig-{uuid.uuid4().hex[:8]}"
+    path.write_text(json.dumps(document))
+    return load_kubeconfig(str(path))
+
+
+def exec_source(tmp_path: Path, body: str, clock: Clock, threads: Any, **spec: Any) -> ExecToken:
+    source = token_source_for(exec_config(tmp_path, plugin_script(tmp_path, body), **spec), clock, threads)
+    assert isinstance(source, ExecToken)
+    return source
+
+
+def test_exec_token_runs_in_a_thread(tmp_path: Path) -> None:
+    """
+    The plugin runs only inside the thread runner (never inline), once for
+    concurrent callers, and sees its args, env and KUBERNETES_EXEC_INFO with
+    the cluster (provideClusterInfo).
+    """
     runs = tmp_path / "runs"
-    script = plugin_script(
+    threads = Threads()
+    source = exec_source(
         tmp_path,
         f"open({str(runs)!r}, 'a').write(json.dumps([sys.argv[1:], os.environ['MY_ENV'], "
         f"json.loads(os.environ['KUBERNETES_EXEC_INFO'])]) + '\\n')\n"
-        f"print({credential(expires='2999-01-01T00:00:00Z')!r})",
+        f"print({credential()!r})",
+        Clock(),
+        threads,
+        args=["--flag"],
+        env=[{"name": "MY_ENV", "value": "v"}],
+        provideClusterInfo=True,
     )
-    source = exec_source(
-        reactor,
-        script,
-        args=("--flag",),
-        env=(("MY_ENV", "v"),),
-        provide_cluster_info=True,
-        cluster={"server": "https://k"},
-    )
-    assert await bounded(source.token(), reactor) == "exec-token"
-    assert await bounded(source.token(), reactor) == "exec-token"
-    lines = runs.read_text().splitlines()
-    assert [json.loads(line) for line in lines] == [
+    first, second = source.token(), source.token()
+    assert (first.called, second.called, len(threads.pending), runs.exists()) == (False, False, 1, False)
+    threads.run()
+    assert (result_of(first), result_of(second)) == ("exec-token", "exec-token")
+    assert [json.loads(line) for line in runs.read_text().splitlines()] == [
         [
             ["--flag"],
             "v",
             {
                 "apiVersion": "client.authentication.k8s.io/v1",
                 "kind": "ExecCredential",
-                "spec": {"interactive": False, "cluster": {"server": "https://k"}},
+                "spec": {"interactive": False, "cluster": {"server": "https://kube.example:6443"}},
             },
         ]
     ]
+    # Cached (no expiry): no new run until invalidate().
+    assert result_of(source.token()) == "exec-token"
+    assert threads.pending == []
     source.invalidate()
-    assert await bounded(source.token(), reactor) == "exec-token"
+    again = source.token()
+    assert len(threads.pending) == 1
+    threads.run()
+    assert result_of(again) == "exec-token"
     assert len(runs.read_text().splitlines()) == 2
 
 
-@pytest_twisted.ensureDeferred
-async def test_exec_token_expired_reruns(tmp_path: Path) -> None:
-    """An already-expired credential makes the next token() run the plugin again; concurrent calls share a run."""
-    from twisted.internet import reactor
-
+def test_exec_token_refreshed_after_expiry(tmp_path: Path) -> None:
+    """The token is reused until its expirationTimestamp less 10 s, then the plugin runs again (in the runner)."""
     runs = tmp_path / "runs"
-    script = plugin_script(
-        tmp_path, f"open({str(runs)!r}, 'a').write('x')\nprint({credential(expires='2000-01-01T00:00:00Z')!r})"
+    threads = Threads()
+    clock = Clock()
+    expires = 1_900_000_000.0  # 2030-03-17T17:46:40Z
+    clock.advance(expires - 100)
+    source = exec_source(
+        tmp_path,
+        f"open({str(runs)!r}, 'a').write('x')\nprint({credential(expires='2030-03-17T17:46:40Z')!r})",
+        clock,
+        threads,
     )
-    source = exec_source(reactor, script)
-    first, second = source.token(), source.token()
-    assert [await bounded(first, reactor), await bounded(second, reactor)] == ["exec-token", "exec-token"]
-    assert runs.read_text() == "x"
-    assert await bounded(source.token(), reactor) == "exec-token"
+    first = source.token()
+    threads.run()
+    assert result_of(first) == "exec-token"
+    clock.advance(89)
+    assert result_of(source.token()) == "exec-token"
+    assert (threads.pending, runs.read_text()) == ([], "x")
+    clock.advance(1)
+    refreshed = source.token()
+    assert (refreshed.called, len(threads.pending)) == (False, 1)
+    threads.run()
+    assert result_of(refreshed) == "exec-token"
     assert runs.read_text() == "xx"
+
+
+def test_exec_token_refreshed_after_401(tmp_path: Path) -> None:
+    """A 401 makes the client invalidate the exec token; the plugin runs again and the retry carries its new token."""
+    token_file = tmp_path / "current"
+    token_file.write_text("old-token")
+    threads = Threads()
+    clock = Clock()
+    source = exec_source(
+        tmp_path,
+        "print(json.dumps({'apiVersion': 'client.authentication.k8s.io/v1', 'kind': 'ExecCredential', "
+        f"'status': {{'token': open({str(token_file)!r}).read()}}}}))",
+        clock,
+        threads,
+    )
+    kube = in_memory(tokens=source)
+    kube.fake.tokens = frozenset({"old-token"})
+    first = kube.client.version()
+    threads.run()
+    assert result_of(first)["major"] == "1"
+    token_file.write_text("new-token")
+    kube.fake.tokens = frozenset({"new-token"})
+    second = kube.client.version()
+    assert second.called is False
+    assert len(threads.pending) == 1
+    threads.run()
+    assert result_of(second)["major"] == "1"
+    assert [c.authenticated for c in kube.fake.calls] == [True, False, True]
 
 
 @pytest.mark.parametrize(
     "body, reason",
     [
-        ("sys.exit(3)", "exited with code 3"),
+        (f"sys.stderr.write({SECRET_STDERR!r})\nsys.exit(3)", "exited with code 3"),
         ("print('nope')", "did not print JSON"),
-        ("print(json.dumps({'kind': 'Other'}))", "did not print an ExecCredential"),
-        (f"print({credential(api='v1beta1')!r})", "answered apiVersion"),
+        ("print(json.dumps({'kind': 'Other'}))", "malformed response. missing key 'apiVersion'"),
+        (f"print({credential(api='v1beta1')!r})", "answered a different apiVersion than configured"),
         (f"print({credential(token=None)!r})", "gave no token"),
         (
             f"print({credential(token=None, clientCertificateData='x', clientKeyData='y')!r})",
-            "only tokens are supported",
+            "gave a client certificate; only tokens are supported",
         ),
-        (f"print({credential(expires='tomorrow')!r})", "unreadable expirationTimestamp"),
+        (f"print({credential(expires='tomorrow')!r})", "gave an unreadable expirationTimestamp"),
     ],
 )
+def test_exec_token_failures(tmp_path: Path, body: str, reason: str) -> None:
+    """A failing or misbehaving plugin fails token() with a KubeCredentialError saying why, never echoing its stderr."""
+    threads = Threads()
+    source = exec_source(tmp_path, body, Clock(), threads)
+    waiting = source.token()
+    threads.run()
+    error = failure_of(waiting)
+    assert isinstance(error, KubeCredentialError)
+    assert error.reason.endswith(reason)
+    assert error.reason.startswith("exec plugin ")
+    assert SECRET_STDERR not in error.reason
+    assert "exec-token" not in error.reason
+
+
+def test_exec_token_timeout(tmp_path: Path) -> None:
+    """
+    A run that has not answered within the timeout fails its callers; when
+    the thread finally answers, the token is cached for the next caller.
+    """
+    threads = Threads()
+    clock = Clock()
+    source = exec_source(tmp_path, f"print({credential()!r})", clock, threads)
+    waiting = source.token()
+    clock.advance(30)
+    error = failure_of(waiting)
+    assert isinstance(error, KubeCredentialError)
+    assert error.reason == f"exec plugin {source.plugin.command!r} did not finish within 30s"
+    threads.run()
+    assert result_of(source.token()) == "exec-token"
+    assert clock.getDelayedCalls() == []
+
+
+def test_exec_token_missing_command(tmp_path: Path) -> None:
+    """A command that does not exist fails with why it could not start."""
+    threads = Threads()
+    source = token_source_for(exec_config(tmp_path, "no-such-plugin-for-brigade-cr"), Clock(), threads)
+    waiting = source.token()
+    threads.run()
+    error = failure_of(waiting)
+    assert isinstance(error, KubeCredentialError)
+    assert error.reason == "exec plugin 'no-such-plugin-for-brigade-cr' could not start: No such file or directory"
+
+
 @pytest_twisted.ensureDeferred
-async def test_exec_token_failures(tmp_path: Path, body: str, reason: str) -> None:
-    """A failing or misbehaving plugin fails token() with a KubeCredentialError saying why."""
+async def test_exec_token_default_runner_is_the_reactor_thread_pool(tmp_path: Path) -> None:
+    """Without an injected runner, the plugin runs in the reactor's thread pool, off the reactor thread."""
     from twisted.internet import reactor
 
-    source = exec_source(reactor, plugin_script(tmp_path, body))
-    with pytest.raises(KubeCredentialError, match=reason) as raised:
-        await bounded(source.token(), reactor)
-    assert "exec-token" not in raised.value.reason
+    config = exec_config(tmp_path, plugin_script(tmp_path, f"print({credential()!r})"))
+    assert isinstance(config.credentials, ExecPlugin)
+    provider = config.credentials.provider
+    threads_seen: list[threading.Thread] = []
+    real_run = provider.run
+
+    def recording_run(*args: Any) -> Any:
+        threads_seen.append(threading.current_thread())
+        return real_run(*args)
+
+    provider.run = recording_run
+    source = token_source_for(config, reactor)
+    assert await bounded(source.token(), reactor) == "exec-token"
+    assert len(threads_seen) == 1
+    assert threads_seen[0] is not threading.main_thread()
+
+
+# -- the real client stack: treq over the project's pool ------------------------------------
+
+
+def test_from_config_is_treq_over_a_quiet_pool() -> None:
+    """
+    from_config sends through treq's HTTPClient over an Agent with the
+    project's pool: max_persistent kept connections, 60 s idle, and a
+    connection factory that does not log "Starting factory".
+    """
+    client = KubeClient.from_config(Clock(), KubeConfig(server="https://kube.example:6443"), max_persistent=6)
+    assert isinstance(client.http, HTTPClient)
+    assert isinstance(client.pool, QuietPool)
+    assert (client.pool.maxPersistentPerHost, client.pool.cachedConnectionTimeout) == (6, 60)
+    assert issubclass(client.pool._factory, _HTTP11ClientFactory)
+    assert client.pool._factory.noisy is False
+    assert (client.base_url, client.host_header) == ("https://kube.example:6443", None)
+    default = KubeClient.from_config(Clock(), KubeConfig(server="https://kube.example:6443"))
+    assert default.pool is not None and default.pool.maxPersistentPerHost == DEFAULT_MAX_PERSISTENT == 8
+
+
+def test_treq_cannot_encode_an_ipv6_host() -> None:
+    """
+    Why an IPv6-literal server gets a placeholder URL host: treq encodes
+    every URL with hyperlink, which raises on an IPv6 literal.
+    """
+    with pytest.raises(InvalidCodepoint):
+        HTTPClient(Agent(Clock())).request("GET", "https://[fd00::1]:443/x")
 
 
 @pytest.mark.parametrize(
-    "text, expected",
+    "server, base_url, host",
     [
-        ("2024-01-01T00:00:00Z", 1704067200.0),
-        ("2024-01-01T00:00:00.123456789Z", 1704067200.123456),
-        ("2024-01-01T01:00:00+01:00", 1704067200.0),
-        ("2024-01-01T00:00:00", None),
-        ("2024-13-01T00:00:00Z", None),
-        ("tomorrow", None),
+        ("https://[fd00::1]:443", f"https://{IPV6_URL_HOST}:443", "[fd00::1]:443"),
+        ("https://[::1]:6443/prefix", f"https://{IPV6_URL_HOST}:6443/prefix", "[::1]:6443"),
+        ("https://[::1]", f"https://{IPV6_URL_HOST}", "[::1]"),
+        ("https://10.0.0.1:6443", "https://10.0.0.1:6443", None),
     ],
 )
-def test_parse_rfc3339(text: str, expected: float | None) -> None:
-    """Expiry stamps are RFC 3339 with a zone, any fraction; anything else is None."""
-    assert parse_rfc3339(text) == expected
+def test_ipv6_server_goes_through_treq(server: str, base_url: str, host: str | None) -> None:
+    """
+    An IPv6-literal server is asked for with the placeholder host in the
+    URL and the real [addr]:port in Host; the endpoint factory connects to
+    the configured address whatever the URL says.
+    """
+    clock = Clock()
+    client = KubeClient.from_config(clock, KubeConfig(server=server))
+    assert (client.base_url, client.host_header) == (base_url, host)
+    endpoints = client.http._agent._endpointFactory
+    assert isinstance(endpoints, ServerEndpoints)
+    assert (endpoints.host, endpoints.port) == (urlsplit(server).hostname, urlsplit(server).port or 443)
+
+
+def test_host_header_sent() -> None:
+    """A client with host_header sends it as Host, as the one Host header of the request."""
+    canned = Canned(body=b'{"major": "1"}')
+    client = KubeClient(
+        StubTreq(canned), f"https://{IPV6_URL_HOST}:443", StaticToken(TOKEN), Clock(), host_header="[fd00::1]:443"
+    )
+    assert result_of(client.version()) == {"major": "1"}
+    [(_, uri, headers, _)] = canned.requests
+    assert (uri, headers[b"host"]) == (b"/version", [b"[fd00::1]:443"])
 
 
 @pytest_twisted.ensureDeferred
-async def test_exec_token_timeout(tmp_path: Path) -> None:
-    """A plugin that hangs is killed after the timeout."""
-    from twisted.internet import reactor
-
-    source = exec_source(reactor, plugin_script(tmp_path, "time.sleep(60)"), timeout=0.5)
-    with pytest.raises(KubeCredentialError, match=r"did not finish within 0\.5s"):
-        await bounded(source.token(), reactor)
-
-
-@pytest_twisted.ensureDeferred
-async def test_exec_token_missing_command() -> None:
-    """A command not on PATH fails with its installHint."""
-    from twisted.internet import reactor
-
-    source = exec_source(reactor, "no-such-plugin-for-brigade-cr", install_hint="brew install it")
-    with pytest.raises(KubeCredentialError, match=r"not found .*\(brew install it\)"):
-        await bounded(source.token(), reactor)
+async def test_contract_no_factory_noise(kube_target: Any, target_client: KubeClient, reactor: Any) -> None:
+    """API connections log no "Starting factory" / "Stopping factory" lines."""
+    events: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        await bounded(target_client.version(), reactor)
+        await bounded(target_client.close(), reactor)
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    formats = [str(e.get("log_format", "")) for e in events]
+    assert [f for f in formats if "factory" in f.lower()] == []
 
 
 # -- TLS policy ------------------------------------------------------------------------------

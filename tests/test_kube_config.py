@@ -12,6 +12,11 @@ from typing import Any
 
 import pytest
 import yaml
+from kubernetes.client import Configuration
+from kubernetes.config.config_exception import ConfigException
+from kubernetes.config.exec_provider import ExecProvider
+from kubernetes.config.incluster_config import InClusterConfigLoader
+from kubernetes.config.kube_config import KubeConfigMerger, load_kube_config
 
 from brigade_cr.stores.kube.config import (
     BearerToken,
@@ -131,14 +136,11 @@ def test_ca_data_overrides_file(tmp_path: Path) -> None:
 
 
 def test_missing_ca_file(tmp_path: Path) -> None:
-    """An unreadable CA file is a KubeConfigError naming the file and the cluster."""
+    """An unreadable CA file is a KubeConfigError naming the kubeconfig, context and file (the library's words)."""
     path = write(tmp_path / "config", simple({"server": "https://k:6443", "certificate-authority": "nope.crt"}))
     with pytest.raises(KubeConfigError) as raised:
         load_kubeconfig(path)
-    message = str(raised.value)
-    assert str(tmp_path / "nope.crt") in message
-    assert "cluster 'c'" in message
-    assert "certificate-authority" in message
+    assert str(raised.value) == f"kubeconfig {path} context 'ctx': File does not exist: {tmp_path / 'nope.crt'}"
 
 
 def test_insecure_and_server_name(tmp_path: Path) -> None:
@@ -255,7 +257,12 @@ def test_token_file_with_token_fallback(tmp_path: Path) -> None:
 
 
 def test_exec_plugin(tmp_path: Path) -> None:
-    """An exec stanza is read whole; a relative command with a slash is resolved."""
+    """
+    An exec stanza becomes the library's ExecProvider: command and args, env
+    on top of the process environment, the kubeconfig's directory as its
+    working directory (so a relative command with a slash resolves there),
+    and the cluster for provideClusterInfo; nothing secret in repr.
+    """
     path = write(
         tmp_path / "config",
         simple(
@@ -273,20 +280,22 @@ def test_exec_plugin(tmp_path: Path) -> None:
         ),
     )
     config = load_kubeconfig(path)
-    assert config.credentials == ExecPlugin(
-        api_version="client.authentication.k8s.io/v1",
-        command=os.path.join(str(tmp_path), "./bin/get-token"),
-        args=("--cluster", "c1"),
-        env=(("SECRET_ENV", SECRET_TOKEN),),
-        install_hint="install get-token",
-        interactive_mode="Never",
-        provide_cluster_info=True,
-    )
+    credentials = config.credentials
+    assert isinstance(credentials, ExecPlugin)
+    assert credentials.command == "./bin/get-token"
+    provider = credentials.provider
+    assert isinstance(provider, ExecProvider)
+    assert provider.api_version == "client.authentication.k8s.io/v1"
+    assert provider.args == ["./bin/get-token", "--cluster", "c1"]
+    assert provider.cwd == str(tmp_path)
+    assert provider.env["SECRET_ENV"] == SECRET_TOKEN
+    assert provider.env["PATH"] == os.environ["PATH"]
+    assert provider.cluster.value == {"server": "https://k8s.example:6443"}
     assert SECRET_TOKEN not in repr(config)
 
 
 def test_exec_bare_command_kept(tmp_path: Path) -> None:
-    """A bare command name is left for a PATH lookup; v1beta1 defaults interactiveMode."""
+    """A bare command name is left for Popen's PATH lookup; without provideClusterInfo no cluster is passed."""
     path = write(
         tmp_path / "config",
         simple(user={"exec": {"apiVersion": "client.authentication.k8s.io/v1beta1", "command": "aws"}}),
@@ -294,7 +303,8 @@ def test_exec_bare_command_kept(tmp_path: Path) -> None:
     credentials = load_kubeconfig(path).credentials
     assert isinstance(credentials, ExecPlugin)
     assert credentials.command == "aws"
-    assert credentials.interactive_mode == "IfAvailable"
+    assert credentials.provider.args == ["aws"]
+    assert credentials.provider.cluster is None
 
 
 @pytest.mark.parametrize(
@@ -334,7 +344,10 @@ def test_exec_with_token_refused(tmp_path: Path) -> None:
     [
         ({"auth-provider": {"name": "gcp"}}, "auth-provider"),
         ({"username": "admin", "password": SECRET_TOKEN}, "basic"),
-        ({"client-certificate-data": "%%%", "client-key-data": b64(KEY)}, "base64"),
+        (
+            {"client-certificate-data": "%%%", "client-key-data": b64(KEY)},
+            "client-certificate-data is not valid base64",
+        ),
     ],
 )
 def test_unsupported_user(tmp_path: Path, user: dict[str, Any], match: str) -> None:
@@ -456,6 +469,33 @@ def test_kubeconfig_list_merge(tmp_path: Path) -> None:
     assert config.server == "https://second:6443"
     assert config.ca_pem == CA
     assert config.credentials == BearerToken("first-token")
+    assert config.source == f"kubeconfig {listed} context ctx"
+    # Why the current-context is chosen here: the library's merger keeps the last file's.
+    assert KubeConfigMerger(listed).config.value["current-context"] == "other"
+
+
+def test_kubeconfig_list_user_certificate_relative_to_its_file(tmp_path: Path) -> None:
+    """
+    A user's relative client-certificate path resolves against the file that
+    defines the user, as kubectl resolves it. The library alone resolves it
+    against the cluster's file (shown here), hence the hand-written fix-up.
+    """
+    (tmp_path / "users").mkdir()
+    (tmp_path / "users" / "client.crt").write_bytes(CERT)
+    (tmp_path / "users" / "client.key").write_bytes(KEY)
+    users = write(
+        tmp_path / "users" / "config",
+        kubeconfig({}, {"u": {"client-certificate": "client.crt", "client-key": "client.key"}}, {}),
+    )
+    clusters = write(
+        tmp_path / "clusters" / "config",
+        kubeconfig({"c": {"server": "https://k:6443"}}, {}, {"ctx": {"cluster": "c", "user": "u"}}, current="ctx"),
+    )
+    listed = os.pathsep.join([clusters, users])
+    config = load_kubeconfig(listed)
+    assert (config.client_cert_pem, config.client_key_pem) == (CERT, KEY)
+    with pytest.raises(ConfigException, match="File does not exist"):
+        load_kube_config(config_file=listed, client_configuration=Configuration(), persist_config=False)
 
 
 # -- in-cluster -------------------------------------------------------------------
@@ -508,14 +548,64 @@ def test_in_cluster_without_token(tmp_path: Path) -> None:
     assert in_cluster_config(IN_CLUSTER_ENV, str(tmp_path / "sa")) is None
 
 
-def test_in_cluster_without_ca_or_namespace(tmp_path: Path) -> None:
-    """A missing ca.crt means platform roots; a missing namespace file, no namespace."""
+def test_in_cluster_without_namespace(tmp_path: Path) -> None:
+    """A missing namespace file means no namespace."""
+    sa_dir = service_account(tmp_path / "sa", namespace=None)
+    config = in_cluster_config(IN_CLUSTER_ENV, sa_dir)
+    assert config is not None
+    assert (config.ca_pem, config.namespace) == (CA, None)
+
+
+def test_in_cluster_without_ca(tmp_path: Path) -> None:
+    """A missing ca.crt is refused, as the library's InClusterConfigLoader refuses it (no silent platform roots)."""
     sa_dir = tmp_path / "sa"
     sa_dir.mkdir()
-    (sa_dir / "token").write_text("t")
-    config = in_cluster_config(IN_CLUSTER_ENV, str(sa_dir))
-    assert config is not None
-    assert (config.ca_pem, config.namespace) == (None, None)
+    (sa_dir / "token").write_text(SECRET_TOKEN)
+    with pytest.raises(KubeConfigError) as raised:
+        in_cluster_config(IN_CLUSTER_ENV, str(sa_dir))
+    assert str(raised.value) == f"in-cluster service account {sa_dir}: Service certification file does not exist."
+
+
+def test_in_cluster_empty_token(tmp_path: Path) -> None:
+    """An empty token file is refused at start-up with the library's words."""
+    sa_dir = service_account(tmp_path / "sa")
+    (Path(sa_dir) / "token").write_text("")
+    with pytest.raises(KubeConfigError) as raised:
+        in_cluster_config(IN_CLUSTER_ENV, sa_dir)
+    assert str(raised.value) == f"in-cluster service account {sa_dir}: Token file exists but empty."
+
+
+def test_library_in_cluster_refresh_cannot_reread_after_401(tmp_path: Path) -> None:
+    """
+    Why FileToken is hand-written: the library's in-cluster refresh hook
+    re-reads the token only once a wall-clock minute has passed since the
+    last read, so after a 401 (a rotated projected token) it still hands out
+    the old one; FileToken re-reads on invalidate().
+    """
+    sa_dir = service_account(tmp_path / "sa")
+    configuration = Configuration()
+    InClusterConfigLoader(
+        os.path.join(sa_dir, "token"), os.path.join(sa_dir, "ca.crt"), environ=IN_CLUSTER_ENV
+    ).load_and_set(configuration)
+    (Path(sa_dir) / "token").write_text("rotated")
+    configuration.refresh_api_key_hook(configuration)
+    assert configuration.api_key["BearerToken"] == "bearer " + SECRET_TOKEN
+
+
+def test_library_reads_token_file_once(tmp_path: Path) -> None:
+    """
+    Why a tokenFile is a FileToken: the library reads tokenFile once at load
+    and its refresh hook (without an exec expiry) never reads it again.
+    """
+    token = tmp_path / "token"
+    token.write_text("first")
+    path = write(tmp_path / "config", simple(user={"tokenFile": str(token)}))
+    configuration = Configuration()
+    load_kube_config(config_file=path, client_configuration=configuration, persist_config=False)
+    token.write_text("second")
+    configuration.refresh_api_key_hook(configuration)
+    assert configuration.api_key["BearerToken"] == "Bearer first"
+    assert load_kubeconfig(path).credentials == BearerTokenFile(str(token))
 
 
 # -- resolve_config -----------------------------------------------------------------

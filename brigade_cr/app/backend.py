@@ -20,6 +20,7 @@ from brigade_cr.core.interfaces import IBuilds, IProjects
 from brigade_cr.stores.directory import DirectoryScan, directory_backend, read_projects
 from brigade_cr.stores.fileio import ThreadedIO
 from brigade_cr.stores.projects import ProjectSource
+from brigade_cr.stores.spool.spooled import MAX_IN_FLIGHT
 
 
 @attrs.define
@@ -49,6 +50,7 @@ def choose_backend(options: Mapping[str, Any], reactor: Any, environ: Mapping[st
         return _directory(Path(choice[4:]), options, reactor, environ, "")
     # Imported here so that a directory-only run needs no Kubernetes setup.
     from brigade_cr.stores.kube.backend import make_kube_backend
+    from brigade_cr.stores.kube.client import DEFAULT_MAX_PERSISTENT
     from brigade_cr.stores.kube.config import KubeConfigError, namespace_default, resolve_config
 
     try:
@@ -76,7 +78,9 @@ def choose_backend(options: Mapping[str, Any], reactor: Any, environ: Mapping[st
         )
     namespace = namespace_default(options["namespace"], environ, config)
     try:
-        projects, builds, client = make_kube_backend(reactor, config, namespace)
+        # The pool keeps a connection per build in flight plus the watch's.
+        pool = MAX_IN_FLIGHT + 2 if options["spool"] else DEFAULT_MAX_PERSISTENT
+        projects, builds, client = make_kube_backend(reactor, config, namespace, max_persistent=pool)
     except KubeConfigError as e:
         raise StartupError(_kubeconfig_problem(str(e))) from None
     return Backend(

@@ -2,11 +2,13 @@
 The Kubernetes edge of brigade-cr, on treq and Twisted (no blocking client).
 
 - ``config``: find and read the cluster configuration (kubeconfig,
-  in-cluster service account), synchronously, before the reactor runs.
-- ``credentials``: bearer-token sources (static, re-read file, exec plugin).
+  in-cluster service account) with the ``kubernetes`` package's loaders,
+  synchronously, before the reactor runs.
+- ``credentials``: bearer-token sources (static, re-read file, exec plugin
+  run by the library in a thread).
 - ``tls``: the ``IPolicyForHTTPS`` for the API server.
 - ``client``: ``KubeClient``, the few API calls brigade-cr makes (a
-  streaming watch among them).
+  streaming watch among them), all through treq's ``HTTPClient``.
 - ``watch``: ``ProjectWatch``, the list-and-watch of project Secrets that
   keeps the gateway's in-memory ``KnownProjects`` up to date.
 - ``backend``: ``KubeProjects`` and ``KubeBuilds``, the ``IProjects`` and

@@ -55,7 +55,13 @@ from brigade_cr.core.contract import build_secret, project_from_secret, same_bui
 from brigade_cr.core.errors import BackendRejected, BackendUnavailable, ProjectNotFound
 from brigade_cr.core.interfaces import IBuilds, IProjects
 from brigade_cr.core.values import Build, Project, Receipt
-from brigade_cr.stores.kube.client import DEFAULT_TIMEOUT, KubeClient, KubeStatusError, KubeTransportError
+from brigade_cr.stores.kube.client import (
+    DEFAULT_MAX_PERSISTENT,
+    DEFAULT_TIMEOUT,
+    KubeClient,
+    KubeStatusError,
+    KubeTransportError,
+)
 from brigade_cr.stores.kube.config import KubeConfig
 
 # A Secret name is a DNS-1123 subdomain.
@@ -185,14 +191,21 @@ class KubeBuilds:
 
 
 def make_kube_backend(
-    reactor: Any, config: KubeConfig, namespace: str, timeout: float = DEFAULT_TIMEOUT
+    reactor: Any,
+    config: KubeConfig,
+    namespace: str,
+    timeout: float = DEFAULT_TIMEOUT,
+    max_persistent: int = DEFAULT_MAX_PERSISTENT,
 ) -> tuple[KubeProjects, KubeBuilds, KubeClient]:
     """
     The Kubernetes projects and builds stores for ``namespace``, sharing one
-    ``KubeClient.from_config(reactor, config, timeout)`` (returned too, to
-    ``close()`` on shutdown or probe with ``version()``).
+    ``KubeClient.from_config(reactor, config, timeout, max_persistent)``
+    (returned too, to ``close()`` on shutdown or probe with ``version()``).
+    ``max_persistent`` is how many persistent connections the pool keeps:
+    the builds in flight plus the project watch, so that no build pays a
+    TLS handshake at steady state.
 
     Raises ``KubeConfigError`` for unusable TLS material; touches no network.
     """
-    client = KubeClient.from_config(reactor, config, timeout=timeout)
+    client = KubeClient.from_config(reactor, config, timeout=timeout, max_persistent=max_persistent)
     return KubeProjects(client, namespace), KubeBuilds(client, namespace), client

@@ -2,15 +2,20 @@
 A small asynchronous Kubernetes API client on treq: just what brigade-cr
 needs (Secrets, a watch on them, and ``/version``), JSON in and out.
 
-The one seam is the injected HTTP client: anything with treq's
-``request(method, url, *, headers, data, ...)``, such as
-``treq.client.HTTPClient`` or ``treq.testing.StubTreq``.
-``KubeClient.from_config`` builds the real one: ``AgentHTTP`` over an
-``Agent`` with a persistent connection pool and the TLS policy of
-``tls.py``. (Not ``treq.HTTPClient`` there: treq encodes every URL with
-hyperlink, which cannot encode an IPv6 literal host such as
-``https://[fd00::1]:443``, the in-cluster address of IPv6 clusters; and
-nothing else treq adds, cookies, redirects, is wanted.)
+The one seam is the injected HTTP client: treq's ``HTTPClient`` (or, in
+tests, ``treq.testing.StubTreq``). ``KubeClient.from_config`` builds the real
+one: ``treq.client.HTTPClient`` over an ``Agent`` made with
+``Agent.usingEndpointFactory`` and the project's own ``HTTPConnectionPool``,
+whose endpoint factory (``ServerEndpoints``) always connects to the
+configured server with the TLS policy of ``tls.py``, whatever host the URL
+names. That is what lets an IPv6-literal server (``https://[fd00::1]:443``,
+the in-cluster address of IPv6 clusters) go through treq: treq encodes every
+URL with hyperlink, which cannot encode an IPv6 literal host, so such a
+client is given a URL with the placeholder host ``IPV6_URL_HOST`` and an
+explicit ``Host`` header carrying the real ``[addr]:port``
+(``docs/architecture.md``, "Why some Kubernetes code is hand-written").
+Redirects are never followed (``allow_redirects=False``), so the token is
+never carried elsewhere.
 
 Every call either fires with the decoded JSON object the server answered
 with (2xx), or fails with exactly one of:
@@ -32,12 +37,14 @@ import email.utils
 import json
 import math
 from typing import Any, Callable, ClassVar, Mapping
-from urllib.parse import quote, urlencode
+from urllib.parse import quote, urlencode, urlsplit, urlunsplit
 
 import attrs
 from OpenSSL import SSL
 from service_identity import VerificationError
+from treq.client import HTTPClient
 from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.error import (
     ConnectError,
     ConnectionClosed,
@@ -45,7 +52,7 @@ from twisted.internet.error import (
     DNSLookupError,
 )
 from twisted.internet.error import TimeoutError as ConnectTimeoutError
-from twisted.internet.interfaces import IConsumer, IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IConsumer, IDelayedCall, IReactorTime, IStreamClientEndpoint
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -56,22 +63,28 @@ from twisted.web.client import (
     RequestTransmissionFailed,
     ResponseDone,
     ResponseFailed,
+    _HTTP11ClientFactory,
 )
 from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import UNKNOWN_LENGTH, IAgent, IBodyProducer, IResponse
+from twisted.web.iweb import UNKNOWN_LENGTH, IAgentEndpointFactory, IBodyProducer, IResponse
 from zope.interface import implementer
 
 from brigade_cr import __version__
 from brigade_cr.stores.kube.config import KubeConfig
-from brigade_cr.stores.kube.credentials import ITokenSource, KubeCredentialError, token_source_for
+from brigade_cr.stores.kube.credentials import ITokenSource, KubeCredentialError, ThreadRunner, token_source_for
 from brigade_cr.stores.kube.tls import tls_policy
 
 USER_AGENT = f"brigade-cr/{__version__}"
 DEFAULT_TIMEOUT = 10.0
 # A Secret holds at most 1 MiB of data; its base64 and JSON add a third.
 DEFAULT_MAX_BODY = 4 * 1024 * 1024
-DEFAULT_MAX_PERSISTENT = 4
+# Persistent connections kept to the API server when makeService gives no
+# in-flight limit: the builds in flight plus the project watch.
+DEFAULT_MAX_PERSISTENT = 8
+# The URL host treq is given for an IPv6-literal server (see the module
+# docstring); never resolved: ServerEndpoints ignores the URL's host.
+IPV6_URL_HOST = "kube-apiserver.ipv6.invalid"
 
 _REASONS = {
     400: "BadRequest",
@@ -150,7 +163,11 @@ def parse_retry_after(value: str | None, now: float) -> int | None:
 
 @implementer(IBodyProducer)
 class _BytesProducer:
-    """Writes a request body at once, with no cooperator (and no reactor)."""
+    """
+    Writes a request body at once. treq's default producer for bytes is a
+    ``FileBodyProducer`` on the global cooperator (and so the global
+    reactor); this one needs neither.
+    """
 
     def __init__(self, body: bytes) -> None:
         self.body = body
@@ -170,32 +187,56 @@ class _BytesProducer:
         pass
 
 
+class _QuietHTTP11ClientFactory(_HTTP11ClientFactory):
+    """
+    The pool's connection factory without Twisted's per-connection
+    "Starting factory" / "Stopping factory" log lines (``Factory.noisy``).
+    """
+
+    noisy = False
+
+
+class QuietPool(HTTPConnectionPool):
+    """An ``HTTPConnectionPool`` whose connections do not log their factory's start and stop."""
+
+    _factory = _QuietHTTP11ClientFactory
+
+
+@implementer(IAgentEndpointFactory)
 @attrs.frozen
-class AgentHTTP:
+class ServerEndpoints:
     """
-    The part of treq's ``request`` that ``KubeClient`` uses, straight on an
-    ``IAgent``: no redirects, no cookies, no content decoding, and URLs
-    passed through as they are (IPv6 literal hosts included).
+    Endpoints to the one configured API server (``host``, ``port``, TLS with
+    ``creator`` when not ``None``), whatever host the request URL names.
     """
 
-    agent: IAgent
+    reactor: Any
+    host: str
+    port: int
+    creator: Any  # IOpenSSLClientConnectionCreator, or None for http
+    connect_timeout: float
 
-    def request(
-        self,
-        method: str,
-        url: str,
-        *,
-        headers: Headers | None = None,
-        data: bytes | None = None,
-        **_ignored: Any,
-    ) -> Deferred[IResponse]:
-        """Fires with the ``IResponse`` (body unread), or fails as ``Agent.request`` fails."""
-        return self.agent.request(
-            method.encode("ascii"),
-            url.encode("ascii"),
-            headers,
-            _BytesProducer(data) if data is not None else None,
-        )
+    def endpointForURI(self, uri: Any) -> IStreamClientEndpoint:
+        """A TCP (and TLS) endpoint to the configured server."""
+        endpoint: IStreamClientEndpoint = HostnameEndpoint(self.reactor, self.host, self.port, self.connect_timeout)
+        if self.creator is not None:
+            endpoint = wrapClientTLS(self.creator, endpoint)
+        return endpoint
+
+
+def _url_and_host(server: str) -> tuple[str, str | None]:
+    """
+    The base URL treq is given for ``server`` and the ``Host`` header to send
+    (``None``: the URL's own). Only an IPv6-literal host is replaced.
+    """
+    parts = urlsplit(server)
+    host = parts.hostname or ""
+    if ":" not in host:
+        return server, None
+    port = parts.port
+    netloc = IPV6_URL_HOST + (f":{port}" if port is not None else "")
+    real = f"[{host}]" + (f":{port}" if port is not None else "")
+    return urlunsplit((parts.scheme, netloc, parts.path, "", "")), real
 
 
 class _BoundedBody(Protocol):
@@ -400,11 +441,13 @@ class KubeClient:
     """
     Calls to one Kubernetes API server.
 
-    ``http`` makes the requests (``AgentHTTP``, treq's ``HTTPClient`` or ``StubTreq``);
-    ``base_url`` is the server URL (a path prefix is kept); ``tokens`` gives
-    the bearer token; ``clock`` times each attempt out after ``timeout``
-    seconds; bodies over ``max_body`` bytes are refused. ``pool`` is the
-    connection pool ``from_config`` made, closed by ``close()``.
+    ``http`` makes the requests (treq's ``HTTPClient``, or ``StubTreq`` in
+    tests); ``base_url`` is the URL requests are made below (a path prefix
+    is kept); ``host_header``, when set, is sent as ``Host`` (an IPv6-literal
+    server, see the module docstring); ``tokens`` gives the bearer token;
+    ``clock`` times each attempt out after ``timeout`` seconds; bodies over
+    ``max_body`` bytes are refused. ``pool`` is the connection pool
+    ``from_config`` made, closed by ``close()``.
     """
 
     http: Any
@@ -415,6 +458,7 @@ class KubeClient:
     max_body: int = DEFAULT_MAX_BODY
     user_agent: str = USER_AGENT
     pool: HTTPConnectionPool | None = attrs.field(default=None, repr=False)
+    host_header: str | None = None
 
     log: ClassVar[Logger] = Logger()
 
@@ -424,33 +468,40 @@ class KubeClient:
         reactor: Any,
         config: KubeConfig,
         timeout: float = DEFAULT_TIMEOUT,
-        environ: Mapping[str, str] | None = None,
         max_persistent: int = DEFAULT_MAX_PERSISTENT,
+        run_in_thread: ThreadRunner | None = None,
     ) -> KubeClient:
         """
-        A client for ``config``'s server: an ``Agent`` on ``reactor`` with
-        the TLS policy of ``tls.tls_policy(config)``, a persistent pool that
-        keeps at most ``max_persistent`` idle connections (each dropped
-        after 60 s idle), a connect timeout of ``timeout``, and the token
-        source the config describes (an exec plugin inherits ``environ``,
-        ``os.environ`` by default).
+        A client for ``config``'s server: treq's ``HTTPClient`` over an
+        ``Agent`` on ``reactor`` whose endpoints (``ServerEndpoints``) connect
+        to the server with the TLS policy of ``tls.tls_policy(config)``
+        within ``timeout`` seconds, sharing a persistent pool that keeps up
+        to ``max_persistent`` connections (each dropped after 60 s idle), and
+        the token source the config describes (an exec plugin runs in
+        ``run_in_thread``, the reactor's thread pool by default).
 
         Raises ``KubeConfigError`` for unusable TLS material. Touches no
         network and runs no plugin.
         """
-        pool = HTTPConnectionPool(reactor, persistent=True)  # type: ignore[no-untyped-call]
+        parts = urlsplit(config.server)
+        https = parts.scheme == "https"
+        pool = QuietPool(reactor, persistent=True)  # type: ignore[no-untyped-call]
         pool.maxPersistentPerHost = max_persistent
         pool.cachedConnectionTimeout = 60
-        agent = Agent(  # type: ignore[no-untyped-call]
-            reactor, contextFactory=tls_policy(config), pool=pool, connectTimeout=timeout
+        creator = tls_policy(config).creator if https else None
+        endpoints = ServerEndpoints(
+            reactor, parts.hostname or "", parts.port or (443 if https else 80), creator, timeout
         )
+        agent = Agent.usingEndpointFactory(reactor, endpoints, pool=pool)  # type: ignore[no-untyped-call]
+        base_url, host_header = _url_and_host(config.server)
         return cls(
-            http=AgentHTTP(agent),
-            base_url=config.server,
-            tokens=token_source_for(config, reactor, environ),
+            http=HTTPClient(agent, data_to_body_producer=_BytesProducer),
+            base_url=base_url,
+            tokens=token_source_for(config, reactor, run_in_thread),
             clock=reactor,
             timeout=timeout,
             pool=pool,
+            host_header=host_header,
         )
 
     def close(self) -> Deferred[None]:
@@ -707,6 +758,8 @@ class KubeClient:
         }
         if has_body:
             headers[b"Content-Type"] = [b"application/json"]
+        if self.host_header is not None:
+            headers[b"Host"] = [self.host_header.encode("ascii")]
         if token is not None:
             headers[b"Authorization"] = [b"Bearer " + token.encode("utf-8")]
         return Headers(headers)

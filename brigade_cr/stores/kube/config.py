@@ -2,11 +2,25 @@
 Where the Kubernetes API is and how to authenticate to it.
 
 Everything here is synchronous and runs once, in ``makeService``, before the
-reactor starts: it reads a kubeconfig file (parsed with PyYAML, the official
-``kubernetes`` package is not needed) or the in-cluster service-account
-files, and produces a frozen ``KubeConfig``. Nothing here talks to the
-network or runs a credential plugin; ``credentials.py`` turns the
-``credentials`` description into a token source later, on the reactor.
+reactor starts. The reading is the ``kubernetes`` package's:
+``KubeConfigMerger`` merges a ``KUBECONFIG`` list, ``KubeConfigLoader``
+resolves a context into a ``kubernetes.client.Configuration`` (server,
+``certificate-authority``, client certificate and key, ``-data`` forms,
+``insecure-skip-tls-verify``, ``tls-server-name``, a static ``token``), and
+``InClusterConfigLoader`` does the same for a pod's service account. This
+module turns that ``Configuration`` into a frozen ``KubeConfig`` (which
+``tls.py`` makes a TLS policy of, and ``credentials.py`` a token source).
+
+What is hand-written, and why (``docs/architecture.md``, "Why some
+Kubernetes code is hand-written"): the checks that refuse what brigade-cr
+does not support (``auth-provider``, basic authentication, ``proxy-url``,
+an interactive exec plugin); the ``current-context`` of a list, which
+the library takes from the *last* file that sets it where kubectl takes the
+first; relative client-certificate paths, which the library resolves
+against the cluster's file; a ``tokenFile``, which the library reads once
+(``credentials.FileToken`` re-reads it); and the exec plugin, whose
+``ExecProvider`` is built here and run later in a thread, never at load.
+Nothing here talks to the network or runs a credential plugin.
 
 The lookup order is ``resolve_config``'s docstring; the namespace rule is
 ``namespace_default``'s.
@@ -16,13 +30,17 @@ from __future__ import annotations
 
 import base64
 import binascii
-import ipaddress
 import os
 from typing import Any, Mapping, Union
 from urllib.parse import urlsplit
 
 import attrs
 import yaml
+from kubernetes.client import Configuration
+from kubernetes.config.config_exception import ConfigException
+from kubernetes.config.exec_provider import ExecProvider
+from kubernetes.config.incluster_config import InClusterConfigLoader
+from kubernetes.config.kube_config import ConfigNode, KubeConfigLoader, KubeConfigMerger
 
 DEFAULT_SA_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 
@@ -72,22 +90,14 @@ class BearerTokenFile:
 @attrs.frozen
 class ExecPlugin:
     """
-    A client-go exec credential plugin (``users[].user.exec``).
-
-    ``command`` is resolved against the kubeconfig's directory when it holds a
-    path separator and is relative (as client-go does); a bare name is looked
-    up on ``PATH`` when the plugin runs. ``env`` values may be secrets and are
-    kept out of ``repr``. ``provide_cluster_info`` passes the server and CA to
-    the plugin in ``KUBERNETES_EXEC_INFO``.
+    A client-go exec credential plugin (``users[].user.exec``): ``provider``
+    is the ``kubernetes`` package's ``ExecProvider`` for it (its ``run()``
+    blocks: ``credentials.ExecToken`` calls it in a thread). ``command`` is
+    the configured command, for messages.
     """
 
-    api_version: str
     command: str
-    args: tuple[str, ...] = ()
-    env: tuple[tuple[str, str], ...] = attrs.field(default=(), repr=False)
-    install_hint: str | None = None
-    interactive_mode: str = "IfAvailable"
-    provide_cluster_info: bool = False
+    provider: Any = attrs.field(repr=False, eq=False)
 
 
 Credentials = Union[NoCredentials, BearerToken, BearerTokenFile, ExecPlugin]
@@ -132,101 +142,125 @@ def load_kubeconfig(path: str, context: str | None = None) -> KubeConfig:
     """
     Read the kubeconfig file ``path`` (or a ``KUBECONFIG``-style list of
     paths separated by ``os.pathsep``) and return the configuration of
-    ``context``, or of the file's ``current-context`` when ``context`` is
-    ``None``.
+    ``context``, or of the ``current-context`` when ``context`` is ``None``.
 
-    A list is merged as kubectl merges it: paths that do not exist are
-    skipped; for ``current-context`` and for each named cluster, user and
-    context, the first file that sets it wins; relative file names in an
-    entry are resolved against the directory of the file that holds that
-    entry. Data fields (``certificate-authority-data``, ...) override their
-    file forms, as in client-go.
+    A list is merged by the library's ``KubeConfigMerger``, as kubectl
+    merges it: paths that do not exist are skipped; for each named cluster,
+    user and context the first file that defines it wins; relative file
+    names in an entry are resolved against the directory of the file that
+    holds it. The ``current-context`` is the first file's that sets one (as
+    kubectl; the library would take the last). Data fields
+    (``certificate-authority-data``, ...) override their file forms.
 
     Raises ``KubeConfigError`` when no file exists, a file cannot be read or
     parsed, or the context, its cluster or its user is missing or unusable.
     """
     paths = [p for p in path.split(os.pathsep) if p]
-    existing = [p for p in paths if os.path.exists(p)]
+    existing = [p for p in paths if os.path.exists(os.path.expanduser(p))]
     if not existing:
         raise KubeConfigError(f"kubeconfig {path} does not exist")
-    merged = _merge([(p, _read_document(p)) for p in existing])
-    name = context or merged.current_context
+    merger = _merge(path, existing)
+    merged = merger.config
+    name = context or _first_current_context(merger)
     if not name:
         raise KubeConfigError(f"kubeconfig {path} has no current-context; name a context")
-    if name not in merged.contexts:
-        raise KubeConfigError(f"kubeconfig {path} has no context {name!r}")
-    ctx_file, ctx = merged.contexts[name]
-    cluster_name = ctx.get("cluster")
-    user_name = ctx.get("user")
-    if not cluster_name or cluster_name not in merged.clusters:
+    try:
+        ctx_node = merged["contexts"].get_with_name(name, safe=True)
+        if ctx_node is None:
+            raise KubeConfigError(f"kubeconfig {path} has no context {name!r}")
+        ctx = ctx_node["context"]
+        cluster_name = ctx.safe_get("cluster")
+        user_name = ctx.safe_get("user")
+        cluster_node = merged["clusters"].get_with_name(cluster_name, safe=True) if cluster_name else None
+        if cluster_node is None:
+            raise KubeConfigError(
+                f"kubeconfig {path}: context {name!r} names cluster {cluster_name!r}, which is not defined"
+            )
+        user_node = merged["users"].get_with_name(user_name, safe=True) if user_name else None
+        if user_name and user_node is None:
+            raise KubeConfigError(f"kubeconfig {path}: context {name!r} names user {user_name!r}, which is not defined")
+    except ConfigException as e:
+        raise KubeConfigError(f"kubeconfig {path}: {_library_words(e)}") from None
+    cluster = _mapping(cluster_node.value.get("cluster"), f"kubeconfig {path} cluster {cluster_name!r}")
+    user = _mapping(user_node.value.get("user") if user_node else {}, f"kubeconfig {path} user {user_name!r}")
+    _check_cluster(cluster, f"kubeconfig {path} cluster {cluster_name!r}")
+    user_where = f"kubeconfig {path} user {user_name!r}"
+    user_dir = os.path.dirname(os.path.abspath(user_node.path)) if user_node is not None and user_node.path else ""
+    credentials = _check_user(user, user_dir, user_where)
+    loadable = _for_loader(merged, user_name, user, user_dir)
+    configuration = Configuration()
+    try:
+        KubeConfigLoader(config_dict=loadable, active_context=name, config_base_path=None).load_and_set(configuration)
+    except ConfigException as e:
+        raise KubeConfigError(f"kubeconfig {path} context {name!r}: {_library_words(e)}") from None
+    except (binascii.Error, ValueError):
+        raise KubeConfigError(f"kubeconfig {path} context {name!r}: a -data field is not valid base64") from None
+    except OSError as e:
         raise KubeConfigError(
-            f"kubeconfig {path}: context {name!r} names cluster {cluster_name!r}, which is not defined"
+            f"kubeconfig {path} context {name!r}: cannot read {e.filename}: {e.strerror or type(e).__name__}"
+        ) from None
+    if isinstance(credentials, NoCredentials):
+        token = _bearer(configuration)
+        if token:
+            credentials = BearerToken(token)
+    if isinstance(credentials, _PendingExec):
+        credentials = ExecPlugin(
+            credentials.command,
+            ExecProvider(ConfigNode("exec", credentials.spec), user_dir, cluster_node["cluster"]),
         )
-    cluster_file, cluster = merged.clusters[cluster_name]
-    if user_name and user_name not in merged.users:
-        raise KubeConfigError(f"kubeconfig {path}: context {name!r} names user {user_name!r}, which is not defined")
-    user_file, user = merged.users[user_name] if user_name else (ctx_file, {})
+    namespace = ctx.safe_get("namespace") or None
     where = f"kubeconfig {path} context {name}"
-    server, ca_pem, insecure, server_name = _cluster(
-        cluster,
-        os.path.dirname(os.path.abspath(cluster_file)),
-        f"kubeconfig {path} cluster {cluster_name!r}",
-    )
-    cert, key, credentials = _user(
-        user,
-        os.path.dirname(os.path.abspath(user_file)),
-        f"kubeconfig {path} user {user_name!r}",
-    )
-    namespace = ctx.get("namespace") or None
-    return KubeConfig(
-        server=server,
-        ca_pem=ca_pem,
-        insecure_skip_tls_verify=insecure,
-        tls_server_name=server_name,
-        client_cert_pem=cert,
-        client_key_pem=key,
-        credentials=credentials,
-        namespace=str(namespace) if namespace else None,
-        source=where,
+    return _from_configuration(
+        configuration, credentials, str(namespace) if namespace else None, where, in_cluster=False
     )
 
 
 def in_cluster_config(environ: Mapping[str, str], sa_dir: str = DEFAULT_SA_DIR) -> KubeConfig | None:
     """
-    The configuration a pod gets from its service account, or ``None`` when
-    not running in a cluster: as client-go, that is when
-    ``KUBERNETES_SERVICE_HOST`` or ``KUBERNETES_SERVICE_PORT`` is unset or the
-    token file ``<sa_dir>/token`` does not exist.
+    The configuration a pod gets from its service account, read by the
+    library's ``InClusterConfigLoader``, or ``None`` when not running in a
+    cluster: as client-go, that is when ``KUBERNETES_SERVICE_HOST`` or
+    ``KUBERNETES_SERVICE_PORT`` is unset or empty, or the token file
+    ``<sa_dir>/token`` does not exist. An IPv6 service host is bracketed.
 
-    The token is a ``BearerTokenFile`` (re-read, since the kubelet rotates it).
-    ``ca.crt`` is the trust root (the platform's roots if it is missing, as
-    client-go falls back). The namespace comes from ``<sa_dir>/namespace``.
+    The token is a ``BearerTokenFile`` (re-read, since the kubelet rotates
+    it). ``ca.crt`` is the trust root. The namespace comes from
+    ``<sa_dir>/namespace``.
 
-    Raises ``KubeConfigError`` when ``ca.crt`` or ``namespace`` exists but
-    cannot be read.
+    Raises ``KubeConfigError`` when the token or ``ca.crt`` is missing or
+    empty, or ``namespace`` exists but cannot be read.
     """
     host = environ.get("KUBERNETES_SERVICE_HOST", "").strip()
     port = environ.get("KUBERNETES_SERVICE_PORT", "").strip()
     token_path = os.path.join(sa_dir, "token")
     if not host or not port or not os.path.exists(token_path):
         return None
-    if _is_ipv6(host):
-        host = f"[{host}]"
-    ca_path = os.path.join(sa_dir, "ca.crt")
-    ca_pem = _read_file(ca_path, "in-cluster CA") if os.path.exists(ca_path) else None
+    configuration = Configuration()
+    loader = InClusterConfigLoader(
+        token_filename=token_path,
+        cert_filename=os.path.join(sa_dir, "ca.crt"),
+        try_refresh_token=False,
+        environ={"KUBERNETES_SERVICE_HOST": host, "KUBERNETES_SERVICE_PORT": port},
+    )
+    try:
+        loader.load_and_set(configuration)
+    except ConfigException as e:
+        raise KubeConfigError(f"in-cluster service account {sa_dir}: {_library_words(e)}") from None
+    except OSError as e:
+        raise KubeConfigError(
+            f"in-cluster service account: cannot read {e.filename}: {e.strerror or type(e).__name__}"
+        ) from None
     namespace_path = os.path.join(sa_dir, "namespace")
     namespace = None
     if os.path.exists(namespace_path):
-        text = _read_file(namespace_path, "in-cluster namespace file")
-        namespace = text.decode("utf-8", "replace").strip() or None
-    return KubeConfig(
-        server=f"https://{host}:{port}",
-        ca_pem=ca_pem,
-        credentials=BearerTokenFile(token_path),
-        namespace=namespace,
-        source="in-cluster",
-        in_cluster=True,
-    )
+        try:
+            with open(namespace_path, "rb") as f:
+                namespace = f.read().decode("utf-8", "replace").strip() or None
+        except OSError as e:
+            raise KubeConfigError(
+                f"in-cluster namespace file: cannot read {namespace_path}: {e.strerror or type(e).__name__}"
+            ) from None
+    return _from_configuration(configuration, BearerTokenFile(token_path), namespace, "in-cluster", in_cluster=True)
 
 
 def resolve_config(
@@ -277,7 +311,7 @@ def resolve_config(
 
 def namespace_default(option: str | None, environ: Mapping[str, str], config: KubeConfig | None) -> str:
     """
-    The Brigade namespace (brigade-v1-contract.md section 3): the
+    The Brigade namespace (docs/brigade-v1.md, section 5): the
     ``--namespace`` option, else ``BRIGADE_NAMESPACE``, else the in-cluster
     service-account namespace file, else ``default``.
 
@@ -295,89 +329,53 @@ def namespace_default(option: str | None, environ: Mapping[str, str], config: Ku
     return "default"
 
 
-# -- kubeconfig parsing ------------------------------------------------------
+# -- around the library -------------------------------------------------------
 
 
-@attrs.define
-class _Merged:
-    current_context: str | None = None
-    clusters: dict[str, tuple[str, Mapping[str, Any]]] = attrs.Factory(dict)
-    users: dict[str, tuple[str, Mapping[str, Any]]] = attrs.Factory(dict)
-    contexts: dict[str, tuple[str, Mapping[str, Any]]] = attrs.Factory(dict)
+@attrs.frozen
+class _PendingExec:
+    """An exec plugin checked, its ``ExecProvider`` built once the cluster is known."""
+
+    command: str
+    spec: Mapping[str, Any] = attrs.field(repr=False)
 
 
-def _read_file(path: str, what: str) -> bytes:
-    """The bytes of ``path``; ``KubeConfigError`` naming ``what`` if unreadable."""
+def _library_words(error: ConfigException) -> str:
+    # The library's messages name keys, files and contexts, never values.
+    return " ".join(str(error).split()) or "invalid kubeconfig"
+
+
+def _merge(path: str, existing: list[str]) -> Any:
     try:
-        with open(path, "rb") as f:
-            return f.read()
-    except OSError as e:
-        raise KubeConfigError(f"{what}: cannot read {path}: {e.strerror or type(e).__name__}") from None
-
-
-def _read_document(path: str) -> Mapping[str, Any]:
-    raw = _read_file(path, "kubeconfig")
-    try:
-        document = yaml.safe_load(raw)
+        return KubeConfigMerger(os.pathsep.join(existing))
     except yaml.YAMLError as e:
         # The problem mark is a position, never file content.
         mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise KubeConfigError(f"kubeconfig {path} is not valid YAML{where}") from None
-    if document is None:
-        return {}
-    if not isinstance(document, Mapping):
-        raise KubeConfigError(f"kubeconfig {path} is not a YAML mapping")
-    return document
+        where = f" {mark.name}" if mark is not None and mark.name else f" {path}"
+        line = f" at line {mark.line + 1}" if mark is not None else ""
+        raise KubeConfigError(f"kubeconfig{where} is not valid YAML{line}") from None
+    except ConfigException as e:
+        raise KubeConfigError(f"kubeconfig {path}: {_library_words(e)}") from None
+    except OSError as e:
+        raise KubeConfigError(f"kubeconfig: cannot read {e.filename}: {e.strerror or type(e).__name__}") from None
+    except (AttributeError, TypeError, KeyError):
+        raise KubeConfigError(f"kubeconfig {path} is not a kubeconfig (a YAML mapping of named entries)") from None
 
 
-def _merge(documents: list[tuple[str, Mapping[str, Any]]]) -> _Merged:
-    merged = _Merged()
-    for path, document in documents:
-        if merged.current_context is None and document.get("current-context"):
-            merged.current_context = str(document["current-context"])
-        for section, key, into in (
-            ("clusters", "cluster", merged.clusters),
-            ("users", "user", merged.users),
-            ("contexts", "context", merged.contexts),
-        ):
-            entries = document.get(section) or []
-            if not isinstance(entries, list):
-                raise KubeConfigError(f"kubeconfig {path}: {section} is not a list")
-            for entry in entries:
-                if not isinstance(entry, Mapping) or "name" not in entry:
-                    raise KubeConfigError(f"kubeconfig {path}: an entry of {section} has no name")
-                name = str(entry["name"])
-                body = entry.get(key) or {}
-                if not isinstance(body, Mapping):
-                    raise KubeConfigError(f"kubeconfig {path}: {section} {name!r} is not a mapping")
-                into.setdefault(name, (path, body))
-    return merged
-
-
-def _resolve(base: str, path: str) -> str:
-    return path if os.path.isabs(path) else os.path.join(base, path)
-
-
-def _bytes_field(entry: Mapping[str, Any], base: str, where: str, file_key: str) -> bytes | None:
-    """``<file_key>-data`` (base64) if present, else the file ``<file_key>``."""
-    data = entry.get(file_key + "-data")
-    if data:
-        try:
-            return base64.b64decode(str(data), validate=True)
-        except (binascii.Error, ValueError):
-            raise KubeConfigError(f"{where}: {file_key}-data is not valid base64") from None
-    path = entry.get(file_key)
-    if path:
-        return _read_file(_resolve(base, str(path)), f"{where}: {file_key}")
+def _first_current_context(merger: Any) -> str | None:
+    for file_path in merger.paths:
+        document = merger.config_files.get(file_path)
+        if isinstance(document, Mapping) and document.get("current-context"):
+            return str(document["current-context"])
     return None
 
 
-def _is_ipv6(host: str) -> bool:
-    try:
-        return isinstance(ipaddress.ip_address(host), ipaddress.IPv6Address)
-    except ValueError:
-        return False
+def _mapping(value: Any, where: str) -> Mapping[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise KubeConfigError(f"{where} is not a mapping")
+    return value
 
 
 def _flag(entry: Mapping[str, Any], key: str, where: str) -> bool:
@@ -389,7 +387,19 @@ def _flag(entry: Mapping[str, Any], key: str, where: str) -> bool:
     raise KubeConfigError(f"{where}: {key} must be true or false")
 
 
-def _cluster(cluster: Mapping[str, Any], base: str, where: str) -> tuple[str, bytes | None, bool, str | None]:
+def _check_data(entry: Mapping[str, Any], key: str, where: str) -> None:
+    # The library decodes leniently (dropping what is not base64): a typo
+    # would surface later as "not a PEM"; say which field at load instead.
+    data = entry.get(key)
+    if data:
+        try:
+            base64.b64decode(str(data), validate=True)
+        except (binascii.Error, ValueError):
+            raise KubeConfigError(f"{where}: {key} is not valid base64") from None
+
+
+def _check_cluster(cluster: Mapping[str, Any], where: str) -> None:
+    _check_data(cluster, "certificate-authority-data", where)
     server = str(cluster.get("server") or "")
     if not server:
         raise KubeConfigError(f"{where} has no server")
@@ -401,41 +411,37 @@ def _cluster(cluster: Mapping[str, Any], base: str, where: str) -> tuple[str, by
     if cluster.get("proxy-url"):
         raise KubeConfigError(f"{where}: proxy-url is not supported")
     insecure = _flag(cluster, "insecure-skip-tls-verify", where)
-    ca_pem = _bytes_field(cluster, base, where, "certificate-authority")
-    if insecure and ca_pem is not None:
+    if insecure and (cluster.get("certificate-authority") or cluster.get("certificate-authority-data")):
         # kubectl refuses this combination too.
         raise KubeConfigError(f"{where}: insecure-skip-tls-verify cannot be combined with a certificate authority")
-    server_name = cluster.get("tls-server-name") or None
-    return server, ca_pem, insecure, str(server_name) if server_name else None
 
 
-def _user(user: Mapping[str, Any], base: str, where: str) -> tuple[bytes | None, bytes | None, Credentials]:
+def _check_user(user: Mapping[str, Any], base: str, where: str) -> Credentials | _PendingExec:
+    """Refuse what brigade-cr does not support; the credentials the library leaves to us."""
     if user.get("auth-provider"):
         raise KubeConfigError(f"{where}: auth-provider is not supported; use an exec plugin")
     if user.get("username") or user.get("password"):
         raise KubeConfigError(f"{where}: basic authentication is not supported")
-    cert = _bytes_field(user, base, where, "client-certificate")
-    key = _bytes_field(user, base, where, "client-key")
-    if (cert is None) != (key is None):
+    _check_data(user, "client-certificate-data", where)
+    _check_data(user, "client-key-data", where)
+    has_cert = bool(user.get("client-certificate") or user.get("client-certificate-data"))
+    has_key = bool(user.get("client-key") or user.get("client-key-data"))
+    if has_cert != has_key:
         raise KubeConfigError(f"{where}: client-certificate and client-key must be given together")
     token = user.get("token") or None
     token_file = user.get("tokenFile") or None
     exec_spec = user.get("exec") or None
-    credentials: Credentials
     if exec_spec is not None:
         if token or token_file:
             raise KubeConfigError(f"{where}: exec cannot be combined with token or tokenFile")
-        credentials = _exec(exec_spec, base, where)
-    elif token_file:
-        credentials = BearerTokenFile(_resolve(base, str(token_file)), str(token) if token else None)
-    elif token:
-        credentials = BearerToken(str(token))
-    else:
-        credentials = NoCredentials()
-    return cert, key, credentials
+        return _check_exec(exec_spec, where)
+    if token_file:
+        path = str(token_file)
+        return BearerTokenFile(path if os.path.isabs(path) else os.path.join(base, path), str(token) if token else None)
+    return NoCredentials()
 
 
-def _exec(spec: Any, base: str, where: str) -> ExecPlugin:
+def _check_exec(spec: Any, where: str) -> _PendingExec:
     if not isinstance(spec, Mapping):
         raise KubeConfigError(f"{where}: exec is not a mapping")
     api_version = str(spec.get("apiVersion") or "")
@@ -446,37 +452,95 @@ def _exec(spec: Any, base: str, where: str) -> ExecPlugin:
     command = str(spec.get("command") or "")
     if not command:
         raise KubeConfigError(f"{where}: exec has no command")
-    if os.sep in command and not os.path.isabs(command):
-        command = os.path.join(base, command)
-    args = spec.get("args") or []
-    if not isinstance(args, list):
+    if not isinstance(spec.get("args") or [], list):
         raise KubeConfigError(f"{where}: exec args is not a list")
     env_entries = spec.get("env") or []
     if not isinstance(env_entries, list):
         raise KubeConfigError(f"{where}: exec env is not a list")
-    env: list[tuple[str, str]] = []
     for entry in env_entries:
         if not isinstance(entry, Mapping) or not entry.get("name"):
             raise KubeConfigError(f"{where}: an exec env entry has no name")
-        env.append((str(entry["name"]), str(entry.get("value") or "")))
     mode = spec.get("interactiveMode")
-    if mode is None:
-        if api_version.endswith("/v1"):
-            raise KubeConfigError(f"{where}: exec interactiveMode is required for {api_version}")
-        mode = "IfAvailable"
-    if mode not in _INTERACTIVE_MODES:
+    if mode is None and api_version.endswith("/v1"):
+        raise KubeConfigError(f"{where}: exec interactiveMode is required for {api_version}")
+    if mode is not None and mode not in _INTERACTIVE_MODES:
         raise KubeConfigError(f"{where}: exec interactiveMode {mode!r} is not valid")
     if mode == "Always":
         raise KubeConfigError(
             f"{where}: exec interactiveMode Always needs a terminal; a daemon has none (use Never or IfAvailable)"
         )
-    hint = spec.get("installHint")
-    return ExecPlugin(
-        api_version=api_version,
-        command=command,
-        args=tuple(str(a) for a in args),
-        env=tuple(env),
-        install_hint=str(hint) if hint else None,
-        interactive_mode=str(mode),
-        provide_cluster_info=_flag(spec, "provideClusterInfo", where),
+    _flag(spec, "provideClusterInfo", where)
+    # ExecProvider requires a value for every env entry.
+    fixed = dict(spec)
+    fixed["env"] = [{"name": str(e["name"]), "value": str(e.get("value") or "")} for e in env_entries]
+    return _PendingExec(command, fixed)
+
+
+_USER_FILES = ("client-certificate", "client-key")
+
+
+def _for_loader(merged: Any, user_name: str | None, user: Mapping[str, Any], base: str) -> Any:
+    """
+    The merged configuration as the library should load it: the selected
+    user without the parts brigade-cr handles itself (``exec``, ``tokenFile``
+    and the ``token`` that falls back behind it), and with its relative
+    client-certificate paths made absolute against the user's own file.
+    """
+    if user_name is None:
+        return merged
+    trimmed = {k: v for k, v in user.items() if k not in ("exec", "tokenFile")}
+    if user.get("tokenFile"):
+        trimmed.pop("token", None)
+    for key in _USER_FILES:
+        value = trimmed.get(key)
+        if value and not os.path.isabs(str(value)):
+            trimmed[key] = os.path.join(base, str(value))
+    users = []
+    for node in merged.value["users"]:
+        entry = node.value if isinstance(node, ConfigNode) else node
+        if entry.get("name") == user_name:
+            users.append(
+                ConfigNode(
+                    getattr(node, "name", "user"), {"name": user_name, "user": trimmed}, getattr(node, "path", None)
+                )
+            )
+        else:
+            users.append(node)
+    return ConfigNode(merged.name, {**merged.value, "users": users}, merged.path)
+
+
+def _bearer(configuration: Any) -> str | None:
+    value = configuration.api_key.get("BearerToken") or configuration.api_key.get("authorization")
+    if not value:
+        return None
+    text = str(value)
+    scheme, _, rest = text.partition(" ")
+    return rest if scheme.lower() == "bearer" and rest else text
+
+
+def _read(path: str | None, what: str) -> bytes | None:
+    if not path:
+        return None
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise KubeConfigError(f"{what}: cannot read {path}: {e.strerror or type(e).__name__}") from None
+
+
+def _from_configuration(
+    configuration: Any, credentials: Credentials, namespace: str | None, source: str, in_cluster: bool
+) -> KubeConfig:
+    """A ``KubeConfig`` from the library's ``Configuration``."""
+    return KubeConfig(
+        server=str(configuration.host).rstrip("/"),
+        ca_pem=_read(configuration.ssl_ca_cert, f"{source}: certificate-authority"),
+        insecure_skip_tls_verify=not configuration.verify_ssl,
+        tls_server_name=configuration.tls_server_name or None,
+        client_cert_pem=_read(configuration.cert_file, f"{source}: client-certificate"),
+        client_key_pem=_read(configuration.key_file, f"{source}: client-key"),
+        credentials=credentials,
+        namespace=namespace,
+        source=source,
+        in_cluster=in_cluster,
     )
