@@ -1,5 +1,5 @@
 """
-The benchmark of issue 10: acknowledgements, bursts and cost per delivery.
+The burst benchmark: acknowledgements, bursts and cost per delivery.
 
 In one run, on 127.0.0.1 only, it measures a bare ``twisted.web`` resource
 (the baseline, ``bench/baseline_server.py``) and the gateway (a real ``twistd
@@ -21,7 +21,7 @@ API stand-in (``bench/kube_standin.py``), and prints, per configuration:
   gateway: time to the last acknowledgement, how many took over 5 s, how many
   were not 2xx, none lost or duplicated, and the time until every build exists.
 
-Each figure is printed beside issue 10's target (for the defaults
+Each figure is printed beside its target (docs/performance.md) (for the defaults
 configuration) with pass/fail; all figures go to a JSON file
 (``bench/results/<UTC time>.json``) or to stdout with ``--json``. Speed is
 measured here, never asserted by a test.

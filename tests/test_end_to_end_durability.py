@@ -1,5 +1,5 @@
 """
-End to end, durability (issue 5): a real gateway with ``--spool`` against the
+End to end, durability (promises P1, P2 and P6 of docs/guarantees.md): a real gateway with ``--spool`` against the
 fake Kubernetes API process, through outages, ``kill -9``, faults after
 commit, error storms and SIGTERM under load. Every count is exact: each
 acknowledged delivery is built exactly once, with its payload.

@@ -257,7 +257,7 @@ async def test_submit_unavailable(kube: tuple[FakeKube, Any, Stores], code: int,
 @pytest.mark.parametrize("code", [400, 403, 404, 422])
 @pytest_twisted.ensureDeferred
 async def test_submit_rejected(kube: tuple[FakeKube, Any, Stores], code: int) -> None:
-    """Creates answered 400/403/404/422 are BackendRejected (promise P4: parked, not retried)."""
+    """Creates answered 400/403/404/422 are BackendRejected (promise P4 of docs/guarantees.md: parked, not retried)."""
     fake, _, made = kube
     fake.fail_with(code, verbs=["create"])
     with pytest.raises(BackendRejected) as raised:
@@ -496,7 +496,7 @@ async def test_insecure_skip_verify(served_fake_kube: tuple[FakeKube, Any], tmp_
 @pytest_twisted.ensureDeferred
 async def test_create_that_committed_then_failed(kube: tuple[FakeKube, Any, Stores]) -> None:
     """
-    Promise P3: a create answered 500 may have been stored anyway; the
+    Promise P3 (docs/guarantees.md): a create answered 500 may have been stored anyway; the
     retry's 409 finds this very build and reports a duplicate.
     """
     fake, _, made = kube

@@ -1,4 +1,4 @@
-"""Metrics: exact counts per outcome, and label values only from configuration (P10)."""
+"""Metrics: exact counts per outcome, and label values only from configuration (promise P10, docs/guarantees.md)."""
 
 from __future__ import annotations
 

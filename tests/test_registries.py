@@ -171,7 +171,7 @@ def test_recognition_of_every_sample() -> None:
     ],
 )
 def test_artifact_class(media_type: str | None, config_type: str | None, expected: str) -> None:
-    """Media types decide the artifact class as registries.md section 3 says."""
+    """Media types decide the artifact class as docs/registries.md section 3 says."""
     assert artifact_class(media_type, config_type) == expected
 
 

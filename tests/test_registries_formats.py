@@ -1,5 +1,5 @@
 """
-The registry formats of registries.md section 4 beyond Docker Hub and ACR:
+The registry formats of docs/registries.md section 4 beyond Docker Hub and ACR:
 recognition (section 2), parsing into ``RegistryEvent`` values (section 6.1),
 signature schemes, and robustness against any input.
 
@@ -777,7 +777,7 @@ EXPECTED: dict[str, list[RegistryEvent]] = {
 
 
 def test_formats_in_recognition_order() -> None:
-    """FORMATS follows registries.md section 2 (Harbor at its CloudEvents slot), generic last."""
+    """FORMATS follows docs/registries.md section 2 (Harbor at its CloudEvents slot), generic last."""
     assert [each.name for each in FORMATS] == [
         "github",
         "nexus",
@@ -902,7 +902,7 @@ def test_what_becomes_a_build(name: str, build: str | None) -> None:
     assert (event_type(buildable[0]) if buildable else None) == build
 
 
-# Recognition: the look-alikes of registries.md section 2.
+# Recognition: the look-alikes of docs/registries.md section 2.
 
 DOCKERHUB_FULL = {
     "callback_url": "https://registry.hub.docker.com/u/acme/webapp/hook/2141b5bi5i5b02bec211i4eeih0242eg11000a/",

@@ -587,8 +587,8 @@ def test_duplicate_of_a_failed_write_fails_too(api: ApiBuilds, clock: Clock, dir
 def test_a_record_being_written_holds_back_no_other(api: ApiBuilds, clock: Clock, directory: Path) -> None:
     """
     A later record whose write finished first is handed over at once: an
-    earlier record still being written holds nothing back. (Until issue 8
-    the drainer waited for the head of the queue.)
+    earlier record still being written holds nothing back (promise P1: no
+    record holds back another).
     """
     io = ManualIO()
     spool = new_spool(directory, api, clock, io=io)

@@ -1,5 +1,5 @@
 """
-Crash consistency of the spool (promise P1): a writer process
+Crash consistency of the spool (promise P1, docs/guarantees.md): a writer process
 (``tests/spool_writer.py``, real reactor and thread pool, the directory
 backend as its store) is killed at every step of the write, drain and
 dead-letter protocols, and with SIGKILL at arbitrary moments under load;

@@ -1,6 +1,7 @@
 """
 The projects a gateway knows, all of them, before they are asked for
-(issue 5 promise P2, issue 8 "no existence oracle").
+(promises P2 and P7 of docs/guarantees.md: no outage forgets a project, and no
+answer or timing tells whether one exists).
 
 ``KnownProjects`` serves every ``get`` from memory. A ``ProjectSource``
 keeps it up to date: the Kubernetes list-and-watch of ``kube/watch.py`` or

@@ -29,14 +29,14 @@ server sent ``Retry-After``.)
 
 A 401 is ``BackendUnavailable``: the token may have rotated, and the client
 has already re-read it once. A 403 on create is permanent, as promise P4
-says (400/403/404/422 are parked, not retried): the API refused this object
+(docs/guarantees.md) says (400/403/404/422 are parked, not retried): the API refused this object
 (RBAC, an admission policy), so with a spool the record is dead-lettered with
 the reason, and an operator re-queues it after the fix (README). A 400 or
 422 is about the object itself; a 404 on create means the namespace is
 missing. For a project lookup every failure but 404 is ``BackendUnavailable``:
 the gateway cannot check anyone's secret, which no sender can fix.
 
-A create answered 5xx or timed out may still have been stored (promise P3):
+A create answered 5xx or timed out may still have been stored (promise P3, docs/guarantees.md):
 retrying ``submit`` is safe, since the retry's 409 is checked against the
 stored Secret with ``brigade.same_build`` and reported as a duplicate.
 """

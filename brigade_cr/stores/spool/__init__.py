@@ -1,5 +1,5 @@
 """
-A durable spool in front of a build store (promises P1, P2, P5, P6).
+A durable spool in front of a build store (promises P1, P2, P5 and P6 of docs/guarantees.md).
 
 The package has three parts: ``record.py``, the record format and file-name
 grammar (pure); ``disk.py``, the blocking file steps (write, read, remove,
@@ -52,7 +52,7 @@ Writing, draining, recovering
 
 A record is written to its temporary file, fsynced, renamed into place and
 the directory fsynced, all in a thread pool; only then does ``submit`` answer
-(P1). The drainer submits a record to ``inner``; once ``inner`` says created
+(promise P1). The drainer submits a record to ``inner``; once ``inner`` says created
 or duplicate it unlinks the record and fsyncs the directory. A crash between
 the two only means the build is submitted again after restart, and ``inner``
 answers that with a duplicate (build names are idempotency keys).
