@@ -315,6 +315,7 @@ async def test_token_file_reread_after_401(served_fake_kube: tuple[FakeKube, Any
         await bounded(made.client.close())
 
 
+@pytest.mark.slow
 @pytest_twisted.ensureDeferred
 async def test_connection_refused(tmp_path: Path) -> None:
     """A closed port is BackendUnavailable for both stores."""
@@ -339,6 +340,7 @@ class Silent(Protocol):
     """Accepts a connection and never says anything."""
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("scheme", ["http", "https"])
 @pytest_twisted.ensureDeferred
 async def test_timeout(scheme: str) -> None:
@@ -422,6 +424,7 @@ async def serve_with_certificate(tmp_path: Path, interface: str, hosts: tuple[st
     return port, Path(pki.ca_cert).read_bytes()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "interface, url_host, cert_hosts, server_name, works",
     [

@@ -499,6 +499,7 @@ def exec_source(reactor: Any, command: str, **kwargs: Any) -> ExecToken:
     return ExecToken(plugin, reactor, {"PATH": os.environ.get("PATH", "")}, **kwargs)
 
 
+@pytest.mark.slow
 @pytest_twisted.ensureDeferred
 async def test_exec_token_cached_until_expiry(tmp_path: Path) -> None:
     """
@@ -541,6 +542,7 @@ async def test_exec_token_cached_until_expiry(tmp_path: Path) -> None:
     assert len(runs.read_text().splitlines()) == 2
 
 
+@pytest.mark.slow
 @pytest_twisted.ensureDeferred
 async def test_exec_token_expired_reruns(tmp_path: Path) -> None:
     """An already-expired credential makes the next token() run the plugin again; concurrent calls share a run."""
@@ -558,6 +560,7 @@ async def test_exec_token_expired_reruns(tmp_path: Path) -> None:
     assert runs.read_text() == "xx"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "body, reason",
     [
@@ -600,6 +603,7 @@ def test_parse_rfc3339(text: str, expected: float | None) -> None:
     assert parse_rfc3339(text) == expected
 
 
+@pytest.mark.slow
 @pytest_twisted.ensureDeferred
 async def test_exec_token_timeout(tmp_path: Path) -> None:
     """A plugin that hangs is killed after the timeout."""
