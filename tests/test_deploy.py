@@ -110,7 +110,8 @@ def workload(documents: list[Document]) -> Document:
 
 
 def container(documents: list[Document]) -> Document:
-    [found] = workload(documents)["spec"]["template"]["spec"]["containers"]
+    containers: list[Document] = workload(documents)["spec"]["template"]["spec"]["containers"]
+    [found] = containers
     return found
 
 
@@ -748,8 +749,8 @@ def test_socket_activation_serves(tmp_path: Path) -> None:
         if process.poll() is None:
             process.kill()
             process.wait(10)
-    log = log_path.read_text(errors="replace")
-    assert f"BrigadeSite starting on {port}" in log
+    logged = log_path.read_text(errors="replace")
+    assert f"BrigadeSite starting on {port}" in logged
 
 
 # --- the image --------------------------------------------------------------------------------------------------------

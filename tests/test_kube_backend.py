@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 import os
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, cast
 
 import attrs
 import pytest
@@ -163,7 +163,8 @@ async def target_backend(kube_target: Any) -> AsyncIterator[BackendUnderTest]:
 
     async def stored(name: str) -> dict[str, Any] | None:
         try:
-            return await bounded(client.get_secret(kube_target.namespace, name))
+            found: dict[str, Any] | None = await bounded(client.get_secret(kube_target.namespace, name))
+            return found
         except KubeStatusError as e:
             if e.code == 404:
                 return None
@@ -519,11 +520,11 @@ async def test_nothing_secret_is_logged(served_fake_kube: tuple[FakeKube, Any], 
     No log event (message or field) carries a bearer token, a project's
     crGatewaySecret or a payload, through success, 401 refresh and failures.
     """
-    from twisted.logger import formatEvent, globalLogPublisher
+    from twisted.logger import ILogObserver, formatEvent, globalLogPublisher
 
     fake, served = served_fake_kube
     events: list[dict[str, Any]] = []
-    globalLogPublisher.addObserver(events.append)
+    globalLogPublisher.addObserver(cast(ILogObserver, events.append))
     token_file = tmp_path / "token"
     token_file.write_text("test-token")
     made = await stores(config_for(served, tmp_path, credentials=BearerTokenFile(str(token_file))))
@@ -541,7 +542,7 @@ async def test_nothing_secret_is_logged(served_fake_kube: tuple[FakeKube, Any], 
         with pytest.raises(BackendUnavailable):
             await bounded(made.projects.get(project_id("acme/webapp")))
     finally:
-        globalLogPublisher.removeObserver(events.append)
+        globalLogPublisher.removeObserver(cast(ILogObserver, events.append))
         await bounded(made.client.close())
     assert any("Created build" in (formatEvent(e) or "") for e in events)
     for event in events:

@@ -71,6 +71,7 @@ def b64(text: str) -> str:
 
 
 def status_of(error: ApiException) -> dict[str, Any]:
+    assert error.body is not None
     body: dict[str, Any] = json.loads(error.body)
     return body
 
@@ -743,6 +744,8 @@ def test_watch_bookmark_with_official_client(fake_kube_process: Any) -> None:
     try:
         core = client.CoreV1Api(api)
         listed = core.list_namespaced_secret("default", label_selector="nothing=here", _request_timeout=T)
+        assert listed.metadata is not None and listed.metadata.resource_version is not None
+        listed_version = listed.metadata.resource_version
         watcher = watch.Watch()
         events = list(
             itertools.islice(
@@ -750,7 +753,7 @@ def test_watch_bookmark_with_official_client(fake_kube_process: Any) -> None:
                     core.list_namespaced_secret,
                     namespace="default",
                     label_selector="nothing=here",
-                    resource_version=listed.metadata.resource_version,
+                    resource_version=listed_version,
                     allow_watch_bookmarks=True,
                     timeout_seconds=1,
                     _request_timeout=T,
@@ -762,7 +765,7 @@ def test_watch_bookmark_with_official_client(fake_kube_process: Any) -> None:
         api.close()
     assert [event["type"] for event in events] == ["BOOKMARK"]
     bookmarked = events[0]["raw_object"]["metadata"]["resourceVersion"]
-    assert int(bookmarked) >= int(listed.metadata.resource_version)
+    assert int(bookmarked) >= int(listed_version)
     assert watcher.resource_version == bookmarked
 
 
@@ -892,7 +895,7 @@ class Mem:
 
     fake: FakeKube
     clock: Clock
-    stub: StubTreq
+    stub: Any  # a StubTreq: its request methods are set at run time, untyped
 
     def request(
         self,
@@ -918,14 +921,16 @@ class Mem:
         assert len(results) == 1, "request did not complete"
         if not isinstance(results[0], tuple):
             results[0].raiseException()
-        return results[0]
+        answer: tuple[int, Any, Any] = results[0]
+        return answer
 
     def create(self, name: str, namespace: str = "default", **fields: Any) -> dict[str, Any]:
         code, _, body = self.request(
             "POST", f"/api/v1/namespaces/{namespace}/secrets", {"metadata": {"name": name}, **fields}
         )
         assert code == 201, body
-        return body
+        created: dict[str, Any] = body
+        return created
 
     def watch(self, path: str) -> tuple[Any, list[bytes], list[Any]]:
         """Open a watch; return (response, received chunks, [finished marker])."""
@@ -1014,9 +1019,8 @@ def test_mem_auth(mem: Mem) -> None:
 def test_mem_auth_off_with_no_tokens() -> None:
     fake = FakeKube(clock=Clock())
     code = []
-    StubTreq(fake.resource()).get("https://kube.test/api/v1/namespaces/default/secrets").addCallback(
-        lambda r: code.append(r.code)
-    )
+    stub: Any = StubTreq(fake.resource())
+    stub.get("https://kube.test/api/v1/namespaces/default/secrets").addCallback(lambda r: code.append(r.code))
     assert code == [200]
 
 
@@ -1579,7 +1583,8 @@ async def test_served_watch_released_on_disconnect(served_fake_kube: tuple[FakeK
         await deferLater(reactor, 0.02, lambda: None)
     assert json.loads(b"".join(received))["type"] == "ADDED"
     assert fake.active_watches == 1
-    body.transport.stopProducing()  # the client goes away
+    transport: Any = body.transport  # a TLS transport: an IProducer too
+    transport.stopProducing()  # the client goes away
     while fake.active_watches and time.monotonic() < deadline:
         await deferLater(reactor, 0.02, lambda: None)
     assert fake.active_watches == 0

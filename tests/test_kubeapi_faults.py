@@ -72,6 +72,12 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 5.0, interval: fl
     return True
 
 
+def headers_of(error: ApiException) -> Any:
+    """The answer's headers (an HTTP answer always has them)."""
+    assert error.headers is not None
+    return error.headers
+
+
 def status_of(error: ApiException) -> dict[str, Any]:
     body: dict[str, Any] = json.loads(error.body or "null")
     return body
@@ -255,7 +261,7 @@ def test_error_storm_next_n_creates(proc: FakeKubeProcess, target: KubeTarget) -
         with pytest.raises(ApiException) as info:
             api.create_namespaced_secret(NS, secret(target, "storm-a"), _request_timeout=T)
         assert info.value.status == 503
-        assert info.value.headers["Retry-After"] == "4"
+        assert headers_of(info.value)["Retry-After"] == "4"
         assert status_of(info.value) == {
             "kind": "Status",
             "apiVersion": "v1",
@@ -283,9 +289,9 @@ def test_too_many_requests(proc: FakeKubeProcess, target: KubeTarget, style: str
         api.read_namespaced_secret("anything", NS, _request_timeout=T)
     error = info.value
     assert error.status == 429
-    assert error.headers["Retry-After"] == "7"
+    assert headers_of(error)["Retry-After"] == "7"
     if style == "status":
-        assert error.headers["Content-Type"] == "application/json"
+        assert headers_of(error)["Content-Type"] == "application/json"
         assert status_of(error) == {
             "kind": "Status",
             "apiVersion": "v1",
@@ -297,8 +303,8 @@ def test_too_many_requests(proc: FakeKubeProcess, target: KubeTarget, style: str
             "code": 429,
         }
     else:
-        assert error.headers["Content-Type"] == "text/plain; charset=utf-8"
-        assert error.headers["X-Content-Type-Options"] == "nosniff"
+        assert headers_of(error)["Content-Type"] == "text/plain; charset=utf-8"
+        assert headers_of(error)["X-Content-Type-Options"] == "nosniff"
         assert error.body == "Too many requests, please try again later.\n"
     with pytest.raises(ApiException) as info:  # used up: the real answer
         api.read_namespaced_secret("anything", NS, _request_timeout=T)
@@ -443,7 +449,7 @@ class Mem:
 
     fake: FakeKube
     clock: Clock
-    stub: StubTreq
+    stub: Any  # a StubTreq: its request methods are set at run time, untyped
 
     def start(self, method: str, path: str, body: Any = None) -> Pending:
         data = None if body is None else json.dumps(body).encode()
@@ -583,7 +589,12 @@ def test_mem_reset(mem: Mem) -> None:
     d = mem.stub.get(
         f"https://kube.test/api/v1/namespaces/{NS}/secrets/x", headers={"Authorization": f"Bearer {TOKEN}"}
     )
-    d.addCallback(lambda r: (got.append(r.code), treq.content(r).addBoth(got.append)))
+
+    def received(response: Any) -> None:
+        got.append(response.code)
+        treq.content(response).addBoth(got.append)
+
+    d.addCallback(received)
     mem.stub.flush()
     assert got[0] == 200
     assert got[1].check(ResponseFailed)

@@ -68,8 +68,8 @@ NEW_FORMATS = (
 )
 
 
-def utc(*parts: int) -> datetime:
-    return datetime(*parts, tzinfo=timezone.utc)  # type: ignore[misc]
+def utc(year: int, month: int, day: int, hour: int = 0, minute: int = 0, second: int = 0, micro: int = 0) -> datetime:
+    return datetime(year, month, day, hour, minute, second, micro, tzinfo=timezone.utc)
 
 
 def ev(registry: str, action: str, **fields: Any) -> RegistryEvent:
