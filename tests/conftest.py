@@ -12,7 +12,7 @@ from tests.slow import guarded, is_process_fixture
 
 pytest_plugins = ["tests.kubetarget", "tests.e2e"]
 
-DEFAULT_EXAMPLES = 25
+DEFAULT_EXAMPLES = 20
 
 
 @pytest.hookimpl(tryfirst=True)
