@@ -17,6 +17,7 @@ import pytest
 from tests.backend_contract import project_secret
 from tests.gatewayprocess import GatewayProcess
 from tests.kubetarget import FakeKubeProcess
+from tests.slow import starts_process
 
 PAYLOADS = Path(__file__).parent / "payloads"
 NAMESPACE = "brigade"
@@ -27,6 +28,7 @@ SSH_KEY = "-----BEGIN OPENSSH PRIVATE KEY----- e2e-never-log-this"
 
 
 @pytest.fixture(scope="module")
+@starts_process
 def kube(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeKubeProcess]:
     """The fake API over TLS, namespace brigade, seeded with two projects and a non-project."""
     directory = tmp_path_factory.mktemp("e2e-kube")
@@ -46,6 +48,7 @@ def kube(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeKubeProcess]:
 
 
 @pytest.fixture(scope="module")
+@starts_process
 def gateway(
     kube: FakeKubeProcess, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
 ) -> Iterator[GatewayProcess]:

@@ -28,4 +28,5 @@ def failure_of(value: Deferred[Any] | Coroutine[Any, Any, Any]) -> BaseException
     deferred.addBoth(results.append)
     assert results, "the Deferred has not fired"
     assert isinstance(results[0], Failure), f"expected a failure, got {results[0]!r}"
+    assert results[0].value is not None
     return results[0].value

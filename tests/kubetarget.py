@@ -41,6 +41,8 @@ import pytest
 import pytest_twisted
 from attrs import Factory, define
 
+from tests.slow import starts_process
+
 __all__ = [
     "ENV_KUBECONFIG",
     "ENV_NAMESPACE",
@@ -450,6 +452,7 @@ class KubeTarget:
 
 
 @pytest.fixture(scope="session")
+@starts_process
 def fake_kube_process(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[FakeKubeProcess]:
@@ -471,6 +474,7 @@ def fake_kube_process(
         pytest.param("real", marks=pytest.mark.slow),
     ]
 )
+@starts_process
 def kube_target(request: pytest.FixtureRequest) -> Iterator[KubeTarget]:
     """
     A L{KubeTarget}: the fake process, or a real cluster if configured.
@@ -500,6 +504,7 @@ def kube_target(request: pytest.FixtureRequest) -> Iterator[KubeTarget]:
 
 
 @pytest_twisted.async_yield_fixture
+@starts_process
 async def served_fake_kube() -> AsyncIterator[tuple[Any, Any]]:
     """
     A L{tests.kubeapi.FakeKube} (token C{"test-token"}, namespace

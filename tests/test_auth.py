@@ -113,7 +113,8 @@ def test_basic_password() -> None:
 )
 def test_refusals(headers: dict[str, str], query: dict[str, str], reason: str) -> None:
     """Missing, empty and wrong credentials fail with a reason naming only the mechanism."""
-    verdict = check_credentials(SECRET, delivery(headers=headers, **query), SCHEMES)
+    refused = Delivery("p", "", b"Hello, World!", NOW, headers, list(query.items()), source="192.0.2.1")
+    verdict = check_credentials(SECRET, refused, SCHEMES)
     assert verdict == Verdict(False, "none", reason)
     assert SECRET.decode() not in verdict.reason
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+from typing import Any, cast
 
 import attrs
 import pytest
@@ -189,6 +190,7 @@ def test_same_build() -> None:
         {"project_id": "brigade-other"},
         {"ulid": "01jgq8w4h0bbbbbbbbbbbbbbbb"},
     ):
-        assert not same_build(build_secret(attrs.evolve(BUILD, **change), "default"), BUILD), change
+        evolved = attrs.evolve(BUILD, **cast(dict[str, Any], change))
+        assert not same_build(build_secret(evolved, "default"), BUILD), change
     assert not same_build({**secret, "type": "Opaque"}, BUILD)
     assert not same_build({**secret, "data": {"payload": "***"}}, BUILD)

@@ -110,7 +110,8 @@ def workload(documents: list[Document]) -> Document:
 
 
 def container(documents: list[Document]) -> Document:
-    [found] = workload(documents)["spec"]["template"]["spec"]["containers"]
+    containers: list[Document] = workload(documents)["spec"]["template"]["spec"]["containers"]
+    [found] = containers
     return found
 
 
@@ -134,6 +135,7 @@ def test_schemas_are_current() -> None:
     assert Version(kubernetes_validate.latest_version()) >= Version("1.37.0")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", RENDERABLE)
 def test_renders_and_validates_strictly(name: str) -> None:
     """Every rendered object is valid for the newest Kubernetes schemas, unknown fields included (strict)."""
@@ -147,6 +149,7 @@ def test_renders_and_validates_strictly(name: str) -> None:
             pytest.fail(f"{name}: {document['kind']}/{document['metadata']['name']}: {str(e).splitlines()[0]}")
 
 
+@pytest.mark.slow
 def test_rendered_objects() -> None:
     """Exactly these objects, all labelled app.kubernetes.io/name=brigade-cr."""
     kinds = {name: sorted((d["kind"], d["metadata"]["name"]) for d in render(name)) for name in RENDERABLE}
@@ -174,6 +177,7 @@ def test_rendered_objects() -> None:
             assert document["metadata"]["labels"] == LABELS, (name, document["kind"])
 
 
+@pytest.mark.slow
 def test_sleep_handler_is_in_the_1_30_schemas() -> None:
     """The preStop sleep handler is in the schemas from 1.30 on, the oldest version the comments name."""
     [statefulset] = by_kind(render("overlays/ha"), "StatefulSet")
@@ -200,6 +204,7 @@ def test_no_resource_names_a_namespace() -> None:
                 assert "namespace" not in subject, path
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_namespace_follows_the_kustomization(overlay: str, tmp_path: Path) -> None:
     """
@@ -223,6 +228,7 @@ def test_namespace_follows_the_kustomization(overlay: str, tmp_path: Path) -> No
     assert elsewhere == default
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_image_is_set_by_kustomize(overlay: str, tmp_path: Path) -> None:
     """The image is the placeholder by default and whatever a kustomization's `images:` says."""
@@ -241,6 +247,7 @@ def test_image_is_set_by_kustomize(overlay: str, tmp_path: Path) -> None:
 # --- Kubernetes: the pod ----------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_restricted_security_context(overlay: str) -> None:
     """The restricted Pod Security Standard, uid/gid 10001, and fsGroup so a fresh volume is writable."""
@@ -270,6 +277,7 @@ def test_restricted_security_context(overlay: str) -> None:
     assert "initContainers" not in pod
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_container_arguments(overlay: str) -> None:
     """The arguments parse: webhooks on 8000, Kubernetes, the spool on the volume, metrics on 9100."""
@@ -300,6 +308,7 @@ def test_container_arguments(overlay: str) -> None:
     ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_probes_ports_and_scrape_annotations(overlay: str) -> None:
     """Liveness on /healthz, readiness on /readyz, named ports, and the scrape annotations naming the metrics port."""
@@ -319,6 +328,7 @@ def test_probes_ports_and_scrape_annotations(overlay: str) -> None:
     assert parsed_options(main["args"])["metrics"] == f"tcp:{template['metadata']['annotations']['prometheus.io/port']}"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_resources(overlay: str) -> None:
     """CPU and memory are requested and memory is limited."""
@@ -328,6 +338,7 @@ def test_resources(overlay: str) -> None:
     }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_shutdown_fits_the_grace_period(overlay: str) -> None:
     """A preStop pause, then SIGTERM; the grace period covers the pause plus --shutdown-timeout."""
@@ -339,6 +350,7 @@ def test_shutdown_fits_the_grace_period(overlay: str) -> None:
     assert grace >= PRE_STOP_SECONDS + parsed_options(main["args"])["shutdown-timeout"]
 
 
+@pytest.mark.slow
 def test_pod_templates_agree() -> None:
     """The two overlays run the same pod, except for where the spool volume comes from and the anti-affinity."""
     single = workload(render("overlays/single"))["spec"]["template"]
@@ -365,6 +377,7 @@ def test_pod_templates_agree() -> None:
 # --- Kubernetes: the overlays -----------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_single_is_one_replica_on_one_claim() -> None:
     """One replica, Recreate (the spool volume is ReadWriteOnce and locked), the claim it mounts."""
     documents = render("overlays/single")
@@ -376,6 +389,7 @@ def test_single_is_one_replica_on_one_claim() -> None:
     assert claim["spec"] == {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}
 
 
+@pytest.mark.slow
 def test_ha_is_a_statefulset_with_a_claim_per_pod() -> None:
     """Two replicas, rolling updates, a claim per pod (retained), the headless Service, a PodDisruptionBudget."""
     documents = render("overlays/ha")
@@ -405,6 +419,7 @@ def test_ha_is_a_statefulset_with_a_claim_per_pod() -> None:
     assert budget["spec"]["maxUnavailable"] < spec["replicas"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_service_is_the_old_charts(overlay: str) -> None:
     """The webhook Service: ClusterIP, port 80 to the container's http port (8000), as the Brigade v1 chart."""
@@ -418,6 +433,7 @@ def test_service_is_the_old_charts(overlay: str) -> None:
     assert workload(documents)["spec"]["template"]["metadata"]["labels"] == service["spec"]["selector"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_rbac_is_least_privilege(overlay: str) -> None:
     """One Role granting secrets get, list, watch, create, bound to the pod's ServiceAccount; no cluster role."""
@@ -432,6 +448,7 @@ def test_rbac_is_least_privilege(overlay: str) -> None:
     assert account["metadata"]["name"] == workload(documents)["spec"]["template"]["spec"]["serviceAccountName"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_network_policy(overlay: str) -> None:
     """Webhooks in on 8000, scrapes from the cluster on 9100; DNS and the API server out, nothing else."""
@@ -476,6 +493,7 @@ def _without_trusted_proxies(args: list[str]) -> tuple[list[str], list[str]]:
     return rest, networks
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_ingress_component(overlay: str, tmp_path: Path) -> None:
     """
@@ -557,6 +575,7 @@ def exec_start() -> list[str]:
     return shlex.split(command)
 
 
+@pytest.mark.slow
 def test_systemd_analyze_verifies_the_units(tmp_path: Path) -> None:
     """
     `systemd-analyze verify` accepts both units without a warning. It needs
@@ -577,6 +596,7 @@ def test_systemd_analyze_verifies_the_units(tmp_path: Path) -> None:
     assert (result.returncode, result.stdout, result.stderr) == (0, "", "")
 
 
+@pytest.mark.slow
 def test_service_is_sandboxed(tmp_path: Path) -> None:
     """`systemd-analyze security` rates the service's exposure 2.0 or less (its scale's "OK"), offline."""
     unit = tmp_path / "brigade-cr.service"
@@ -590,6 +610,7 @@ def test_service_is_sandboxed(tmp_path: Path) -> None:
     assert float(level) <= 2.0
 
 
+@pytest.mark.slow
 def test_systemd_analyze_verify_reports_mistakes(tmp_path: Path) -> None:
     """The verification above can fail: a unit with an unknown key and a missing binary is reported."""
     broken = tmp_path / "brigade-cr.service"
@@ -728,8 +749,8 @@ def test_socket_activation_serves(tmp_path: Path) -> None:
         if process.poll() is None:
             process.kill()
             process.wait(10)
-    log = log_path.read_text(errors="replace")
-    assert f"BrigadeSite starting on {port}" in log
+    logged = log_path.read_text(errors="replace")
+    assert f"BrigadeSite starting on {port}" in logged
 
 
 # --- the image --------------------------------------------------------------------------------------------------------
@@ -798,6 +819,7 @@ def test_build_stage_copies_only_sources() -> None:
         assert not docker_ignored(source, patterns), source
 
 
+@pytest.mark.slow
 def test_image_runs_as_a_numeric_non_root_user() -> None:
     """USER is numeric (so Kubernetes' runAsNonRoot can check it) and not root, and is the pods' 10001."""
     _, final = stages()
@@ -947,6 +969,7 @@ def test_dockerignore_leaves_out(path: str) -> None:
     assert docker_ignored(path, dockerignore_patterns())
 
 
+@pytest.mark.slow
 def test_dockerignore_keeps_the_sources() -> None:
     """Every tracked file the wheel is built from is in the context."""
     listed = _run(["git", "ls-files", "setup.py", "pyproject.toml", "README.md", "brigade_cr", "twisted"], cwd=ROOT)
@@ -967,6 +990,7 @@ def _readme_yaml(first_line: str) -> str:
     return block
 
 
+@pytest.mark.slow
 def test_readme_kustomization_renders(tmp_path: Path) -> None:
     """The README's own kustomization (namespace, image, an added option) renders as it says."""
     text = _readme_yaml("# deploy/brigade-cr/kustomization.yaml\n") + _readme_yaml(
@@ -983,6 +1007,7 @@ def test_readme_kustomization_renders(tmp_path: Path) -> None:
     assert parsed_options(main["args"])["auth"] == "optional"
 
 
+@pytest.mark.slow
 def test_readme_service_rename_renders(tmp_path: Path) -> None:
     """The migration's patch gives the webhook Service the old chart's name and nothing else changes."""
     patch = _readme_yaml("patches:\n  - target: {kind: Service, name: brigade-cr}\n")

@@ -21,6 +21,9 @@ from tests.e2e import AUTH, NAMESPACE, PAYLOADS, SECRET, builds, data, new_build
 from tests.gatewayprocess import GatewayProcess
 from tests.kubetarget import FakeKubeProcess
 
+# Every test here runs a real gateway and/or fake Kubernetes API process.
+pytestmark = pytest.mark.slow
+
 
 def test_healthz(gateway: GatewayProcess) -> None:
     """GET /healthz answers OK."""

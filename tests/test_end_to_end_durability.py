@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import json
 import signal
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -21,6 +22,9 @@ from tests.backend_contract import project_secret
 from tests.e2e import NAMESPACE, PAYLOADS, SECRET
 from tests.gatewayprocess import GatewayProcess, Response
 from tests.kubetarget import FakeKubeProcess
+
+# Every test here runs a real gateway and/or fake Kubernetes API process.
+pytestmark = pytest.mark.slow
 
 AUTH = {"Authorization": f"Bearer {SECRET}"}
 # Tests drain hundreds of builds: lift the client-side rate limit (measured by the benchmark, not here).
@@ -186,8 +190,8 @@ def test_429_with_retry_after_is_honoured(api: FakeKubeProcess, tmp_path: Path) 
 
 def test_sigterm_under_load(api: FakeKubeProcess, tmp_path: Path) -> None:
     """
-    SIGTERM while deliveries stream in (the API slow): the gateway exits 0 well
-    inside 30 s; every delivery it acknowledged is built exactly once after a restart.
+    SIGTERM while deliveries stream in (the API slow): the gateway exits 0
+    (waited for at most 30 s); every delivery it acknowledged is built exactly once after a restart.
     """
     api.add_fault("latency", seconds=0.3, verbs=["create"])
     gateway = start(api, tmp_path)
@@ -216,11 +220,12 @@ def test_sigterm_under_load(api: FakeKubeProcess, tmp_path: Path) -> None:
     sender.start()
     try:
         wait_for(lambda: len(acknowledged) >= 20, timeout=30)
-        began = time.monotonic()
         gateway.process.send_signal(signal.SIGTERM)
-        code = gateway.process.wait(30)
+        try:
+            code = gateway.process.wait(30)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"no exit within 30 s of SIGTERM:\n{gateway.log}") from None
         assert code == 0
-        assert time.monotonic() - began < 30
         assert "Shutting down" in gateway.log
     finally:
         stop.set()

@@ -11,10 +11,15 @@ import json
 import socket
 import time
 
+import pytest
+
 from tests.e2e import AUTH, PAYLOADS, SECRET, builds, new_builds
 from tests.gatewayprocess import GatewayProcess
 from tests.kubetarget import FakeKubeProcess
 from tests.wire import parse_responses
+
+# Every test here runs a real gateway and/or fake Kubernetes API process.
+pytestmark = pytest.mark.slow
 
 GATEWAY_ARGS = ["--auth-failure-burst", "100000", "--request-timeout", "5", "--idle-timeout", "60"]
 BODY = (PAYLOADS / "dockerhub_push.json").read_bytes()

@@ -12,9 +12,14 @@ import socket
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.e2e import PAYLOADS, SECRET, builds
 from tests.gatewayprocess import GatewayProcess
 from tests.kubetarget import FakeKubeProcess
+
+# Every test here runs a real gateway and/or fake Kubernetes API process.
+pytestmark = pytest.mark.slow
 
 GATEWAY_ARGS = ["--trusted-proxy", "127.0.0.0/8", "--auth-failure-burst", "3", "--auth-failure-rate", "1"]
 BODY = (PAYLOADS / "dockerhub_push.json").read_bytes()

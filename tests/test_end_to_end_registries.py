@@ -17,6 +17,9 @@ from tests.e2e import PAYLOADS, SECRET, builds, data, new_builds
 from tests.gatewayprocess import GatewayProcess
 from tests.kubetarget import FakeKubeProcess
 
+# Every test here runs a real gateway and/or fake Kubernetes API process.
+pytestmark = pytest.mark.slow
+
 # sample -> (event type, short title) of its build, or (None, reason it is ignored)
 EXPECTED: dict[str, tuple[str | None, str]] = {
     "acr_chart_delete": ("chart_delete", "chart_delete helm/charts:webapp-0.3.1.tgz"),

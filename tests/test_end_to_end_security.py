@@ -19,6 +19,9 @@ from tests.e2e import AUTH, NAMESPACE, PAYLOADS, SECRET, SSH_KEY, builds, new_bu
 from tests.gatewayprocess import GatewayProcess
 from tests.kubetarget import FakeKubeProcess
 
+# Every test here runs a real gateway and/or fake Kubernetes API process.
+pytestmark = pytest.mark.slow
+
 # The matrix below fails authentication many times from 127.0.0.1; the
 # per-source limit is tested on a gateway of its own.
 GATEWAY_ARGS = ["--auth-failure-burst", "100000", "--max-body", "64K", "--request-timeout", "2"]

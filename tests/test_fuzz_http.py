@@ -65,7 +65,8 @@ bodies = st.one_of(
 credentials = st.sampled_from(["none", "wrong", "right-token", "right-bearer"])
 
 
-def harness() -> tuple[StubTreq, MemoryBuilds]:
+def harness() -> tuple[Any, MemoryBuilds]:
+    """A StubTreq over a gateway, and its builds (Any: StubTreq's methods are set at run time)."""
     projects = MemoryProjects()
     projects.add(project_secret("solo", crGatewaySecret=SECRET.encode()))
     projects.add(project_secret("acme/webapp", crGatewaySecret=SECRET.encode()))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 import os
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, cast
 
 import attrs
 import pytest
@@ -163,7 +163,8 @@ async def target_backend(kube_target: Any) -> AsyncIterator[BackendUnderTest]:
 
     async def stored(name: str) -> dict[str, Any] | None:
         try:
-            return await bounded(client.get_secret(kube_target.namespace, name))
+            found: dict[str, Any] | None = await bounded(client.get_secret(kube_target.namespace, name))
+            return found
         except KubeStatusError as e:
             if e.code == 404:
                 return None
@@ -315,6 +316,7 @@ async def test_token_file_reread_after_401(served_fake_kube: tuple[FakeKube, Any
         await bounded(made.client.close())
 
 
+@pytest.mark.slow
 @pytest_twisted.ensureDeferred
 async def test_connection_refused(tmp_path: Path) -> None:
     """A closed port is BackendUnavailable for both stores."""
@@ -339,6 +341,7 @@ class Silent(Protocol):
     """Accepts a connection and never says anything."""
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("scheme", ["http", "https"])
 @pytest_twisted.ensureDeferred
 async def test_timeout(scheme: str) -> None:
@@ -422,6 +425,7 @@ async def serve_with_certificate(tmp_path: Path, interface: str, hosts: tuple[st
     return port, Path(pki.ca_cert).read_bytes()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "interface, url_host, cert_hosts, server_name, works",
     [
@@ -516,11 +520,11 @@ async def test_nothing_secret_is_logged(served_fake_kube: tuple[FakeKube, Any], 
     No log event (message or field) carries a bearer token, a project's
     crGatewaySecret or a payload, through success, 401 refresh and failures.
     """
-    from twisted.logger import formatEvent, globalLogPublisher
+    from twisted.logger import ILogObserver, formatEvent, globalLogPublisher
 
     fake, served = served_fake_kube
     events: list[dict[str, Any]] = []
-    globalLogPublisher.addObserver(events.append)
+    globalLogPublisher.addObserver(cast(ILogObserver, events.append))
     token_file = tmp_path / "token"
     token_file.write_text("test-token")
     made = await stores(config_for(served, tmp_path, credentials=BearerTokenFile(str(token_file))))
@@ -538,7 +542,7 @@ async def test_nothing_secret_is_logged(served_fake_kube: tuple[FakeKube, Any], 
         with pytest.raises(BackendUnavailable):
             await bounded(made.projects.get(project_id("acme/webapp")))
     finally:
-        globalLogPublisher.removeObserver(events.append)
+        globalLogPublisher.removeObserver(cast(ILogObserver, events.append))
         await bounded(made.client.close())
     assert any("Created build" in (formatEvent(e) or "") for e in events)
     for event in events:

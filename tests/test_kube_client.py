@@ -32,6 +32,7 @@ from treq.client import HTTPClient
 from treq.testing import StubTreq
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
+from twisted.internet.testing import EventLoggingObserver
 from twisted.logger import globalLogPublisher
 from twisted.web.client import Agent, _HTTP11ClientFactory
 from twisted.web.resource import Resource
@@ -411,7 +412,12 @@ def test_transport_reasons() -> None:
 def test_token_sources_provide_interface(tmp_path: Path) -> None:
     """Every token source provides ITokenSource."""
     plugin = ExecPlugin("x", object())
-    sources = (NoToken(), StaticToken("t"), FileToken(str(tmp_path), Clock()), ExecToken(plugin, Clock(), Deferred))
+    sources = (
+        NoToken(),
+        StaticToken("t"),
+        FileToken(str(tmp_path), Clock()),
+        ExecToken(plugin, Clock(), lambda f: Deferred()),
+    )
     for source in sources:
         assert verifyObject(ITokenSource, source)
 
@@ -544,6 +550,7 @@ def exec_source(tmp_path: Path, body: str, clock: Clock, threads: Any, **spec: A
     return source
 
 
+@pytest.mark.slow
 def test_exec_token_runs_in_a_thread(tmp_path: Path) -> None:
     """
     The plugin runs only inside the thread runner (never inline), once for
@@ -589,6 +596,7 @@ def test_exec_token_runs_in_a_thread(tmp_path: Path) -> None:
     assert len(runs.read_text().splitlines()) == 2
 
 
+@pytest.mark.slow
 def test_exec_token_refreshed_after_expiry(tmp_path: Path) -> None:
     """The token is reused until its expirationTimestamp less 10 s, then the plugin runs again (in the runner)."""
     runs = tmp_path / "runs"
@@ -616,6 +624,7 @@ def test_exec_token_refreshed_after_expiry(tmp_path: Path) -> None:
     assert runs.read_text() == "xx"
 
 
+@pytest.mark.slow
 def test_exec_token_refreshed_after_401(tmp_path: Path) -> None:
     """A 401 makes the client invalidate the exec token; the plugin runs again and the retry carries its new token."""
     token_file = tmp_path / "current"
@@ -659,6 +668,7 @@ def test_exec_token_refreshed_after_401(tmp_path: Path) -> None:
         (f"print({credential(expires='tomorrow')!r})", "gave an unreadable expirationTimestamp"),
     ],
 )
+@pytest.mark.slow
 def test_exec_token_failures(tmp_path: Path, body: str, reason: str) -> None:
     """A failing or misbehaving plugin fails token() with a KubeCredentialError saying why, never echoing its stderr."""
     threads = Threads()
@@ -673,6 +683,7 @@ def test_exec_token_failures(tmp_path: Path, body: str, reason: str) -> None:
     assert "exec-token" not in error.reason
 
 
+@pytest.mark.slow
 def test_exec_token_timeout(tmp_path: Path) -> None:
     """
     A run that has not answered within the timeout fails its callers; when
@@ -691,6 +702,7 @@ def test_exec_token_timeout(tmp_path: Path) -> None:
     assert clock.getDelayedCalls() == []
 
 
+@pytest.mark.slow
 def test_exec_token_missing_command(tmp_path: Path) -> None:
     """A command that does not exist fails with why it could not start."""
     threads = Threads()
@@ -702,6 +714,7 @@ def test_exec_token_missing_command(tmp_path: Path) -> None:
     assert error.reason == "exec plugin 'no-such-plugin-for-brigade-cr' could not start: No such file or directory"
 
 
+@pytest.mark.slow
 @pytest_twisted.ensureDeferred
 async def test_exec_token_default_runner_is_the_reactor_thread_pool(tmp_path: Path) -> None:
     """Without an injected runner, the plugin runs in the reactor's thread pool, off the reactor thread."""
@@ -790,13 +803,13 @@ def test_host_header_sent() -> None:
 @pytest_twisted.ensureDeferred
 async def test_contract_no_factory_noise(kube_target: Any, target_client: KubeClient, reactor: Any) -> None:
     """API connections log no "Starting factory" / "Stopping factory" lines."""
-    events: list[dict[str, Any]] = []
-    globalLogPublisher.addObserver(events.append)
+    events = EventLoggingObserver()
+    globalLogPublisher.addObserver(events)
     try:
         await bounded(target_client.version(), reactor)
         await bounded(target_client.close(), reactor)
     finally:
-        globalLogPublisher.removeObserver(events.append)
+        globalLogPublisher.removeObserver(events)
     formats = [str(e.get("log_format", "")) for e in events]
     assert [f for f in formats if "factory" in f.lower()] == []
 

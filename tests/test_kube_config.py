@@ -588,6 +588,7 @@ def test_library_in_cluster_refresh_cannot_reread_after_401(tmp_path: Path) -> N
         os.path.join(sa_dir, "token"), os.path.join(sa_dir, "ca.crt"), environ=IN_CLUSTER_ENV
     ).load_and_set(configuration)
     (Path(sa_dir) / "token").write_text("rotated")
+    assert configuration.refresh_api_key_hook is not None
     configuration.refresh_api_key_hook(configuration)
     assert configuration.api_key["BearerToken"] == "bearer " + SECRET_TOKEN
 
@@ -603,6 +604,7 @@ def test_library_reads_token_file_once(tmp_path: Path) -> None:
     configuration = Configuration()
     load_kube_config(config_file=path, client_configuration=configuration, persist_config=False)
     token.write_text("second")
+    assert configuration.refresh_api_key_hook is not None
     configuration.refresh_api_key_hook(configuration)
     assert configuration.api_key["BearerToken"] == "Bearer first"
     assert load_kubeconfig(path).credentials == BearerTokenFile(str(token))

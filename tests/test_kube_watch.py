@@ -377,11 +377,15 @@ def test_overlong_or_bad_lines_fail_the_stream() -> None:
     client, stub = scripted_client(Scripted([b"x" * 100]), clock)
     done = client.watch_secrets(NS, lambda e: None, max_line=64)
     stub.flush()
-    assert failure_of(done).reason  # type: ignore[attr-defined] == "watch event longer than 64 bytes"
+    error = failure_of(done)
+    assert isinstance(error, KubeTransportError)
+    assert error.reason == "watch event longer than 64 bytes"
     client, stub = scripted_client(Scripted([b"[1, 2]\n"]), clock)
     done = client.watch_secrets(NS, lambda e: None)
     stub.flush()
-    assert failure_of(done).reason  # type: ignore[attr-defined] == "watch event is not a JSON object"
+    error = failure_of(done)
+    assert isinstance(error, KubeTransportError)
+    assert error.reason == "watch event is not a JSON object"
 
 
 def test_watch_error_status() -> None:

@@ -22,6 +22,9 @@ from tests.e2e import NAMESPACE, PAYLOADS, SECRET
 from tests.gatewayprocess import GatewayProcess
 from tests.kubetarget import FakeKubeProcess
 
+# Every test here runs a real gateway and/or fake Kubernetes API process.
+pytestmark = pytest.mark.slow
+
 # Polling with wrong secrets must not run into the failed-authentication limit.
 GATEWAY_ARGS = ["--auth-failure-burst", "10000", "--auth-failure-rate", "10000"]
 _events = itertools.count(1)

@@ -33,7 +33,8 @@ from tests.helpers import failure_of, result_of
 def backend(tmp_path: Path) -> BackendUnderTest:
     from twisted.internet import reactor
 
-    projects, builds = directory_backend(reactor, reactor.getThreadPool(), tmp_path, "brigade")
+    threaded: Any = reactor  # typed as the common interface; it is IReactorThreads too
+    projects, builds = directory_backend(threaded, threaded.getThreadPool(), tmp_path, "brigade")
     (tmp_path / "projects").mkdir()
 
     async def seed(secret: dict[str, Any]) -> None:
@@ -56,7 +57,8 @@ def scanned_backend(tmp_path: Path) -> BackendUnderTest:
     """What a gateway serves: the in-memory set kept by a rescan of the directory."""
     from twisted.internet import reactor
 
-    _, builds = directory_backend(reactor, reactor.getThreadPool(), tmp_path, "brigade")
+    threaded: Any = reactor  # typed as the common interface; it is IReactorThreads too
+    _, builds = directory_backend(threaded, threaded.getThreadPool(), tmp_path, "brigade")
     (tmp_path / "projects").mkdir()
     scan = DirectoryScan(tmp_path / "projects", InlineIO(), Clock())
     known = KnownProjects(scan, Clock())
@@ -129,7 +131,12 @@ def test_rescan_reads_no_manifest_when_nothing_changed(
     write(directory / "one.yaml", project_secret("one", crGatewaySecret=b"first-secret-value"), 10**18)
     clock.advance(2)
     reads: list[Path] = []
-    monkeypatch.setattr("brigade_cr.stores.directory.read_projects", lambda d: reads.append(d) or read_projects(d))
+
+    def counted(directory: Path) -> Any:
+        reads.append(directory)
+        return read_projects(directory)
+
+    monkeypatch.setattr("brigade_cr.stores.directory.read_projects", counted)
     clock.advance(20)
     assert reads == []
     assert secret_of(known, "one") == b"first-secret-value"

@@ -11,13 +11,13 @@ import json
 import os
 import stat
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, cast
 
 import attrs
 import pytest
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
-from twisted.logger import LogEvent, formatEvent, globalLogPublisher
+from twisted.logger import ILogObserver, LogEvent, formatEvent, globalLogPublisher
 from zope.interface.verify import verifyObject
 
 from brigade_cr.core.contract import project_id
@@ -213,9 +213,9 @@ def test_stop_stops_the_source() -> None:
 @pytest.fixture
 def logged() -> Any:
     events: list[LogEvent] = []
-    globalLogPublisher.addObserver(events.append)
+    globalLogPublisher.addObserver(cast(ILogObserver, events.append))
     yield events
-    globalLogPublisher.removeObserver(events.append)
+    globalLogPublisher.removeObserver(cast(ILogObserver, events.append))
 
 
 def test_short_secret_warned_once(logged: list[LogEvent]) -> None:

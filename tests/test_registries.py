@@ -23,7 +23,8 @@ RECEIVED = datetime(2026, 11, 26, 12, 0, tzinfo=timezone.utc)
 
 
 def load(name: str) -> dict[str, Any]:
-    return json.loads((PAYLOADS / name).read_text())
+    document: dict[str, Any] = json.loads((PAYLOADS / name).read_text())
+    return document
 
 
 def parse(name: str, headers: dict[str, str] | None = None) -> tuple[str, list[RegistryEvent]]:

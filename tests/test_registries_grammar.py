@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 import attrs
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from brigade_cr.core.grammar import MAX_REPOSITORY, REPOSITORY, TAG, is_repository, is_tag
@@ -251,7 +251,6 @@ def check(name: str, repository: tuple[str, bool], tag: tuple[str, bool], host: 
 def grammar_test(name: str) -> Any:
     plain = TEMPLATES[name][1]
 
-    @settings(max_examples=100, deadline=None)
     @given(repositories(plain), tags(plain), hosts, digests)
     def test(repository: tuple[str, bool], tag: tuple[str, bool], host: str, digest: str) -> None:
         check(name, repository, tag, host, digest)

@@ -21,9 +21,11 @@ from twisted.python import usage
 
 from brigade_cr.app.startup import SPOOL_LOCK, StartupError, bind, check_spool, fails_clearly
 from tests.gatewayprocess import Finished, run_to_completion
+from tests.slow import starts_process
 
 
 @pytest.fixture
+@starts_process
 def taken_port() -> Iterator[int]:
     """A loopback port some other socket is listening on."""
     holder = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -77,6 +79,7 @@ def test_metrics_port_in_use(tmp_path: Path, taken_port: int) -> None:
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("port", "why"),
     [
@@ -93,6 +96,7 @@ def test_bad_endpoint(tmp_path: Path, port: str, why: str) -> None:
     )
 
 
+@pytest.mark.slow
 def test_kube_backend_without_configuration(tmp_path: Path) -> None:
     """--backend kube with no configuration anywhere: one line naming --backend and --kubeconfig."""
     finished = run_to_completion(["--backend", "kube"], tmp_path / "run")
@@ -104,6 +108,7 @@ def test_kube_backend_without_configuration(tmp_path: Path) -> None:
     )
 
 
+@pytest.mark.slow
 def test_unreadable_kubeconfig(tmp_path: Path) -> None:
     """A --kubeconfig that cannot be read (a directory): one line naming it and --kubeconfig."""
     where = tmp_path / "kubeconfig.d"
@@ -116,6 +121,7 @@ def test_unreadable_kubeconfig(tmp_path: Path) -> None:
     )
 
 
+@pytest.mark.slow
 def test_kubeconfig_that_is_not_yaml(tmp_path: Path) -> None:
     """A --kubeconfig that is not YAML: one line naming it and --kubeconfig."""
     where = tmp_path / "kubeconfig"
@@ -128,6 +134,7 @@ def test_kubeconfig_that_is_not_yaml(tmp_path: Path) -> None:
     )
 
 
+@pytest.mark.slow
 def test_spool_that_cannot_be_created(tmp_path: Path) -> None:
     """A --spool under a regular file: one line naming --spool (it used to be logged, then exit 0)."""
     (tmp_path / "a-file").write_text("")
@@ -138,6 +145,7 @@ def test_spool_that_cannot_be_created(tmp_path: Path) -> None:
     )
 
 
+@pytest.mark.slow
 def test_spool_locked_by_another_process(tmp_path: Path, held_spool: Path) -> None:
     """A --spool whose spool.lock another process holds: one line naming the holder and --spool."""
     finished = run_to_completion(
@@ -214,6 +222,7 @@ def test_check_spool_lock_cannot_be_opened(tmp_path: Path, monkeypatch: pytest.M
     assert str(raised.value) == f"--spool {tmp_path}: cannot open spool.lock: read-only file system; change --spool"
 
 
+@pytest.mark.slow
 def test_bound_port_accepts_only_once_started() -> None:
     """bind() binds at once but does not read the port until the service starts; stop closes it."""
     from twisted.internet import reactor

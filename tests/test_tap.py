@@ -120,6 +120,7 @@ def test_missing_kubeconfig_is_a_startup_error(tmp_path: Path) -> None:
     )
 
 
+@pytest.mark.slow
 def test_plugin_is_listed_by_twistd() -> None:
     """`twistd --help` from this interpreter's installation lists brigade-cr."""
     result = subprocess.run(
@@ -134,6 +135,7 @@ def test_plugin_is_listed_by_twistd() -> None:
     assert ["brigade-cr", "Container-registry", "webhooks", "to", "Brigade", "v1", "builds"] in lines
 
 
+@pytest.mark.slow
 def test_plugin_options_help() -> None:
     """`twistd brigade-cr --help` documents every option."""
     result = subprocess.run(

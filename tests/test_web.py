@@ -46,7 +46,7 @@ class Harness:
         clock = Clock()
         clock.advance(NOW.timestamp())
         self.gateway = Gateway(self.projects, self.builds, clock)
-        self.treq = StubTreq(make_site_resource(self.gateway, clock))
+        self.treq: Any = StubTreq(make_site_resource(self.gateway, clock))  # methods set at run time
 
     def request(
         self, method: str, path: str, body: bytes = b"", authenticate: bool = True, **kwargs: Any
@@ -276,7 +276,7 @@ def test_split_webhook_path(rest: str, expected: tuple[str, str] | None) -> None
 def test_readyz_and_shutdown(web: Harness) -> None:
     """/readyz is 200 until shutdown begins (or the store is not ready); then webhooks get 503, /healthz stays 200."""
     site = WebhookSite(web.gateway, Clock())
-    treq = StubTreq(site.resource())
+    treq: Any = StubTreq(site.resource())
 
     def get(path: str, method: str = "GET") -> tuple[int, bytes]:
         response = treq.request(method, "http://gw.example" + path, data=b"{}")
@@ -314,7 +314,7 @@ def test_idle_waits_for_in_flight(web: Harness) -> None:
     store = PendingBuilds()
     web.gateway.builds = store
     site = WebhookSite(web.gateway, Clock())
-    treq = StubTreq(site.resource())
+    treq: Any = StubTreq(site.resource())
     now: list[None] = []
     site.idle().addCallback(now.append)
     assert now == [None]
@@ -433,7 +433,7 @@ def test_bad_text_is_never_spooled(
 
 def test_the_app_alone_refuses_bad_query_text(web: Harness) -> None:
     """Served without TextCheckedResource, the webhook route still answers ?commit=%ff with the 400."""
-    treq = StubTreq(WebhookSite(web.gateway, Clock()).app.resource())
+    treq: Any = StubTreq(WebhookSite(web.gateway, Clock()).app.resource())
     response = treq.post(
         "http://gw.example/events/webhook/solo?commit=%ff",
         data=(PAYLOADS / "dockerhub_push.json").read_bytes(),
