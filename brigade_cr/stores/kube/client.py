@@ -2,6 +2,12 @@
 A small asynchronous Kubernetes API client on treq: just what brigade-cr
 needs (Secrets, a watch on them, and ``/version``), JSON in and out.
 
+(Why one module of about 800 lines: every call, the streaming watch
+included, shares one request path — token, timeout, bounded body, the
+mapping of every failure to ``KubeStatusError`` or ``KubeTransportError`` —
+and splitting that path would spread one set of failure rules over several
+files.)
+
 The one seam is the injected HTTP client: treq's ``HTTPClient`` (or, in
 tests, ``treq.testing.StubTreq``). ``KubeClient.from_config`` builds the real
 one: ``treq.client.HTTPClient`` over an ``Agent`` made with

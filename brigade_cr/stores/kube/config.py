@@ -1,6 +1,10 @@
 """
 Where the Kubernetes API is and how to authenticate to it.
 
+(A little over 500 lines because most of it is the refusals and fix-ups
+around the ``kubernetes`` loaders, each with its reason, listed in
+docs/architecture.md "Why some Kubernetes code is hand-written".)
+
 Everything here is synchronous and runs once, in ``makeService``, before the
 reactor starts. The reading is the ``kubernetes`` package's:
 ``KubeConfigMerger`` merges a ``KUBECONFIG`` list, ``KubeConfigLoader``
