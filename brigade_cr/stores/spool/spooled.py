@@ -464,7 +464,7 @@ class SpooledBuilds:
         if existing is not None:
             if existing.state is _State.WRITING:
                 await self._written(existing)
-            self.log.info("Build {build} is already queued", build=name)
+            self.log.debug("Build {build} is already queued", build=name)
             return Receipt(name, duplicate=True, queued=True)
         record = encode_record(build)
         if len(self._queue) + 1 > self.max_records or self._bytes + len(record) > self.max_bytes:
@@ -815,7 +815,8 @@ class SpooledBuilds:
             self._duplicates += 1
         else:
             self._created += 1
-        self.log.info(
+        # At debug: the delivery itself was logged at info by the gateway.
+        self.log.debug(
             "Build {build} for {project} handed over from the spool{duplicate}",
             duplicate=" (duplicate)" if receipt.duplicate else "",
             **fields,
