@@ -19,7 +19,14 @@ from zope.interface.verify import verifyObject
 from brigade_cr.core.errors import BackendRejected, BackendUnavailable
 from brigade_cr.core.interfaces import IBuilds
 from brigade_cr.core.values import Build, Receipt
-from brigade_cr.stores.retry import MAX_RETRY_AFTER, Backoff, RetryingBuilds, Throttle, ThrottledBuilds
+from brigade_cr.stores.retry import (
+    MAX_RETRY_AFTER,
+    NO_SPOOL_BUDGET,
+    Backoff,
+    RetryingBuilds,
+    Throttle,
+    ThrottledBuilds,
+)
 from tests.backend_contract import a_build
 from tests.helpers import failure_of, result_of
 
@@ -499,3 +506,26 @@ def test_retrying_over_throttled_honours_retry_after_for_all() -> None:
     assert result_of(first) == Receipt(NAME)
     assert result_of(second) == Receipt(NAME)
     assert inner.calls == [0.0, 2.0, 2.0]
+
+
+def test_no_spool_pause_longer_than_budget_answers_at_once() -> None:
+    """
+    Without a spool (max_pause_wait 4 s): after a 429 with Retry-After: 7 the
+    next delivery fails at once with retry_after 7, never reaching inner; a
+    pause within the budget is waited out.
+    """
+    clock = Clock()
+    inner = ScriptedBuilds(clock, [unavailable(7), unavailable(3), Receipt(NAME)])
+    throttled = ThrottledBuilds(inner, Throttle(clock, per_second=50.0, burst=500), max_pause_wait=NO_SPOOL_BUDGET)
+    assert isinstance(failure_of(throttled.submit(a_build())), BackendUnavailable)
+    error = failure_of(RetryingBuilds(throttled, clock, backoff=fixed(0.0)).submit(a_build()))
+    assert isinstance(error, BackendUnavailable)
+    assert error.retry_after == 7
+    assert inner.calls == [0.0]
+    clock.advance(7)
+    assert isinstance(failure_of(throttled.submit(a_build())), BackendUnavailable)
+    waited = throttled.submit(a_build())
+    assert not waited.called
+    clock.advance(3)
+    assert result_of(waited) == Receipt(NAME)
+    assert inner.calls == [0.0, 7.0, 10.0]

@@ -29,7 +29,7 @@ from collections import deque
 from typing import Callable, ClassVar
 
 import attrs
-from twisted.internet.defer import Deferred, maybeDeferred, succeed
+from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
@@ -44,6 +44,10 @@ from brigade_cr.core.values import Build, Receipt
 # The longest Retry-After honoured: a server asking for an hour (or sending a
 # nonsense value) must not park a spool's head record for that long.
 MAX_RETRY_AFTER = 300.0
+
+# How long a delivery without a spool may spend on retries: ACR waits 5 s
+# for an answer; leave room for the last attempt and the response itself.
+NO_SPOOL_BUDGET = 4.0
 
 # Beyond this many doublings every delay is the cap anyway; stopping here
 # keeps ``factor ** attempt`` from overflowing a float after days of outage.
@@ -206,13 +210,21 @@ class ThrottledBuilds:
 
     inner: IBuilds
     throttle: Throttle
+    # Without a spool a sender waits for the answer: a pause longer than
+    # this is answered at once rather than held past the sender's patience.
+    max_pause_wait: float | None = None
 
     def submit(self, build: Build) -> Deferred[Receipt]:
         """
         Fires and fails as ``inner.submit(build)`` does, once a token was
-        taken. Cancelling while waiting for the token fails it with
-        ``CancelledError`` and never calls ``inner``.
+        taken. Fails at once with ``BackendUnavailable`` (``retry_after``:
+        the pause left, rounded up) when the throttle is paused for longer
+        than ``max_pause_wait``. Cancelling while waiting for the token fails
+        it with ``CancelledError`` and never calls ``inner``.
         """
+        paused = self.throttle.paused_for
+        if self.max_pause_wait is not None and paused > self.max_pause_wait:
+            return fail(BackendUnavailable("the API asked to wait", retry_after=max(1, math.ceil(paused))))
         waited = self.throttle.acquire()
         submitted: Deferred[Receipt] = waited.addCallback(lambda _: self.inner.submit(build))
         return submitted.addErrback(self._server_asked_to_wait)
@@ -241,9 +253,7 @@ class RetryingBuilds:
     inner: IBuilds
     clock: IReactorTime
     backoff: Backoff = attrs.field(factory=Backoff)
-    # ACR waits 5 s for an answer: leave room for the last attempt and the
-    # response itself.
-    budget: float = 4.0
+    budget: float = NO_SPOOL_BUDGET
 
     log: ClassVar[Logger] = Logger()
 
@@ -292,6 +302,7 @@ class RetryingBuilds:
 
 __all__ = [
     "MAX_RETRY_AFTER",
+    "NO_SPOOL_BUDGET",
     "Backoff",
     "RetryingBuilds",
     "Throttle",
