@@ -6,15 +6,22 @@ import base64
 import json
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any, cast
 
 import attrs
 import pytest
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
+from twisted.logger import ILogObserver, LogEvent, Logger, LogLevel, formatEvent, globalLogPublisher
+from zope.interface import implementer
 
 from brigade_cr.core.contract import decode_ulid_time, is_ulid, project_id
 from brigade_cr.core.errors import BackendUnavailable, BadRequest, Unauthorized
-from brigade_cr.core.gateway import Accepted, Gateway, Ignored, event_type, titles
-from brigade_cr.core.values import Delivery, RegistryEvent
+from brigade_cr.core.gateway import DELIVERY_LINE, IGNORED_LINE, Accepted, Gateway, Ignored, event_type, titles
+from brigade_cr.core.interfaces import IBuilds
+from brigade_cr.core.values import Build, Delivery, Receipt, RegistryEvent
+from brigade_cr.stores.fileio import InlineIO
+from brigade_cr.stores.spool import SpooledBuilds
 from brigade_cr.testing.memory import MemoryBuilds, MemoryProjects
 from tests.backend_contract import project_secret
 from tests.helpers import failure_of, result_of
@@ -253,3 +260,122 @@ def test_titles_are_bounded() -> None:
     ] * 10
     short, long = titles(events, "image_push")
     assert len(short) == 1024 and len(long) == 1024
+
+
+# -- one structured info line per delivery ------------------------------------------------
+
+
+@implementer(IBuilds)
+class QueuingBuilds:
+    """An IBuilds that answers every build as queued (a spool behind a slow API)."""
+
+    def submit(self, build: Build) -> Deferred[Receipt]:
+        return succeed(Receipt(build.name, queued=True))
+
+
+def gateway_lines(monkeypatch: pytest.MonkeyPatch) -> list[LogEvent]:
+    """Every event the gateway logs."""
+    captured: list[LogEvent] = []
+    observer: Any = captured.append
+    monkeypatch.setattr(Gateway, "log", Logger(observer=observer))
+    return captured
+
+
+def info_lines(events: list[LogEvent]) -> list[str]:
+    return [str(formatEvent(event)) for event in events if event["log_level"] >= LogLevel.info]
+
+
+PID = project_id("acme/webapp")
+
+
+def test_one_line_for_a_built_delivery(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A built delivery logs one info line naming project, type, format, build, identity source and outcome."""
+    events = gateway_lines(monkeypatch)
+    gateway, _, _ = make_gateway()
+    outcome = result_of(gateway.receive(delivery((PAYLOADS / "acr_push.json").read_bytes())))
+    assert isinstance(outcome, Accepted)
+    name = outcome.build.name
+    assert info_lines(events) == [f"Delivery for {PID}: image_push from acr, build {name} (sender identity): built"]
+    [event] = events
+    assert event["log_format"] == DELIVERY_LINE
+    fields = {key: event[key] for key in ("project_id", "event_type", "payload_format", "build_name")}
+    assert fields == {"project_id": PID, "event_type": "image_push", "payload_format": "acr", "build_name": name}
+    more = {key: event[key] for key in ("identity_source", "outcome", "duplicate", "queued", "events", "buildable")}
+    assert more == {
+        "identity_source": "sender",
+        "outcome": "built",
+        "duplicate": False,
+        "queued": False,
+        "events": 1,
+        "buildable": 1,
+    }
+
+
+def test_one_line_for_a_duplicate_delivery(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A re-delivery logs its one line with outcome duplicate (derived identity for Docker Hub)."""
+    events = gateway_lines(monkeypatch)
+    gateway, _, _ = make_gateway()
+    body = (PAYLOADS / "dockerhub_push.json").read_bytes()
+    first = result_of(gateway.receive(delivery(body)))
+    result_of(gateway.receive(delivery(body)))
+    assert isinstance(first, Accepted)
+    name = first.build.name
+    assert info_lines(events) == [
+        f"Delivery for {PID}: image_push from dockerhub, build {name} (derived identity): built",
+        f"Delivery for {PID}: image_push from dockerhub, build {name} (derived identity): duplicate",
+    ]
+    assert [(e["outcome"], e["duplicate"], e["queued"]) for e in events] == [
+        ("built", False, False),
+        ("duplicate", True, False),
+    ]
+
+
+def test_one_line_for_a_queued_delivery(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A delivery the store queued logs its one line with outcome queued."""
+    events = gateway_lines(monkeypatch)
+    gateway = Gateway(make_gateway()[1], QueuingBuilds(), Clock())
+    outcome = result_of(gateway.receive(delivery(b'{"anything": [1, 2]}')))
+    assert isinstance(outcome, Accepted)
+    name = outcome.build.name
+    assert info_lines(events) == [
+        f"Delivery for {PID}: image_push from generic, build {name} (synthetic identity): queued"
+    ]
+    assert [(e["outcome"], e["duplicate"], e["queued"]) for e in events] == [("queued", False, True)]
+
+
+def test_one_line_for_an_ignored_delivery(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An ignored delivery (an ACR ping) logs one info line saying why."""
+    events = gateway_lines(monkeypatch)
+    gateway, _, _ = make_gateway()
+    result_of(gateway.receive(delivery((PAYLOADS / "acr_ping.json").read_bytes())))
+    assert info_lines(events) == [f"Delivery for {PID} from acr ignored: ping"]
+    assert [(e["log_format"], e["outcome"], e["events"]) for e in events] == [(IGNORED_LINE, "ignored", 1)]
+
+
+def test_one_info_line_through_the_spool(tmp_path: Path) -> None:
+    """Through a spool in front of the store, a delivery logs one info line in all; the hand-over is at debug."""
+    captured: list[LogEvent] = []
+
+    def observe(event: LogEvent) -> None:
+        if event.get("log_namespace", "").startswith("brigade_cr"):
+            captured.append(event)
+
+    projects = make_gateway()[1]
+    clock = Clock()
+    spool = SpooledBuilds(tmp_path / "spool", MemoryBuilds(), clock, InlineIO())
+    result_of(spool.start())
+    gateway = Gateway(projects, spool, clock)
+    globalLogPublisher.addObserver(cast(ILogObserver, observe))
+    try:
+        outcome = result_of(gateway.receive(delivery((PAYLOADS / "acr_push.json").read_bytes())))
+    finally:
+        globalLogPublisher.removeObserver(cast(ILogObserver, observe))
+        stopping = spool.stop(0)
+        clock.advance(0)
+        result_of(stopping)
+    assert isinstance(outcome, Accepted)
+    name = outcome.build.name
+    assert info_lines(captured) == [f"Delivery for {PID}: image_push from acr, build {name} (sender identity): built"]
+    assert [(e["log_level"], e["log_format"]) for e in captured if e["log_level"] < LogLevel.info] == [
+        (LogLevel.debug, "Build {build} for {project} handed over from the spool{duplicate}")
+    ]

@@ -19,7 +19,14 @@ from zope.interface.verify import verifyObject
 from brigade_cr.core.errors import BackendRejected, BackendUnavailable
 from brigade_cr.core.interfaces import IBuilds
 from brigade_cr.core.values import Build, Receipt
-from brigade_cr.stores.retry import MAX_RETRY_AFTER, Backoff, RetryingBuilds, Throttle, ThrottledBuilds
+from brigade_cr.stores.retry import (
+    MAX_RETRY_AFTER,
+    NO_SPOOL_BUDGET,
+    Backoff,
+    RetryingBuilds,
+    Throttle,
+    ThrottledBuilds,
+)
 from tests.backend_contract import a_build
 from tests.helpers import failure_of, result_of
 
@@ -408,3 +415,117 @@ def test_throttled_builds_cancel_before_token() -> None:
     assert isinstance(failure_of(waiting), CancelledError)
     clock.advance(5)
     assert inner.calls == [0.0]
+
+
+# -- Throttle.pause and Retry-After for every caller ------------------------------------
+
+
+def test_throttle_pause_holds_every_caller() -> None:
+    """A 3 s pause holds callers with tokens to spare; at its end they are served, in order, at once."""
+    clock = Clock()
+    throttle = Throttle(clock, per_second=5.0, burst=10)
+    throttle.pause(3)
+    assert throttle.paused_for == 3.0
+    times: list[float] = []
+    for _ in range(3):
+        fired_at(clock, throttle.acquire(), times)
+    clock.advance(2.999)
+    assert times == []
+    clock.advance(0.001)
+    assert times == [3.0, 3.0, 3.0]
+    assert throttle.paused_for == 0.0
+    assert clock.getDelayedCalls() == []
+
+
+def test_throttle_pause_keeps_the_longer_pause_and_caps_it() -> None:
+    """A shorter pause does not cut a longer one; a pause is at most MAX_RETRY_AFTER."""
+    clock = Clock()
+    throttle = Throttle(clock)
+    throttle.pause(10)
+    throttle.pause(2)
+    assert throttle.paused_for == 10.0
+    throttle.pause(MAX_RETRY_AFTER * 10)
+    assert throttle.paused_for == MAX_RETRY_AFTER
+
+
+def test_throttle_pause_with_waiters_already_in_line() -> None:
+    """A pause while a caller waits for a refill moves its turn to the end of the pause."""
+    clock = Clock()
+    throttle = Throttle(clock, per_second=1.0, burst=1)
+    assert result_of(throttle.acquire()) is None
+    times: list[float] = []
+    fired_at(clock, throttle.acquire(), times)
+    clock.advance(0.5)
+    throttle.pause(4)
+    clock.advance(3.999)
+    assert times == []
+    clock.advance(0.001)
+    assert times == pytest.approx([4.5])
+    assert clock.getDelayedCalls() == []
+
+
+def test_throttled_builds_retry_after_pauses_every_caller() -> None:
+    """A 429 with Retry-After: 7 to one submit makes the others wait 7 s for their token."""
+    clock = Clock()
+    inner = ScriptedBuilds(clock, [unavailable(7), Receipt(NAME), Receipt(NAME)])
+    builds = ThrottledBuilds(inner, Throttle(clock, per_second=50.0, burst=500))
+    first = builds.submit(a_build())
+    assert isinstance(failure_of(first), BackendUnavailable)
+    second = builds.submit(a_build())
+    third = builds.submit(a_build())
+    assert not second.called and not third.called
+    clock.advance(6.999)
+    assert inner.calls == [0.0]
+    clock.advance(0.001)
+    assert result_of(second) == Receipt(NAME)
+    assert result_of(third) == Receipt(NAME)
+    assert inner.calls == [0.0, 7.0, 7.0]
+
+
+def test_throttled_builds_no_pause_without_retry_after() -> None:
+    """A failure without Retry-After (API down) leaves the throttle alone: backoff is the caller's."""
+    clock = Clock()
+    inner = ScriptedBuilds(clock, [unavailable(), Receipt(NAME)])
+    throttle = Throttle(clock, per_second=50.0, burst=500)
+    builds = ThrottledBuilds(inner, throttle)
+    assert isinstance(failure_of(builds.submit(a_build())), BackendUnavailable)
+    assert throttle.paused_for == 0.0
+    assert result_of(builds.submit(a_build())) == Receipt(NAME)
+
+
+def test_retrying_over_throttled_honours_retry_after_for_all() -> None:
+    """RetryingBuilds over ThrottledBuilds: a 429 (Retry-After: 2) to one delivery delays a concurrent one too."""
+    clock = Clock()
+    inner = ScriptedBuilds(clock, [unavailable(2), Receipt(NAME), Receipt(NAME)])
+    throttled = ThrottledBuilds(inner, Throttle(clock, per_second=50.0, burst=500))
+    builds = RetryingBuilds(throttled, clock, backoff=fixed(0.0))
+    first = builds.submit(a_build())
+    second = builds.submit(a_build())
+    assert not first.called and not second.called
+    clock.advance(2)
+    assert result_of(first) == Receipt(NAME)
+    assert result_of(second) == Receipt(NAME)
+    assert inner.calls == [0.0, 2.0, 2.0]
+
+
+def test_no_spool_pause_longer_than_budget_answers_at_once() -> None:
+    """
+    Without a spool (max_pause_wait 4 s): after a 429 with Retry-After: 7 the
+    next delivery fails at once with retry_after 7, never reaching inner; a
+    pause within the budget is waited out.
+    """
+    clock = Clock()
+    inner = ScriptedBuilds(clock, [unavailable(7), unavailable(3), Receipt(NAME)])
+    throttled = ThrottledBuilds(inner, Throttle(clock, per_second=50.0, burst=500), max_pause_wait=NO_SPOOL_BUDGET)
+    assert isinstance(failure_of(throttled.submit(a_build())), BackendUnavailable)
+    error = failure_of(RetryingBuilds(throttled, clock, backoff=fixed(0.0)).submit(a_build()))
+    assert isinstance(error, BackendUnavailable)
+    assert error.retry_after == 7
+    assert inner.calls == [0.0]
+    clock.advance(7)
+    assert isinstance(failure_of(throttled.submit(a_build())), BackendUnavailable)
+    waited = throttled.submit(a_build())
+    assert not waited.called
+    clock.advance(3)
+    assert result_of(waited) == Receipt(NAME)
+    assert inner.calls == [0.0, 7.0, 10.0]

@@ -1636,3 +1636,99 @@ def test_dead_letter_that_cannot_be_parked_is_tried_again(
     ]
     assert spool.stats().dead_lettered == 1
     assert api.created == [build_no(2).name]
+
+
+# -- start-up backlog progress ----------------------------------------------------------
+
+
+def backlog_lines(events: list[dict[str, Any]]) -> list[tuple[float, str]]:
+    """The backlog progress lines logged, each with the time its event names."""
+    return [
+        (event["elapsed"], formatEvent(event))
+        for event in events
+        if str(event.get("log_format", "")).startswith("Spool backlog")
+    ]
+
+
+def queue_while_down(api: ApiBuilds, clock: Clock, directory: Path, count: int) -> None:
+    """Leave ``count`` records in ``directory``: written while the API was down, then stopped."""
+    api.down = True
+    first = new_spool(directory, api, clock)
+    result_of(first.start())
+    for n in range(count):
+        first.submit(build_no(n))
+    stop(first, clock)
+    api.down = False
+
+
+def test_backlog_progress_and_completion_lines(
+    make: Callable[..., SpooledBuilds], api: ApiBuilds, clock: Clock, directory: Path, events: list[dict[str, Any]]
+) -> None:
+    """
+    30 records at start, a store answering one every 0.75 s: a progress line
+    every 10 s (drained, left, the last interval's rate, time to go), then the
+    completion line at 22.5 s. A record submitted meanwhile is not part of
+    the backlog.
+    """
+    queue_while_down(api, clock, directory, 30)
+    api.latency = 0.75
+    start = clock.seconds()
+    spool = make(max_in_flight=1)
+    spool.submit(build_no(100))
+    advance_to(clock, start + 30)
+    assert backlog_lines(events) == [
+        (10.0, "Spool backlog: 13 of 30 record(s) drained, 17 left, 1.3/s, about 13s to go"),
+        (20.0, "Spool backlog: 26 of 30 record(s) drained, 4 left, 1.3/s, about 3s to go"),
+        (22.5, "Spool backlog of 30 record(s) drained in 22.5s"),
+    ]
+    assert api.created[-1] == build_no(100).name
+    assert spool.stats().queued == 0
+    assert clock.getDelayedCalls() == []
+
+
+def test_backlog_progress_through_an_outage(
+    make: Callable[..., SpooledBuilds], api: ApiBuilds, clock: Clock, directory: Path, events: list[dict[str, Any]]
+) -> None:
+    """While the store is down, the progress line says nothing was drained in the interval."""
+    queue_while_down(api, clock, directory, 3)
+    api.down = True
+    api.retry_after = 60
+    start = clock.seconds()
+    spool = make()
+    advance_to(clock, start + 10)
+    assert backlog_lines(events) == [
+        (10.0, "Spool backlog: 0 of 3 record(s) drained, 3 left, none in the last 10s"),
+    ]
+    api.down = False
+    advance_to(clock, start + 60)
+    assert backlog_lines(events)[1:] == [
+        (20.0, "Spool backlog: 0 of 3 record(s) drained, 3 left, none in the last 10s"),
+        (30.0, "Spool backlog: 0 of 3 record(s) drained, 3 left, none in the last 10s"),
+        (40.0, "Spool backlog: 0 of 3 record(s) drained, 3 left, none in the last 10s"),
+        (50.0, "Spool backlog: 0 of 3 record(s) drained, 3 left, none in the last 10s"),
+        (60.0, "Spool backlog of 3 record(s) drained in 60.0s"),
+    ]
+    assert spool.stats().queued == 0
+
+
+def test_no_backlog_no_progress(make: Callable[..., SpooledBuilds], clock: Clock, events: list[dict[str, Any]]) -> None:
+    """An empty spool at start schedules no progress line and logs none."""
+    spool = make()
+    result_of(spool.submit(build_no(1)))
+    advance_to(clock, 100)
+    assert backlog_lines(events) == []
+    assert clock.getDelayedCalls() == []
+
+
+def test_stop_ends_backlog_progress(
+    api: ApiBuilds, clock: Clock, directory: Path, events: list[dict[str, Any]]
+) -> None:
+    """Stopping with the backlog not drained leaves no progress timer behind and logs no completion."""
+    queue_while_down(api, clock, directory, 2)
+    api.down = True
+    spool = new_spool(directory, api, clock)
+    result_of(spool.start())
+    stop(spool, clock)
+    advance_to(clock, clock.seconds() + 100)
+    assert backlog_lines(events) == []
+    assert clock.getDelayedCalls() == []

@@ -32,7 +32,7 @@ from brigade_cr.core.interfaces import IBuilds, IProjects
 from brigade_cr.core.tokenbucket import RateLimiter
 from brigade_cr.stores.fileio import ThreadedIO
 from brigade_cr.stores.projects import KnownProjects
-from brigade_cr.stores.retry import RetryingBuilds, Throttle, ThrottledBuilds
+from brigade_cr.stores.retry import NO_SPOOL_BUDGET, RetryingBuilds, Throttle, ThrottledBuilds
 from brigade_cr.stores.spool import SpooledBuilds
 from brigade_cr.web.routes import WebhookSite
 from brigade_cr.web.site import BrigadeSite
@@ -94,7 +94,12 @@ def make_service(options: Mapping[str, Any], reactor: Any, environ: Mapping[str,
     io = ThreadedIO(threads, threads.getThreadPool())
     builds: IBuilds = backend.builds
     if backend.throttled:
-        builds = ThrottledBuilds(builds, Throttle(clock, per_second=options["kube-qps"], burst=options["kube-burst"]))
+        builds = ThrottledBuilds(
+            builds,
+            Throttle(clock, per_second=options["kube-qps"], burst=options["kube-burst"]),
+            # A spool's drainer can wait out any pause; a waiting sender cannot.
+            max_pause_wait=None if options["spool"] else NO_SPOOL_BUDGET,
+        )
     spool_dir = options["spool"]
     assert backend.project_source is not None
     projects = KnownProjects(

@@ -156,8 +156,17 @@ class Options(usage.Options):
             "Seconds between full re-lists of the watched project Secrets (Kubernetes backend).",
             positive_number,
         ],
-        ["kube-qps", None, 5.0, "Build creations per second at most (client-side rate limit).", positive_number],
-        ["kube-burst", None, 10, "Build creations in a burst at most.", positive_int],
+        # Sized for a registry's burst, not client-go's 5/10: API Priority and
+        # Fairness on the server is the real protection (a 429's Retry-After
+        # pauses every caller); see docs/performance.md, "Client-side limit".
+        [
+            "kube-qps",
+            None,
+            50.0,
+            "Build creations per second at most, after the burst (client-side rate limit).",
+            positive_number,
+        ],
+        ["kube-burst", None, 500, "Build creations at once at most (client-side rate limit).", positive_int],
         [
             "metrics",
             None,

@@ -7,6 +7,11 @@ It knows nothing of HTTP or Kubernetes: it is handed an ``IProjects``, an
 delivery in an ``IGatewayMetrics`` (``app/metrics.py`` implements it) under
 the outcome ``core/answers.py`` gives its error.
 
+Each delivery that is built or ignored is logged once, at info, by the
+gateway (``DELIVERY_LINE`` / ``IGNORED_LINE``, with every field as a key);
+the stores below it log their steps at debug. Refusals are the gateway's
+own info line; store failures the web layer's warning or error.
+
 The payload formats default to ``brigade_cr.registries.FORMATS``: the one
 import from core into ``registries`` (which themselves import only core),
 allowed by name in ``tests/test_layers.py``.
@@ -50,6 +55,20 @@ class _Seen:
     """What a delivery turned out to be, as far as it got (for metrics)."""
 
     format: str = "none"
+
+
+# The one info line per delivery: one format each, so that a log pipeline
+# can key on it; every name in it is also an event field.
+DELIVERY_LINE = (
+    "Delivery for {project_id}: {event_type} from {payload_format}, "
+    "build {build_name} ({identity_source} identity): {outcome}"
+)
+IGNORED_LINE = "Delivery for {project_id} from {payload_format} ignored: {reason}"
+
+
+def receipt_outcome(receipt: Receipt) -> str:
+    """What a receipt is counted and logged as: ``queued``, ``duplicate`` or ``built``."""
+    return "queued" if receipt.queued else "duplicate" if receipt.duplicate else "built"
 
 
 TITLE_LIMIT = 1024
@@ -249,7 +268,7 @@ class Gateway:
             self._count(seen.format, "ignored")
         else:
             receipt = outcome.receipt
-            self._count(seen.format, "queued" if receipt.queued else "duplicate" if receipt.duplicate else "built")
+            self._count(seen.format, receipt_outcome(receipt))
             if self.metrics is not None and not receipt.duplicate:
                 self.metrics.built(outcome.build.project_id, outcome.build.event_type)
         return outcome
@@ -271,16 +290,18 @@ class Gateway:
         seen.format = sender.name
         events = list(sender.parse(delivery, document))
         buildable = [event for event in events if event.action in BUILDABLE]
-        self.log.info(
-            "Delivery for {project_id}: format {payload_format}, {count} event(s), {buildable} buildable",
-            project_id=pid,
-            payload_format=sender.name,
-            count=len(events),
-            buildable=len(buildable),
-        )
         if not buildable:
             reasons = sorted({event.reason or event.action for event in events})
-            return Ignored(pid, sender.name, ", ".join(reasons) or "no events")
+            ignored = Ignored(pid, sender.name, ", ".join(reasons) or "no events")
+            self.log.info(
+                IGNORED_LINE,
+                project_id=pid,
+                payload_format=sender.name,
+                reason=ignored.reason,
+                outcome="ignored",
+                events=len(events),
+            )
+            return ignored
         kinds = [event_type(event) for event in buildable]
         # A mixed envelope (an image and its signature or SBOM, say) is an
         # image push first of all.
@@ -299,14 +320,16 @@ class Gateway:
         )
         receipt = await self.builds.submit(build)
         self.log.info(
-            "Build {build_name} for {project_id}: {event_type} from {payload_format} "
-            "({identity_source} identity){duplicate}{queued}",
-            build_name=receipt.build_name,
+            DELIVERY_LINE,
             project_id=pid,
             event_type=kind,
             payload_format=sender.name,
+            build_name=receipt.build_name,
             identity_source=identity.source,
-            duplicate=", duplicate" if receipt.duplicate else "",
-            queued=", queued" if receipt.queued else "",
+            outcome=receipt_outcome(receipt),
+            duplicate=receipt.duplicate,
+            queued=receipt.queued,
+            events=len(events),
+            buildable=len(buildable),
         )
         return Accepted(build, receipt)

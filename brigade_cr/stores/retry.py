@@ -5,11 +5,14 @@ docs/guarantees.md).
 - ``Backoff``: jittered exponential backoff (base 0.5 s, factor 2, capped at
   30 s) that honours a server's ``Retry-After``.
 - ``Throttle``: a client-side rate limit that waits for its token (the one
-  ``core.tokenbucket.TokenBucket``; default 5 per second, burst 10, as
-  client-go), so that a backlog drained after an outage does not become a
-  storm against the API server.
+  ``core.tokenbucket.TokenBucket``; the gateway's defaults are
+  ``--kube-qps``/``--kube-burst``, see docs/performance.md), so that a
+  backlog drained after an outage does not become a storm against the API
+  server, and that every caller pauses when the server asks one to
+  (``pause``).
 - ``ThrottledBuilds``: an ``IBuilds`` that takes a ``Throttle`` token before
-  every call to the ``IBuilds`` it wraps.
+  every call to the ``IBuilds`` it wraps, and pauses the throttle for a
+  server's ``Retry-After`` (a 429 from API Priority and Fairness).
 - ``RetryingBuilds``: an ``IBuilds`` that retries transient failures within a
   time budget; what the gateway uses when there is no spool, since a sender
   waits only a few seconds (ACR: 5 s) for its answer.
@@ -26,10 +29,11 @@ from collections import deque
 from typing import Callable, ClassVar
 
 import attrs
-from twisted.internet.defer import Deferred, maybeDeferred, succeed
+from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from brigade_cr.core.errors import BackendUnavailable
@@ -40,6 +44,10 @@ from brigade_cr.core.values import Build, Receipt
 # The longest Retry-After honoured: a server asking for an hour (or sending a
 # nonsense value) must not park a spool's head record for that long.
 MAX_RETRY_AFTER = 300.0
+
+# How long a delivery without a spool may spend on retries: ACR waits 5 s
+# for an answer; leave room for the last attempt and the response itself.
+NO_SPOOL_BUDGET = 4.0
 
 # Beyond this many doublings every delay is the cap anyway; stopping here
 # keeps ``factor ** attempt`` from overflowing a float after days of outage.
@@ -99,6 +107,10 @@ class Throttle:
     ``acquire()`` takes a token, waiting (on ``clock``) for one when the
     bucket is empty. Waiters are served first come, first served: a caller
     never overtakes one that asked before it.
+
+    ``pause(seconds)`` hands out no token for that long, to anyone: the
+    server's answer to one request (429 with ``Retry-After``) is about the
+    client, not the one record that got it.
     """
 
     clock: IReactorTime
@@ -107,6 +119,7 @@ class Throttle:
     _bucket: TokenBucket = attrs.field(init=False)
     _waiters: deque[Deferred[None]] = attrs.field(init=False, factory=deque)
     _timer: IDelayedCall | None = attrs.field(init=False, default=None)
+    _paused_until: float = attrs.field(init=False, default=float("-inf"))
 
     def __attrs_post_init__(self) -> None:
         if self.per_second <= 0 or self.burst < 1:
@@ -121,12 +134,34 @@ class Throttle:
         Cancelling it gives up the place in line (it fails with
         ``CancelledError``) without taking a token.
         """
-        if not self._waiters and self._bucket.take(self.clock.seconds()):
+        now = self.clock.seconds()
+        if not self._waiters and now >= self._paused_until and self._bucket.take(now):
             return succeed(None)
         waiter: Deferred[None] = Deferred(self._cancel)
         self._waiters.append(waiter)
         self._schedule()
         return waiter
+
+    def pause(self, seconds: float) -> None:
+        """
+        Hand out no token for ``seconds`` from now (at most
+        ``MAX_RETRY_AFTER``; a pause already longer is kept). Callers keep
+        their place in line and are served, at the usual rate, once it ends.
+        """
+        seconds = min(max(float(seconds), 0.0), MAX_RETRY_AFTER)
+        until = self.clock.seconds() + seconds
+        if until <= self._paused_until:
+            return
+        self._paused_until = until
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+            self._timer = None
+        self._schedule()
+
+    @property
+    def paused_for(self) -> float:
+        """Seconds left of the current pause (0 when there is none)."""
+        return max(0.0, self._paused_until - self.clock.seconds())
 
     @property
     def waiting(self) -> int:
@@ -136,14 +171,16 @@ class Throttle:
     def _schedule(self) -> None:
         if not self._waiters or (self._timer is not None and self._timer.active()):
             return
-        self._timer = self.clock.callLater(self._bucket.wait(self.clock.seconds()), self._release)
+        now = self.clock.seconds()
+        delay = max(self._bucket.wait(now), self._paused_until - now)
+        self._timer = self.clock.callLater(delay, self._release)
 
     def _release(self) -> None:
         self._timer = None
         now = self.clock.seconds()
         ready: list[Deferred[None]] = []
         # Woken at exactly one token's time, float arithmetic may leave 0.9999999.
-        while self._waiters and self._bucket.take(now, slack=1e-9):
+        while self._waiters and now >= self._paused_until - 1e-9 and self._bucket.take(now, slack=1e-9):
             ready.append(self._waiters.popleft())
         # Schedule before firing: a waiter's callbacks may call acquire().
         self._schedule()
@@ -163,19 +200,40 @@ class Throttle:
 @implementer(IBuilds)
 @attrs.define
 class ThrottledBuilds:
-    """An ``IBuilds`` that takes a token from ``throttle`` before each ``inner.submit``."""
+    """
+    An ``IBuilds`` that takes a token from ``throttle`` before each
+    ``inner.submit``; a ``BackendUnavailable`` carrying the server's
+    ``retry_after`` (429 from API Priority and Fairness, 503 with
+    ``Retry-After``) pauses ``throttle`` for that long, so every caller
+    behind it waits, not only the one that got the answer.
+    """
 
     inner: IBuilds
     throttle: Throttle
+    # Without a spool a sender waits for the answer: a pause longer than
+    # this is answered at once rather than held past the sender's patience.
+    max_pause_wait: float | None = None
 
     def submit(self, build: Build) -> Deferred[Receipt]:
         """
         Fires and fails as ``inner.submit(build)`` does, once a token was
-        taken. Cancelling while waiting for the token fails it with
-        ``CancelledError`` and never calls ``inner``.
+        taken. Fails at once with ``BackendUnavailable`` (``retry_after``:
+        the pause left, rounded up) when the throttle is paused for longer
+        than ``max_pause_wait``. Cancelling while waiting for the token fails
+        it with ``CancelledError`` and never calls ``inner``.
         """
+        paused = self.throttle.paused_for
+        if self.max_pause_wait is not None and paused > self.max_pause_wait:
+            return fail(BackendUnavailable("the API asked to wait", retry_after=max(1, math.ceil(paused))))
         waited = self.throttle.acquire()
-        return waited.addCallback(lambda _: self.inner.submit(build))
+        submitted: Deferred[Receipt] = waited.addCallback(lambda _: self.inner.submit(build))
+        return submitted.addErrback(self._server_asked_to_wait)
+
+    def _server_asked_to_wait(self, failure: Failure) -> Failure:
+        error = failure.value
+        if isinstance(error, BackendUnavailable) and error.retry_after is not None:
+            self.throttle.pause(error.retry_after)
+        return failure
 
 
 @implementer(IBuilds)
@@ -195,9 +253,7 @@ class RetryingBuilds:
     inner: IBuilds
     clock: IReactorTime
     backoff: Backoff = attrs.field(factory=Backoff)
-    # ACR waits 5 s for an answer: leave room for the last attempt and the
-    # response itself.
-    budget: float = 4.0
+    budget: float = NO_SPOOL_BUDGET
 
     log: ClassVar[Logger] = Logger()
 
@@ -246,6 +302,7 @@ class RetryingBuilds:
 
 __all__ = [
     "MAX_RETRY_AFTER",
+    "NO_SPOOL_BUDGET",
     "Backoff",
     "RetryingBuilds",
     "Throttle",

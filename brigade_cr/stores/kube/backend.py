@@ -166,7 +166,8 @@ class KubeBuilds:
                     raise _unavailable(e) from None
                 raise BackendRejected(_describe(e)) from None
         else:
-            self.log.info("Created build {build} for {project}", **fields)
+            # The gateway logs the delivery at info; this is the store's detail.
+            self.log.debug("Created build {build} for {project}", **fields)
             return Receipt(build.name)
         return await self._existing(build, fields)
 
@@ -184,7 +185,7 @@ class KubeBuilds:
                 raise _unavailable(e) from None
             raise BackendRejected(_describe(e)) from None
         if same_build(existing, build):
-            self.log.info("Build {build} for {project} already exists", **fields)
+            self.log.debug("Build {build} for {project} already exists", **fields)
             return Receipt(build.name, duplicate=True)
         self.log.warn("Build name {build} is taken by a different Secret", **fields)
         raise BackendRejected(f"secret {build.name} exists with different content")

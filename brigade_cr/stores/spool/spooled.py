@@ -66,6 +66,9 @@ _EPSILON = 1e-6
 # The shortest wait before a record is tried again.
 _MIN_DELAY = 1e-3
 
+# Seconds between the progress lines of a start-up backlog.
+PROGRESS_INTERVAL = 10.0
+
 
 @attrs.frozen
 class SpoolStats:
@@ -203,6 +206,9 @@ class SpooledBuilds:
     at_step: Callable[[str], None] = no_step
     max_in_flight: int = attrs.field(default=MAX_IN_FLIGHT, validator=attrs.validators.ge(1))
     max_attempts: int = attrs.field(default=MAX_ATTEMPTS, validator=attrs.validators.ge(1))
+    # How often a start with a backlog logs how far its drain has got: a
+    # restart after an outage may hold 10k records, drained at the API's pace.
+    progress_interval: float = attrs.field(default=PROGRESS_INTERVAL, validator=attrs.validators.gt(0))
 
     _phase: _Phase = attrs.field(init=False, default=_Phase.NEW)
     _queue: deque[_Entry] = attrs.field(init=False, factory=deque)
@@ -237,6 +243,7 @@ class SpooledBuilds:
     _dead_lettered: int = attrs.field(init=False, default=0)
     _quarantined: int = attrs.field(init=False, default=0)
     _discarded: int = attrs.field(init=False, default=0)
+    _backlog: _Backlog | None = attrs.field(init=False, default=None)
 
     log: ClassVar[Logger] = Logger()
 
@@ -298,6 +305,15 @@ class SpooledBuilds:
             discarded=len(recovery.discarded),
             quarantined=len(recovery.quarantined),
         )
+        if self._queue:
+            self._backlog = _Backlog(
+                total=len(self._queue),
+                last_sequence=self._queue[-1].sequence,
+                started=self.clock.seconds(),
+                clock=self.clock,
+                interval=self.progress_interval,
+                report=self._report_backlog,
+            )
         self._drainer = Deferred.fromCoroutine(self._drain())
         self._drainer.addErrback(lambda failure: self.log.failure("The spool drainer failed", failure))
 
@@ -325,6 +341,8 @@ class SpooledBuilds:
             except Exception:
                 return  # start failed: there is nothing to stop
         self._phase = _Phase.STOPPING
+        if self._backlog is not None:
+            self._backlog.cancel()
         self.log.info(
             "Spool stopping: {queued} record(s) queued, draining for up to {deadline:.1f}s",
             queued=len(self._queue),
@@ -446,7 +464,7 @@ class SpooledBuilds:
         if existing is not None:
             if existing.state is _State.WRITING:
                 await self._written(existing)
-            self.log.info("Build {build} is already queued", build=name)
+            self.log.debug("Build {build} is already queued", build=name)
             return Receipt(name, duplicate=True, queued=True)
         record = encode_record(build)
         if len(self._queue) + 1 > self.max_records or self._bytes + len(record) > self.max_bytes:
@@ -580,6 +598,48 @@ class SpooledBuilds:
             except ValueError:
                 return
         self._bytes -= entry.size
+        backlog = self._backlog
+        if backlog is not None and entry.sequence <= backlog.last_sequence:
+            backlog.left -= 1
+            if backlog.left == 0:
+                self._backlog = None
+                backlog.cancel()
+                self.log.info(
+                    "Spool backlog of {total} record(s) drained in {elapsed:.1f}s",
+                    total=backlog.total,
+                    elapsed=self.clock.seconds() - backlog.started,
+                )
+
+    def _report_backlog(self, backlog: _Backlog) -> None:
+        """One progress line for the backlog found at start."""
+        now = self.clock.seconds()
+        drained = backlog.total - backlog.left
+        # The pace of the last interval, not since start: after an outage
+        # the average would promise a finish long gone by.
+        interval = now - backlog.reported_at
+        rate = (drained - backlog.reported_drained) / interval if interval > 0 else 0.0
+        backlog.reported_at = now
+        backlog.reported_drained = drained
+        fields: dict[str, Any] = {
+            "drained": drained,
+            "total": backlog.total,
+            "left": backlog.left,
+            "rate": rate,
+            "elapsed": now - backlog.started,
+        }
+        if rate > 0:
+            self.log.info(
+                "Spool backlog: {drained} of {total} record(s) drained, {left} left, "
+                "{rate:.1f}/s, about {eta:.0f}s to go",
+                eta=backlog.left / rate,
+                **fields,
+            )
+        else:
+            self.log.info(
+                "Spool backlog: {drained} of {total} record(s) drained, {left} left, none in the last {interval:.0f}s",
+                interval=interval,
+                **fields,
+            )
 
     def _now(self) -> str:
         return datetime.fromtimestamp(self.clock.seconds(), timezone.utc).isoformat()
@@ -755,7 +815,8 @@ class SpooledBuilds:
             self._duplicates += 1
         else:
             self._created += 1
-        self.log.info(
+        # At debug: the delivery itself was logged at info by the gateway.
+        self.log.debug(
             "Build {build} for {project} handed over from the spool{duplicate}",
             duplicate=" (duplicate)" if receipt.duplicate else "",
             **fields,
@@ -910,6 +971,45 @@ class SpooledBuilds:
         )
         self._answer(entry, BackendUnavailable("the spooled record was damaged", self.refuse_retry_after))
         self._forget(entry)
+
+
+@attrs.define(eq=False)
+class _Backlog:
+    """
+    The records queued when the spool started (sequences up to
+    ``last_sequence``): how many are left, and a timer calling ``report``
+    every ``interval`` seconds until they are all gone.
+    """
+
+    total: int
+    last_sequence: int
+    started: float
+    clock: IReactorTime
+    interval: float
+    report: Callable[[_Backlog], None]
+    left: int = attrs.field(init=False)
+    reported_at: float = attrs.field(init=False)
+    reported_drained: int = attrs.field(init=False, default=0)
+    _timer: IDelayedCall | None = attrs.field(init=False, default=None)
+
+    def __attrs_post_init__(self) -> None:
+        self.left = self.total
+        self.reported_at = self.started
+        self._arm()
+
+    def _arm(self) -> None:
+        self._timer = self.clock.callLater(self.interval, self._tick)
+
+    def _tick(self) -> None:
+        self._timer = None
+        self.report(self)
+        self._arm()
+
+    def cancel(self) -> None:
+        """No more progress lines."""
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
 
 
 @attrs.define
