@@ -8,18 +8,29 @@ reactor and the process environment and hands them to
 from __future__ import annotations
 
 import os
+from typing import Mapping
 
 from twisted.application.service import IService
 
+from brigade_cr.app import options as _options
 from brigade_cr.app.compose import make_service
-from brigade_cr.app.options import Options
 from brigade_cr.app.startup import fails_clearly
 
 __all__ = ["Options", "makeService"]
 
 
+class Options(_options.Options):
+    """
+    The plugin's options as twistd makes them (``ServiceMaker.options``,
+    called with no arguments): over this process's environment.
+    """
+
+    def __init__(self, environ: Mapping[str, str] | None = None) -> None:
+        super().__init__(os.environ if environ is None else environ)
+
+
 @fails_clearly
-def makeService(options: Options) -> IService:
+def makeService(options: _options.Options) -> IService:
     """
     The gateway's services for ``options`` on the global reactor (see
     ``compose.make_service``). A problem that makes the start fail for good
