@@ -13,6 +13,7 @@ from twisted.python import usage
 
 import brigade_cr
 import twisted
+from brigade_cr.app.logs import FORMATS, LEVELS, log_format, log_level
 from brigade_cr.app.service import DEFAULT_DRAIN_DEADLINE
 from brigade_cr.web.clientaddr import parse_network
 from brigade_cr.web.site import (
@@ -193,6 +194,17 @@ class Options(usage.Options):
             "Seconds a graceful shutdown (SIGTERM) may take.",
             positive_number,
         ],
+        ["log-format", None, "text", f"Log format: {' or '.join(FORMATS)} (one JSON object per line).", log_format],
+        [
+            "log-level",
+            None,
+            LEVELS["info"],
+            f"Least severe events logged: {', '.join(LEVELS)} (brigade-cr's and Twisted's).",
+            log_level,
+        ],
+    ]
+    optFlags = [
+        ["log-probes", None, "Log /healthz, /readyz and metrics scrapes in the access log too."],
     ]
 
     def __init__(self, environ: Mapping[str, str] | None = None) -> None:
