@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -308,3 +309,33 @@ def test_twistd_json_log_session(tmp_path: Path) -> None:
     assert len(access) == 1
     assert access[0].endswith(f" build={build}")
     assert SECRET not in process.log
+
+
+@pytest.mark.parametrize(("parent", "expected"), [({"logger": "x.y"}, None), ({"syslog": 1}, None)])
+def test_twistd_logger_or_syslog_keeps_twistds_choice(parent: dict[str, Any], expected: None) -> None:
+    """With twistd's --logger or --syslog the plugin sets no observer (twistd's choice stands)."""
+    options = parse("--log-format", "json")
+    options.parent = parent  # type: ignore[assignment]
+    assert tap._observer(options) is expected
+    application = Application("brigade-cr")
+    tap._Logging(MultiService(), None).setServiceParent(application)
+    assert application.getComponent(ILogObserver) is None
+
+
+def test_nodaemon_logs_to_standard_output_at_the_chosen_level() -> None:
+    """With -n and no --logfile: the json observer over standard output, filtered at --log-level."""
+    options = parse("--log-format", "json", "--log-level", "error")
+    options.parent = {"nodaemon": 1, "logfile": None}  # type: ignore[assignment]
+    out = io.StringIO()
+    real, sys.stdout = sys.stdout, out
+    try:
+        made = tap._observer(options)
+        assert made is not None
+        log = Logger(namespace="t", observer=made)
+        log.warn("dropped")
+        log.error("kept {n}", n=2)
+    finally:
+        sys.stdout = real
+    (line,) = out.getvalue().splitlines()
+    record = json.loads(line)
+    assert (record["level"], record["logger"], record["message"], record["n"]) == ("error", "t", "kept 2", 2)

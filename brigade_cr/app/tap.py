@@ -48,10 +48,13 @@ def makeService(options: _options.Options) -> IService:
     return _Logging(make_service(options, reactor, os.environ), _observer(options))
 
 
-def _observer(options: _options.Options) -> ILogObserver:
+def _observer(options: _options.Options) -> ILogObserver | None:
     # The file twistd itself would log to: --logfile, else standard output
-    # with --nodaemon, else twistd.log.
+    # with --nodaemon, else twistd.log. None (twistd's own choice stands)
+    # with --logger or --syslog.
     parent = getattr(options, "parent", None)
+    if parent is not None and (parent.get("logger") or parent.get("syslog")):
+        return None
     logfile = parent.get("logfile") if parent is not None else None
     daemon = parent is not None and not parent.get("nodaemon")
     if logfile and logfile != "-":
@@ -70,12 +73,12 @@ class _Logging(MultiService):
     that observer (unless ``--logger`` names another).
     """
 
-    def __init__(self, services: IService, observer: ILogObserver) -> None:
+    def __init__(self, services: IService, observer: ILogObserver | None) -> None:
         super().__init__()
         self.observer = observer
         services.setServiceParent(self)
 
     def setServiceParent(self, parent: Any) -> None:
-        if isinstance(parent, Componentized):
+        if self.observer is not None and isinstance(parent, Componentized):
             parent.setComponent(ILogObserver, self.observer)
         super().setServiceParent(parent)
