@@ -22,7 +22,7 @@ import attrs
 STARTUP_TIMEOUT = 30.0
 REQUEST_TIMEOUT = 15.0
 _LISTENING = re.compile(rb"BrigadeSite(?: \(PROXY\))? starting on (\d+)")
-_METRICS_LISTENING = re.compile(rb"\] Site starting on (\d+)")
+_METRICS_LISTENING = re.compile(rb"\] ScrapeSite starting on (\d+)")
 
 
 @attrs.define

@@ -242,7 +242,7 @@ def test_children_and_their_order(gateway_dir: Path) -> None:
     # Bound in make_service so that a port in use is a start-up error ...
     assert [(port, type(factory).__name__, interface) for port, factory, _, interface in reactor.tcpServers] == [
         (8000, "BrigadeSite", "127.0.0.1"),
-        (9100, "Site", "127.0.0.1"),
+        (9100, "ScrapeSite", "127.0.0.1"),
     ]
     # ... but nothing is accepted before the service starts.
     assert reactor.getReaders() == []

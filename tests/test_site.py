@@ -290,7 +290,8 @@ def test_log_text_is_printable_ascii(value: bytes | str, shown: str) -> None:
 
 @pytest.fixture
 def wire() -> Iterator[Wire]:
-    with Wire() as stack:
+    # Probes logged: the tests below use /healthz as the simplest target.
+    with Wire(log_probes=True) as stack:
         yield stack
 
 
@@ -308,7 +309,7 @@ def test_non_ascii_query_answers_closes_and_logs(wire: Wire) -> None:
     assert [(r.status_line, r.body) for r in responses] == [(b"HTTP/1.0 200 OK", b"OK")]
     assert transport.disconnecting
     assert [line.split(" - - ", 1)[1].split(" ", 2)[2] for line in access_lines(wire)] == [
-        '"GET /healthz?%C3%A9=REDACTED HTTP/1.0" 200 2 "-" "-"'
+        '"GET /healthz?%C3%A9=REDACTED HTTP/1.0" 200 2 "-" "-" latency_ms=0.0 build=-'
     ]
     assert wire.failures() == []
 
@@ -324,7 +325,9 @@ def test_access_log_lines_are_ascii(wire: Wire) -> None:
     lines = access_lines(wire)
     assert len(lines) == 2
     assert all(line.isascii() and line.isprintable() for line in lines)
-    assert lines[0].endswith('"GET /healthz\\xa9?commit=\\xa9 HTTP/1.1" 400 67 "-" "evil\\x1b[2J\\x01\\xc3\\xa9"')
+    assert lines[0].endswith(
+        '"GET /healthz\\xa9?commit=\\xa9 HTTP/1.1" 400 67 "-" "evil\\x1b[2J\\x01\\xc3\\xa9" latency_ms=0.0 build=-'
+    )
 
 
 def test_failed_finish_closes_the_connection_and_logs_once(wire: Wire) -> None:

@@ -13,7 +13,6 @@ from typing import Any, Mapping
 from twisted.application.service import IService
 from twisted.internet.interfaces import IReactorCore, IReactorThreads, IReactorTime
 from twisted.web.resource import Resource
-from twisted.web.server import Site
 
 from brigade_cr.app.backend import choose_backend
 from brigade_cr.app.metrics import GatewayMetrics
@@ -35,7 +34,7 @@ from brigade_cr.stores.projects import KnownProjects
 from brigade_cr.stores.retry import NO_SPOOL_BUDGET, RetryingBuilds, Throttle, ThrottledBuilds
 from brigade_cr.stores.spool import SpooledBuilds
 from brigade_cr.web.routes import WebhookSite
-from brigade_cr.web.site import BrigadeSite
+from brigade_cr.web.site import BrigadeSite, ScrapeSite
 
 
 def make_gateway(
@@ -141,6 +140,7 @@ def make_service(options: Mapping[str, Any], reactor: Any, environ: Mapping[str,
         request_timeout=options["request-timeout"],
         idle_timeout=options["idle-timeout"],
         max_connections=options["max-connections"],
+        log_probes=bool(options["log-probes"]),
     )
 
     def give_up() -> None:
@@ -155,7 +155,11 @@ def make_service(options: Mapping[str, Any], reactor: Any, environ: Mapping[str,
     # Bound now (--port first, as before), so that a port in use is a
     # start-up error; accepting only once their services start.
     webhook_port = bind("--port", options["port"], site, reactor)
-    metrics_port = _metrics_port(options["metrics"], metrics, threads, reactor) if options["metrics"] else None
+    metrics_port = (
+        _metrics_port(options["metrics"], metrics, threads, reactor, bool(options["log-probes"]))
+        if options["metrics"]
+        else None
+    )
     # Added in start order; the graceful stop runs backwards: the webhook
     # listener first, the metrics listener last.
     if metrics_port is not None:
@@ -194,7 +198,9 @@ def _announcements(description: str, spool_dir: str | None, gateway: Gateway) ->
     return lines
 
 
-def _metrics_port(endpoint: str, metrics: GatewayMetrics, threads: IReactorThreads, reactor: Any) -> IService:
+def _metrics_port(
+    endpoint: str, metrics: GatewayMetrics, threads: IReactorThreads, reactor: Any, log_probes: bool = False
+) -> IService:
     root = Resource()
     root.putChild(b"metrics", metrics.resource(threads))
-    return bind("--metrics", endpoint, Site(root, reactor=reactor), reactor)
+    return bind("--metrics", endpoint, ScrapeSite(root, reactor, log_probes=log_probes), reactor)

@@ -5,8 +5,15 @@ Parsing only: what the options build is ``compose.make_service``'s business.
 
 from __future__ import annotations
 
+import getopt
+import re
+from typing import Any, Callable, Mapping
+
 from twisted.python import usage
 
+import brigade_cr
+import twisted
+from brigade_cr.app.logs import FORMATS, LEVELS, log_format, log_level
 from brigade_cr.app.service import DEFAULT_DRAIN_DEADLINE
 from brigade_cr.web.clientaddr import parse_network
 from brigade_cr.web.site import (
@@ -17,6 +24,20 @@ from brigade_cr.web.site import (
 )
 
 DEFAULT_DIRECTORY = "brigade-cr-data"
+
+# Every option can also come from the environment, as BRIGADE_CR_<FLAG>.
+ENVIRONMENT_PREFIX = "BRIGADE_CR_"
+# Options that may be given more than once: their variable holds a list.
+REPEATABLE = frozenset({"trusted-proxy"})
+# Options that are actions, not configuration.
+NOT_FROM_ENVIRONMENT = frozenset({"help", "version"})
+TRUE_WORDS = frozenset({"1", "true", "yes"})
+FALSE_WORDS = frozenset({"0", "false", "no"})
+
+
+def environment_variable(option: str) -> str:
+    """The variable an option may come from: ``kube-qps`` -> ``BRIGADE_CR_KUBE_QPS``."""
+    return ENVIRONMENT_PREFIX + option.upper().replace("-", "_")
 
 
 def port_description(value: str) -> str:
@@ -182,11 +203,96 @@ class Options(usage.Options):
             "Seconds a graceful shutdown (SIGTERM) may take.",
             positive_number,
         ],
+        ["log-format", None, "text", f"Log format: {' or '.join(FORMATS)} (one JSON object per line).", log_format],
+        [
+            "log-level",
+            None,
+            LEVELS["info"],
+            f"Least severe events logged: {', '.join(LEVELS)} (brigade-cr's and Twisted's).",
+            log_level,
+        ],
+    ]
+    optFlags = [
+        ["log-probes", None, "Log /healthz, /readyz and metrics scrapes in the access log too."],
     ]
 
-    def __init__(self) -> None:
+    def __init__(self, environ: Mapping[str, str] | None = None) -> None:
         super().__init__()
         self["trusted-proxy"] = []
+        # Read only here: the process environment is tap.py's to pass in.
+        self._environ: Mapping[str, str] = {} if environ is None else environ
+        # option -> the variable it was taken from (for error messages).
+        self.from_environment: dict[str, str] = {}
+
+    def source(self, option: str) -> str:
+        """How the operator set ``option``: its variable's name, or ``--option``."""
+        return self.from_environment.get(option, f"--{option}")
+
+    def parseOptions(self, options: list[str] | None = None) -> None:
+        """
+        Parse the command line ``options`` over the environment: an option
+        given on the command line wins over its ``BRIGADE_CR_<FLAG>``
+        variable. Raises ``usage.UsageError`` for a bad flag or variable
+        (naming the variable).
+        """
+        if options is None:
+            import sys
+
+            options = sys.argv[1:]
+        self._apply_environment(self._given(options))
+        super().parseOptions(options)
+
+    def _given(self, argv: list[str]) -> set[str]:
+        try:
+            opts, _ = getopt.getopt(argv, self.shortOpt, self.longOpt)
+        except getopt.error:
+            return set()  # the command line's own parse reports it
+        given = set()
+        for opt, _value in opts:
+            name = opt[2:] if opt.startswith("--") else opt[1:]
+            given.add(self.synonyms.get(name, name))
+        return given
+
+    def _apply_environment(self, given: set[str]) -> None:
+        parameters: dict[str, Callable[[str], Any] | None] = {}
+        for entry in self.optParameters:
+            row: list[Any] = list(entry)  # type: ignore[call-overload]
+            parameters[row[0]] = row[4] if len(row) > 4 else None
+        flags = {entry[0] for entry in getattr(self, "optFlags", [])}
+        names = {long.rstrip("=") for long in self.longOpt}
+        for name in sorted(names - NOT_FROM_ENVIRONMENT - given):
+            variable = environment_variable(name)
+            if variable not in self._environ:
+                continue
+            value = self._environ[variable]
+            self.from_environment[name] = variable
+            if name in flags:
+                word = value.strip().lower()
+                if word not in TRUE_WORDS | FALSE_WORDS:
+                    raise usage.UsageError(f"{variable}: not a boolean (1/true/yes or 0/false/no): {value!r}")
+                self[name] = 1 if word in TRUE_WORDS else 0
+            elif name in parameters:
+                coerce = parameters[name]
+                try:
+                    self[name] = value if coerce is None else coerce(value)
+                except ValueError as e:
+                    raise usage.UsageError(f"{variable}: {e}") from None
+            elif name in REPEATABLE:
+                method = getattr(self, "opt_" + name.replace("-", "_"))
+                for item in re.split(r"[\s,]+", value.strip()):
+                    if item:
+                        try:
+                            method(item)
+                        except usage.UsageError as e:
+                            raise usage.UsageError(f"{variable}: {str(e).split(': ', 1)[-1]}") from None
+            else:
+                getattr(self, "opt_" + name.replace("-", "_"))(value)
+
+    def opt_version(self) -> None:
+        """Print brigade-cr's version and Twisted's, and exit."""
+        print(f"brigade-cr {brigade_cr.__version__}")
+        print(f"Twisted {twisted.__version__}")
+        raise SystemExit(0)
 
     def opt_trusted_proxy(self, value: str) -> None:
         """
@@ -201,8 +307,8 @@ class Options(usage.Options):
     def postOptions(self) -> None:
         backend = self["backend"]
         if backend is not None and backend != "kube" and not (backend.startswith("dir:") and len(backend) > 4):
-            raise usage.UsageError("--backend must be 'kube' or 'dir:PATH'")
+            raise usage.UsageError(f"{self.source('backend')} must be 'kube' or 'dir:PATH'")
         if not self["default-ref"]:
-            raise usage.UsageError("--default-ref must not be empty")
+            raise usage.UsageError(f"{self.source('default-ref')} must not be empty")
         if self["auth"] not in ("required", "optional"):
-            raise usage.UsageError("--auth must be 'required' or 'optional'")
+            raise usage.UsageError(f"{self.source('auth')} must be 'required' or 'optional'")

@@ -8,18 +8,34 @@ reactor and the process environment and hands them to
 from __future__ import annotations
 
 import os
+import sys
+from typing import IO, Any, Mapping
 
-from twisted.application.service import IService
+from twisted.application.service import IService, MultiService
+from twisted.logger import ILogObserver
+from twisted.python.components import Componentized
+from twisted.python.logfile import LogFile
 
+from brigade_cr.app import logs
+from brigade_cr.app import options as _options
 from brigade_cr.app.compose import make_service
-from brigade_cr.app.options import Options
 from brigade_cr.app.startup import fails_clearly
 
 __all__ = ["Options", "makeService"]
 
 
+class Options(_options.Options):
+    """
+    The plugin's options as twistd makes them (``ServiceMaker.options``,
+    called with no arguments): over this process's environment.
+    """
+
+    def __init__(self, environ: Mapping[str, str] | None = None) -> None:
+        super().__init__(os.environ if environ is None else environ)
+
+
 @fails_clearly
-def makeService(options: Options) -> IService:
+def makeService(options: _options.Options) -> IService:
     """
     The gateway's services for ``options`` on the global reactor (see
     ``compose.make_service``). A problem that makes the start fail for good
@@ -29,4 +45,40 @@ def makeService(options: Options) -> IService:
     """
     from twisted.internet import reactor
 
-    return make_service(options, reactor, os.environ)
+    return _Logging(make_service(options, reactor, os.environ), _observer(options))
+
+
+def _observer(options: _options.Options) -> ILogObserver | None:
+    # The file twistd itself would log to: --logfile, else standard output
+    # with --nodaemon, else twistd.log. None (twistd's own choice stands)
+    # with --logger or --syslog.
+    parent = getattr(options, "parent", None)
+    if parent is not None and (parent.get("logger") or parent.get("syslog")):
+        return None
+    logfile = parent.get("logfile") if parent is not None else None
+    daemon = parent is not None and not parent.get("nodaemon")
+    if logfile and logfile != "-":
+        out: IO[str] = LogFile.fromFullPath(logfile)
+    elif daemon and not logfile:
+        out = LogFile.fromFullPath("twistd.log")
+    else:
+        out = sys.stdout
+    return logs.observer(out, options["log-format"], options["log-level"])
+
+
+class _Logging(MultiService):
+    """
+    The gateway's services, which set ``observer`` as the Application's
+    ``ILogObserver`` when twistd adds them to it: twistd begins logging to
+    that observer (unless ``--logger`` names another).
+    """
+
+    def __init__(self, services: IService, observer: ILogObserver | None) -> None:
+        super().__init__()
+        self.observer = observer
+        services.setServiceParent(self)
+
+    def setServiceParent(self, parent: Any) -> None:
+        if self.observer is not None and isinstance(parent, Componentized):
+            parent.setComponent(ILogObserver, self.observer)
+        super().setServiceParent(parent)

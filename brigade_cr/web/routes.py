@@ -38,7 +38,7 @@ from brigade_cr.core.errors import InvalidText, InvalidURLText, ShuttingDown
 from brigade_cr.core.gateway import Accepted, Gateway, Ignored
 from brigade_cr.core.values import Delivery
 from brigade_cr.web.clientaddr import Network, request_client_address
-from brigade_cr.web.site import query_items, query_text
+from brigade_cr.web.site import note_build, query_items, query_text
 
 WEBHOOK_PREFIX = "/events/webhook/"
 
@@ -260,6 +260,7 @@ class WebhookSite:
             )
         assert isinstance(outcome, Accepted)
         build = outcome.build
+        note_build(request, outcome.receipt.build_name)
         return _json(
             request,
             # 202: durably queued, the build will be created under that name.

@@ -194,16 +194,41 @@ def log_text(value: bytes | str) -> str:
     return str(_escape(value))
 
 
+# Paths of the probes, kept out of the access log unless --log-probes.
+PROBE_PATHS = frozenset({b"/healthz", b"/readyz"})
+
+
+def note_build(request: Any, name: str) -> None:
+    """Record on ``request`` the build a delivery made, for its access log line."""
+    request.brigade_build = name
+
+
+def _latency(request: Any) -> str:
+    started = getattr(request, "started_at", None)
+    site = getattr(getattr(request, "channel", None), "site", None)
+    reactor = getattr(site, "reactor", None)
+    if started is None or reactor is None:
+        return "-"
+    return f"{max(0.0, reactor.seconds() - started) * 1000:.1f}"
+
+
 def redacting_log_formatter(timestamp: str, request: Request) -> str:
     """
     A combined-format access log line with the query redacted, the
     ``Referer`` left out (a sender could copy the URL, token and all, there)
-    and every field escaped to printable ASCII.
+    and every field escaped to printable ASCII, then the request's latency
+    (milliseconds, from its first line to its answer) and the build a
+    delivery made (``build=-`` for none).
     """
     address = request.getClientAddress()
     ip = address.host if isinstance(address, (IPv4Address, IPv6Address)) else "-"
     agent = request.getHeader(b"user-agent") or b"-"
-    return '"{ip}" - - {timestamp} "{method} {uri} {protocol}" {code} {length} "-" "{agent}"'.format(
+    return (
+        '"{ip}" - - {timestamp} "{method} {uri} {protocol}" {code} {length} "-" "{agent}" '
+        "latency_ms={latency} build={build}"
+    ).format(
+        latency=_latency(request),
+        build=log_text(getattr(request, "brigade_build", None) or "-"),
         ip=log_text(ip),
         timestamp=log_text(str(timestamp)),
         method=log_text(request.method),
@@ -254,6 +279,14 @@ class LimitedRequest(Request):
     log = Logger()
     _refused = False
     _received = 0
+    # When the request's first line arrived (its site's clock), for the latency.
+    started_at: float | None = None
+
+    def __init__(self, channel: Any, *args: Any, **kwargs: Any) -> None:
+        super().__init__(channel, *args, **kwargs)
+        reactor = getattr(getattr(channel, "site", None), "reactor", None)
+        if reactor is not None:
+            self.started_at = reactor.seconds()
 
     def _max_body(self) -> int:
         site = getattr(self.channel, "site", None)
@@ -440,7 +473,9 @@ class BrigadeSite(Site):
         request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
         idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        log_probes: bool = False,
     ) -> None:
+        self.log_probes = log_probes
         super().__init__(
             resource,
             logFormatter=redacting_log_formatter,
@@ -455,6 +490,13 @@ class BrigadeSite(Site):
         self.max_connections = max_connections
         self.open_connections = 0
         self._full = False
+
+    def log(self, request: Any) -> None:
+        # Probes come every few seconds from every kubelet: they would bury
+        # the deliveries.
+        if not self.log_probes and request.path in PROBE_PATHS:
+            return
+        super().log(request)
 
     def buildProtocol(self, addr: Any) -> Any:
         if self.open_connections >= self.max_connections:
@@ -473,3 +515,15 @@ class BrigadeSite(Site):
 
     def connection_closed(self, channel: HTTPChannel) -> None:
         self.open_connections -= 1
+
+
+class ScrapeSite(Site):
+    """A ``Site`` (the metrics listener's) whose requests reach the access log only with ``log_probes``."""
+
+    def __init__(self, resource: Any, reactor: Any, log_probes: bool = False) -> None:
+        super().__init__(resource, reactor=reactor, logFormatter=redacting_log_formatter)
+        self.log_probes = log_probes
+
+    def log(self, request: Any) -> None:
+        if self.log_probes:
+            super().log(request)
