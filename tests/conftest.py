@@ -6,6 +6,11 @@ import os
 from collections.abc import Generator
 
 import pytest
+
+# urllib3 (imported by the kubernetes package) binds a socket at import time to
+# learn whether IPv6 works. Imported here, before any test runs, so that the
+# slow guard (tests/slow.py) never mistakes that probe for a test listening.
+import urllib3  # noqa: F401
 from hypothesis import HealthCheck, settings
 
 from tests.slow import guarded, is_process_fixture
