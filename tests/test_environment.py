@@ -74,7 +74,7 @@ def test_flag_wins_over_variable() -> None:
 def test_unrelated_variables_are_ignored() -> None:
     """Without variables, the defaults; other variables change nothing."""
     options = parse({"BRIGADE_NAMESPACE": "x", "BRIGADE_CR_": "y", "KUBE_QPS": "1"})
-    assert options["kube-qps"] == 5.0
+    assert options["kube-qps"] == 50.0
     assert options["namespace"] is None
     assert options.from_environment == {}
 
@@ -153,7 +153,7 @@ def test_base_options_read_no_process_environment(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setenv("BRIGADE_CR_KUBE_BURST", "3")
     base = Options()
     base.parseOptions([])
-    assert base["kube-burst"] == 10
+    assert base["kube-burst"] == 500
     plugin = tap.Options()
     plugin.parseOptions([])
     assert plugin["kube-burst"] == 3
