@@ -25,6 +25,36 @@ _LISTENING = re.compile(rb"BrigadeSite(?: \(PROXY\))? starting on (\d+)")
 _METRICS_LISTENING = re.compile(rb"\] ScrapeSite starting on (\d+)")
 
 
+def _invocation(
+    args: Sequence[str], workdir: Path, environ: Mapping[str, str] | None
+) -> tuple[list[str], dict[str, str]]:
+    """
+    The command line and environment of ``twistd -n --pidfile= brigade-cr
+    --port tcp:0:interface=127.0.0.1 ARGS`` in ``workdir``: a clean
+    environment (HOME=workdir, no KUBECONFIG, not in a cluster) plus ``environ``.
+    """
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if key not in ("KUBECONFIG", "KUBERNETES_SERVICE_HOST", "KUBERNETES_SERVICE_PORT", "BRIGADE_NAMESPACE")
+    }
+    env["HOME"] = str(workdir)
+    env.update(environ or {})
+    command = [
+        sys.executable,
+        "-c",
+        "from twisted.scripts.twistd import run; run()",
+        "-n",
+        "--pidfile=",
+        "--logfile=-",
+        "brigade-cr",
+        "--port",
+        "tcp:0:interface=127.0.0.1",
+        *args,
+    ]
+    return command, env
+
+
 @attrs.define
 class Response:
     """An HTTP answer: status, lower-cased headers, body and the body as JSON if it is."""
@@ -63,25 +93,7 @@ class GatewayProcess:
         """
         workdir.mkdir(parents=True, exist_ok=True)
         log_path = workdir / "gateway.log"
-        env = {
-            key: value
-            for key, value in os.environ.items()
-            if key not in ("KUBECONFIG", "KUBERNETES_SERVICE_HOST", "KUBERNETES_SERVICE_PORT", "BRIGADE_NAMESPACE")
-        }
-        env["HOME"] = str(workdir)
-        env.update(environ or {})
-        command = [
-            sys.executable,
-            "-c",
-            "from twisted.scripts.twistd import run; run()",
-            "-n",
-            "--pidfile=",
-            "--logfile=-",
-            "brigade-cr",
-            "--port",
-            "tcp:0:interface=127.0.0.1",
-            *args,
-        ]
+        command, env = _invocation(args, workdir, environ)
         with log_path.open("wb") as log:
             process = subprocess.Popen(
                 command, cwd=workdir, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
@@ -165,25 +177,7 @@ def run_to_completion(
     one that does not is killed and fails the test.
     """
     workdir.mkdir(parents=True, exist_ok=True)
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if key not in ("KUBECONFIG", "KUBERNETES_SERVICE_HOST", "KUBERNETES_SERVICE_PORT", "BRIGADE_NAMESPACE")
-    }
-    env["HOME"] = str(workdir)
-    env.update(environ or {})
-    command = [
-        sys.executable,
-        "-c",
-        "from twisted.scripts.twistd import run; run()",
-        "-n",
-        "--pidfile=",
-        "--logfile=-",
-        "brigade-cr",
-        "--port",
-        "tcp:0:interface=127.0.0.1",
-        *args,
-    ]
+    command, env = _invocation(args, workdir, environ)
     try:
         done = subprocess.run(
             command,
