@@ -4,7 +4,7 @@ acknowledgement, for the crash-consistency tests (``test_spool_crash.py``).
 
     python -m tests.spool_writer SPOOL_DIR BUILDS_ROOT --count N
         [--crash STEP --at K] [--inner up|down|reject:I|poison:I] [--concurrency C]
-        [--drain]
+        [--drain] [--settle]
 
 The spool does its file I/O in the reactor's thread pool, as in production;
 its inner store is the directory backend (``BUILDS_ROOT/builds/``), so what
@@ -15,7 +15,12 @@ process exits with status 86 (``os._exit``: no cleanup, no flushing of
 anything not yet on disk) the K-th time the spool reaches STEP. With
 ``--inner poison:I`` submitting build I raises ``UnicodeEncodeError`` every
 time; with ``--drain`` the writer waits (up to 30 s) for the spool to empty
-before it stops it, so that such a record reaches its dead letter.
+before it stops it, so that such a record reaches its dead letter; with
+``--settle`` it waits (up to 10 s) after each acknowledgement until the spool
+holds nothing, so that every record's drain steps, removal included, happen
+before the next build is submitted (removals are batched and finish after
+the answer: without this, a crash at a removal step could come while a
+later build is already being handled).
 """
 
 from __future__ import annotations
@@ -127,6 +132,11 @@ async def run(reactor: Any, options: argparse.Namespace) -> None:
         line = {"ack": index, "name": receipt.build_name, "queued": receipt.queued, "duplicate": receipt.duplicate}
         sys.stdout.write(json.dumps(line) + "\n")
         sys.stdout.flush()
+        if options.settle:
+            for _ in range(200):
+                if spool.stats().queued == 0:
+                    break
+                await deferLater(reactor, 0.05)
 
     def submit(index: int) -> Deferred[None]:
         return Deferred.fromCoroutine(one(index))
@@ -152,6 +162,7 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--inner", default="up")
     parser.add_argument("--concurrency", type=int, default=1)
     parser.add_argument("--drain", action="store_true")
+    parser.add_argument("--settle", action="store_true")
     options = parser.parse_args(argv)
     react(lambda reactor: Deferred.fromCoroutine(run(reactor, options)))
 

@@ -849,10 +849,25 @@ def test_container_image_runs_the_plugin_with_a_spool() -> None:
     _, final = stages()
     settings = {keyword: arguments for keyword, arguments in final if keyword in ("ENTRYPOINT", "CMD", "VOLUME")}
     assert json.loads(settings["ENTRYPOINT"]) == ["twistd", "-n", "--pidfile=", "--logfile=-", "brigade-cr"]
-    options = parsed_options(json.loads(settings["CMD"]))
+    environment = dict(
+        item.split("=", 1) for keyword, arguments in final if keyword == "ENV" for item in arguments.split()
+    )
+    assert environment == {
+        "PATH": "/opt/brigade-cr/bin:$PATH",
+        "PYTHONUNBUFFERED": "1",
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "BRIGADE_CR_SPOOL": f"{SPOOL_MOUNT}/spool",
+    }
+    # The spool comes from the image's variable, so a command line of its own keeps it.
+    assert json.loads(settings["CMD"]) == ["--port", "tcp:8000"]
+    image_environment = {"BRIGADE_CR_SPOOL": environment["BRIGADE_CR_SPOOL"]}
+    options = Options(image_environment)
+    options.parseOptions(json.loads(settings["CMD"]))
     assert (options["port"], options["spool"]) == ("tcp:8000", f"{SPOOL_MOUNT}/spool")
+    options = Options(image_environment)
+    options.parseOptions(["--port", "9000", "--no-spool"])
+    assert options["spool"] is None
     assert settings["VOLUME"] == SPOOL_MOUNT
-    assert ("ENV", "PATH=/opt/brigade-cr/bin:$PATH PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1") in final
 
 
 # .dockerignore, matched as Docker does (moby/patternmatcher): a pattern is cleaned and stripped of a leading

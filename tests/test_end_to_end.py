@@ -198,12 +198,14 @@ def test_kubernetes_unreachable(tmp_path: Path, kube: FakeKubeProcess) -> None:
 
 
 def test_kubernetes_goes_down_midway(tmp_path: Path) -> None:
-    """A build succeeds while the API is up; once it is stopped, the next delivery is a 503."""
+    """With --no-spool: a build succeeds while the API is up; once it is stopped, the next delivery is a 503."""
     seed = tmp_path / "seed.json"
     seed.write_text(json.dumps([project_secret("solo", crGatewaySecret=SECRET.encode())]))
     api = FakeKubeProcess.start(str(tmp_path / "api"), namespaces=(NAMESPACE,), seeds=[str(seed)])
     try:
-        process = GatewayProcess.start(["--kubeconfig", api.kubeconfig, "--namespace", NAMESPACE], tmp_path / "gw")
+        process = GatewayProcess.start(
+            ["--kubeconfig", api.kubeconfig, "--namespace", NAMESPACE, "--no-spool"], tmp_path / "gw"
+        )
         try:
             assert process.post("/events/webhook/solo", b"{}", AUTH).status == 200
             assert len(builds(api)) == 1

@@ -134,7 +134,9 @@ def test_error_after_commit_no_duplicate(api: FakeKubeProcess, tmp_path: Path, s
     if spool:
         gateway = start(api, tmp_path)
     else:
-        gateway = GatewayProcess.start(["--kubeconfig", api.kubeconfig, "--namespace", NAMESPACE, *FAST], tmp_path)
+        gateway = GatewayProcess.start(
+            ["--kubeconfig", api.kubeconfig, "--namespace", NAMESPACE, "--no-spool", *FAST], tmp_path
+        )
     try:
         assert gateway.post("/events/webhook/solo", acr_event(1), AUTH).status == 200
         api.add_fault("fail_after_commit", code=code, times=1, verbs=["create"])

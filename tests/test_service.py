@@ -250,13 +250,25 @@ def test_children_and_their_order(gateway_dir: Path) -> None:
 
 
 def test_without_spool_and_metrics(gateway_dir: Path) -> None:
-    """Without --spool and --metrics: projects, webhook, signals."""
+    """With --no-spool and without --metrics: projects, webhook, signals."""
     reactor = GatewayReactor()
-    options = parse("--backend", f"dir:{gateway_dir / 'data'}", "--port", "tcp:8000")
+    options = parse("--backend", f"dir:{gateway_dir / 'data'}", "--port", "tcp:8000", "--no-spool")
     service = make_service(options, reactor, {})
     assert [child.name for child in service] == ["projects", "webhook", "signals"]
     service.startService()
     assert reactor.accepting(8000)
+
+
+def test_the_spool_is_on_by_default_in_the_working_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No --spool and no --no-spool: a spool in brigade-cr-data/spool under the working directory."""
+    monkeypatch.chdir(tmp_path)
+    reactor = GatewayReactor()
+    options = parse("--backend", f"dir:{tmp_path / 'data'}", "--port", "tcp:8000")
+    assert options["spool"] == "brigade-cr-data/spool"
+    service = make_service(options, reactor, {})
+    assert [child.name for child in service] == ["projects", "spool", "webhook", "signals"]
+    spooling = service.getServiceNamed("spool")
+    assert Path(spooling.spool.directory).resolve() == tmp_path / "brigade-cr-data" / "spool"
 
 
 def test_kube_backend_has_a_pool_to_close(tmp_path: Path) -> None:
@@ -269,7 +281,7 @@ def test_kube_backend_has_a_pool_to_close(tmp_path: Path) -> None:
         "contexts: [{name: c, context: {cluster: k, user: u}}]\n"
     )
     reactor = GatewayReactor()
-    service = make_service(parse("--kubeconfig", str(kubeconfig), "--port", "tcp:8000"), reactor, {})
+    service = make_service(parse("--kubeconfig", str(kubeconfig), "--port", "tcp:8000", "--no-spool"), reactor, {})
     assert [(child.name, type(child).__name__) for child in service] == [
         ("pool", "ClosePool"),
         ("projects", "ProjectsService"),

@@ -554,10 +554,10 @@ def test_duplicate_while_first_is_being_written(api: ApiBuilds, clock: Clock, di
     api.down = True
     first = spool.submit(build_no(1))
     again = spool.submit(build_no(1))
-    assert io.names() == ["write_record"]
+    assert io.names() == ["write_records"]
     assert not again.called
-    io.complete()  # the write
-    io.complete()  # the drainer reading it back
+    io.complete()  # the write; the record is handed over at once, without reading it back
+    assert io.names() == []
     assert result_of(first) == Receipt(build_no(1).name, queued=True)
     assert result_of(again) == Receipt(build_no(1).name, duplicate=True, queued=True)
     assert records(directory) == [build_no(1).name]
@@ -585,11 +585,11 @@ def test_duplicate_of_a_failed_write_fails_too(api: ApiBuilds, clock: Clock, dir
     stop(spool, clock)
 
 
-def test_a_record_being_written_holds_back_no_other(api: ApiBuilds, clock: Clock, directory: Path) -> None:
+def test_concurrent_writes_share_one_batch(api: ApiBuilds, clock: Clock, directory: Path) -> None:
     """
-    A later record whose write finished first is handed over at once: an
-    earlier record still being written holds nothing back (promise P1: no
-    record holds back another).
+    Group commit: records submitted while a write is in progress wait for
+    it and then go to disk together, in one call (one directory fsync); each
+    is answered once its own batch is durable, and handed over at once.
     """
     io = ManualIO()
     spool = new_spool(directory, api, clock, io=io)
@@ -598,19 +598,63 @@ def test_a_record_being_written_holds_back_no_other(api: ApiBuilds, clock: Clock
     result_of(started)
     first = spool.submit(build_no(1))
     second = spool.submit(build_no(2))
-    io.complete(1)  # the second write
-    assert io.names() == ["write_record", "read_record"]
-    io.complete(1)  # the second record read back, and submitted
-    assert api.created == [build_no(2).name]
+    third = spool.submit(build_no(3))
+    assert io.names() == ["write_records"]
+    assert [len(args[1]) for _, args, _ in io.pending] == [1]
+    io.complete()  # the first batch: build 1 alone
+    assert records(directory) == [build_no(1).name]
+    assert api.created == [build_no(1).name]
+    assert result_of(first) == Receipt(build_no(1).name)  # answered once the build exists
+    # Build 1's removal was asked for before the next write batch started.
+    assert io.names() == ["remove_records", "write_records"]
+    assert [len(args[1]) for _, args, _ in io.pending] == [1, 2]
+    assert not second.called and not third.called
+    io.complete(1)  # builds 2 and 3 together
+    assert records(directory) == [build_no(1).name, build_no(2).name, build_no(3).name]
+    # Two slots remained: both handed over at once, neither read back.
+    assert api.created == [build_no(1).name, build_no(2).name, build_no(3).name]
     assert result_of(second) == Receipt(build_no(2).name)
-    assert io.names() == ["write_record", "remove_record"]
-    assert not first.called
-    io.complete(0)  # the first write, at last
-    assert io.names() == ["remove_record", "read_record"]
+    assert result_of(third) == Receipt(build_no(3).name)
+    assert io.names() == ["remove_records"]  # build 1's; 2's and 3's wait to go together
+    io.complete()
+    assert [len(args[1]) for _, args, _ in io.pending] == [2]
+    io.complete()
+    assert records(directory) == []
+    assert spool.stats().queued == 0
+    stop(spool, clock)
+
+
+def test_a_record_behind_others_is_answered_queued_at_once(api: ApiBuilds, clock: Clock, directory: Path) -> None:
+    """
+    No fixed wait under load: a record that cannot be handed over the moment
+    it is durable (every slot busy) is answered queued then, not after
+    ``ack_wait``; those handed over at once wait for their builds.
+    """
+    api.latency = 0.5
+    io = ManualIO()
+    spool = new_spool(directory, api, clock, io=io, max_in_flight=2)
+    started = spool.start()
+    io.complete()
+    result_of(started)
+    answers = [spool.submit(build_no(n)) for n in (1, 2, 3)]
+    io.complete()  # build 1
+    io.complete()  # builds 2 and 3 together
+    assert io.names() == []  # nothing read back: 1 and 2 went to the API from memory
+    assert [d.called for d in answers] == [False, False, True]
+    assert result_of(answers[2]) == Receipt(build_no(3).name, queued=True)
+    assert [name for _, name in api.calls] == [build_no(1).name, build_no(2).name]
+    advance_to(clock, 0.5)
+    assert result_of(answers[0]) == Receipt(build_no(1).name)
+    assert result_of(answers[1]) == Receipt(build_no(2).name)
+    assert io.names() == ["remove_records"]
+    io.complete()  # build 1's removal: a slot is free, build 3 is read back from disk for its turn
+    assert io.names() == ["read_record", "remove_records"]  # and then build 2's removal
+    io.complete(0)
+    assert [name for _, name in api.calls] == [build_no(1).name, build_no(2).name, build_no(3).name]
+    advance_to(clock, 1.0)
     io.complete_all()
     io.complete_all()
-    assert api.created == [build_no(2).name, build_no(1).name]
-    assert result_of(first) == Receipt(build_no(1).name)
+    assert api.created == [build_no(1).name, build_no(2).name, build_no(3).name]
     assert records(directory) == []
     stop(spool, clock)
 
@@ -618,13 +662,13 @@ def test_a_record_being_written_holds_back_no_other(api: ApiBuilds, clock: Clock
 def test_slow_inner_answers_queued_after_ack_wait(
     make: Callable[..., SpooledBuilds], api: ApiBuilds, clock: Clock
 ) -> None:
-    """An API slower than ack_wait: the sender gets queued at 2 s; the build is created at 5 s."""
+    """An API slower than ack_wait: the sender gets queued at 1 s; the build is created at 5 s."""
     api.latency = 5.0
     spool = make()
     d = spool.submit(build_no(1))
-    advance_to(clock, 1.99)
+    advance_to(clock, 0.99)
     assert not d.called
-    advance_to(clock, 2.0)
+    advance_to(clock, 1.0)
     assert result_of(d) == Receipt(build_no(1).name, queued=True)
     assert api.created == []
     advance_to(clock, 5.0)

@@ -30,6 +30,36 @@ def test_defaults() -> None:
     assert options["context"] is None
     assert options["backend"] is None
     assert options["default-ref"] == "master"
+    assert options["spool"] == "brigade-cr-data/spool"
+    assert options["no-spool"] == 0
+
+
+def test_no_spool_turns_the_spool_off() -> None:
+    assert parse("--no-spool")["spool"] is None
+    assert parse("--spool", "/var/spool/x")["spool"] == "/var/spool/x"
+
+
+def test_spool_and_no_spool_on_the_command_line_contradict() -> None:
+    with pytest.raises(usage.UsageError, match=r"^--no-spool and --spool contradict each other$"):
+        parse("--no-spool", "--spool", "/x")
+
+
+def test_the_command_line_wins_over_the_images_spool_variable() -> None:
+    """The image sets BRIGADE_CR_SPOOL; --no-spool still turns the spool off, and the reverse."""
+    options = Options({"BRIGADE_CR_SPOOL": "/var/lib/brigade-cr/spool"})
+    options.parseOptions(["--no-spool"])
+    assert options["spool"] is None
+    options = Options({"BRIGADE_CR_NO_SPOOL": "1"})
+    options.parseOptions(["--spool", "/x"])
+    assert (options["spool"], options["no-spool"]) == ("/x", 0)
+    options = Options({"BRIGADE_CR_NO_SPOOL": "1", "BRIGADE_CR_SPOOL": "/x"})
+    with pytest.raises(usage.UsageError, match=r"^BRIGADE_CR_NO_SPOOL and BRIGADE_CR_SPOOL contradict each other$"):
+        options.parseOptions([])
+
+
+def test_an_empty_spool_is_refused() -> None:
+    with pytest.raises(usage.UsageError, match=r"^--spool must name a directory \(or use --no-spool\)$"):
+        parse("--spool", "")
 
 
 @pytest.mark.parametrize(

@@ -24,6 +24,10 @@ from brigade_cr.web.site import (
 )
 
 DEFAULT_DIRECTORY = "brigade-cr-data"
+# The spool is on unless --no-spool: a 2xx means the delivery is on disk.
+# Relative to the working directory, beside the directory backend's data;
+# the container image and the deployment files name their own.
+DEFAULT_SPOOL = f"{DEFAULT_DIRECTORY}/spool"
 
 # Every option can also come from the environment, as BRIGADE_CR_<FLAG>.
 ENVIRONMENT_PREFIX = "BRIGADE_CR_"
@@ -166,7 +170,7 @@ class Options(usage.Options):
             None,
             None,
             "Directory of the durable spool: deliveries are stored there before they are acknowledged "
-            "(one gateway per directory; put it on a persistent volume).",
+            f"(one gateway per directory; put it on a persistent volume; default: {DEFAULT_SPOOL}).",
         ],
         ["spool-max-records", None, 10_000, "Deliveries the spool holds at most.", positive_int],
         ["spool-max-bytes", None, 256 * 1024 * 1024, "Bytes the spool holds at most (or 64M, 1G...).", byte_size],
@@ -214,6 +218,12 @@ class Options(usage.Options):
     ]
     optFlags = [
         ["log-probes", None, "Log /healthz, /readyz and metrics scrapes in the access log too."],
+        [
+            "no-spool",
+            None,
+            "No spool: acknowledge a delivery only once its build exists (a 2xx is then not kept "
+            "across a restart if the API was slow; see the README).",
+        ],
     ]
 
     def __init__(self, environ: Mapping[str, str] | None = None) -> None:
@@ -288,6 +298,26 @@ class Options(usage.Options):
             else:
                 getattr(self, "opt_" + name.replace("-", "_"))(value)
 
+    def _resolve_spool(self) -> None:
+        """
+        ``spool`` ends as the directory to use, or None with ``--no-spool``.
+        Of ``--spool`` and ``--no-spool`` the command line wins over the
+        environment (the image sets ``BRIGADE_CR_SPOOL``); both in the same
+        place contradict each other.
+        """
+        if self["no-spool"] and self["spool"] is not None:
+            spool_from_environment = "spool" in self.from_environment
+            if spool_from_environment == ("no-spool" in self.from_environment):
+                raise usage.UsageError(f"{self.source('no-spool')} and {self.source('spool')} contradict each other")
+            if not spool_from_environment:
+                self["no-spool"] = 0
+        if self["no-spool"]:
+            self["spool"] = None
+        elif self["spool"] is None:
+            self["spool"] = DEFAULT_SPOOL
+        elif not self["spool"]:
+            raise usage.UsageError(f"{self.source('spool')} must name a directory (or use --no-spool)")
+
     def opt_version(self) -> None:
         """Print brigade-cr's version and Twisted's, and exit."""
         print(f"brigade-cr {brigade_cr.__version__}")
@@ -305,6 +335,7 @@ class Options(usage.Options):
             raise usage.UsageError(f"--trusted-proxy: {e}") from None
 
     def postOptions(self) -> None:
+        self._resolve_spool()
         backend = self["backend"]
         if backend is not None and backend != "kube" and not (backend.startswith("dir:") and len(backend) > 4):
             raise usage.UsageError(f"{self.source('backend')} must be 'kube' or 'dir:PATH'")

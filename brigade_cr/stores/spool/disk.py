@@ -37,7 +37,7 @@ import fcntl
 import json
 import os
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import attrs
 
@@ -84,32 +84,71 @@ def write_record(directory: Path, filename: str, record: bytes, at_step: Callabl
     fails, having removed whatever it wrote (the caller will refuse the
     delivery, so no record may stay behind).
     """
-    temporary = directory / temporary_filename(filename)
-    final = directory / filename
-    renamed = False
-    at_step("write:start")
-    try:
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    (outcome,) = write_records(directory, [(filename, record)], at_step)
+    if outcome is not None:
+        raise outcome
+
+
+def _discard(*paths: Path) -> None:
+    for path in paths:
         try:
-            _write_all(fd, record)
-            at_step("write:temp-written")
-            os.fsync(fd)
-            at_step("write:temp-fsynced")
-        finally:
-            os.close(fd)
-        # Sequence numbers make every final name new, so this never replaces.
-        os.rename(temporary, final)
-        renamed = True
-        at_step("write:renamed")
-        fsync_directory(directory)
-        at_step("write:dir-fsynced")
-    except BaseException:
-        for path in (final, temporary) if renamed else (temporary,):
+            path.unlink()
+        except OSError:
+            pass
+
+
+def write_records(
+    directory: Path, batch: Sequence[tuple[str, bytes]], at_step: Callable[[str], None]
+) -> list[BaseException | None]:
+    """
+    Durably create each ``directory/filename`` of ``batch`` holding its
+    record, with one directory fsync for the whole batch (group commit):
+    each record's temporary file is written and fsynced, then renamed into
+    place, then the directory is fsynced once. Returns, per record in
+    order, None when it is durable or the exception that kept it from being
+    so; a record that failed leaves nothing behind. A failed directory
+    fsync fails every record that was renamed (they are removed again: no
+    sender may be answered for a record whose name may not survive a
+    crash). ``at_step`` is called with each of ``WRITE_STEPS`` per record,
+    ``write:dir-fsynced`` once per record after the one fsync.
+    """
+    outcomes: list[BaseException | None] = [None] * len(batch)
+    renamed: list[int] = []
+    for index, (filename, record) in enumerate(batch):
+        temporary = directory / temporary_filename(filename)
+        final = directory / filename
+        try:
+            at_step("write:start")
+            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
             try:
-                path.unlink()
-            except OSError:
-                pass
-        raise
+                _write_all(fd, record)
+                at_step("write:temp-written")
+                os.fsync(fd)
+                at_step("write:temp-fsynced")
+            finally:
+                os.close(fd)
+            # Sequence numbers make every final name new, so this never replaces.
+            os.rename(temporary, final)
+            renamed.append(index)
+            at_step("write:renamed")
+        except Exception as e:
+            outcomes[index] = e
+            if renamed and renamed[-1] == index:
+                renamed.pop()
+                _discard(final, temporary)
+            else:
+                _discard(temporary)
+    if not renamed:
+        return outcomes
+    try:
+        fsync_directory(directory)
+        for _ in renamed:
+            at_step("write:dir-fsynced")
+    except Exception as e:
+        for index in renamed:
+            outcomes[index] = e
+            _discard(directory / batch[index][0])
+    return outcomes
 
 
 def read_record(path: Path, build_name: str) -> Build:
@@ -121,13 +160,40 @@ def read_record(path: Path, build_name: str) -> Build:
 
 def remove_record(directory: Path, filename: str, at_step: Callable[[str], None]) -> None:
     """Unlink a drained record and fsync the directory, so it is not drained again."""
+    (outcome,) = remove_records(directory, [filename], at_step)
+    if outcome is not None:
+        raise outcome
+
+
+def remove_records(
+    directory: Path, filenames: Sequence[str], at_step: Callable[[str], None]
+) -> list[BaseException | None]:
+    """
+    Unlink drained records, then fsync the directory once for all of them
+    (group commit). Returns, per record, None or the exception that kept it
+    from being removed durably (the record is then drained again after a
+    restart, as a duplicate). A record already gone counts as removed.
+    """
+    outcomes: list[BaseException | None] = [None] * len(filenames)
+    for index, filename in enumerate(filenames):
+        try:
+            (directory / filename).unlink()
+        except FileNotFoundError:
+            pass
+        except Exception as e:
+            outcomes[index] = e
+            continue
+        at_step("drain:removed")
+    if all(outcome is not None for outcome in outcomes):
+        return outcomes
     try:
-        (directory / filename).unlink()
-    except FileNotFoundError:
-        pass
-    at_step("drain:removed")
-    fsync_directory(directory)
-    at_step("drain:dir-fsynced")
+        fsync_directory(directory)
+    except Exception as e:
+        return [outcome if outcome is not None else e for outcome in outcomes]
+    for outcome in outcomes:
+        if outcome is None:
+            at_step("drain:dir-fsynced")
+    return outcomes
 
 
 def probe_directory(directory: Path, size: int) -> None:

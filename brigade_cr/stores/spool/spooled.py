@@ -35,6 +35,7 @@ from brigade_cr.core.interfaces import IBuilds
 from brigade_cr.core.values import Build, Receipt
 from brigade_cr.stores.fileio import BlockingIO
 from brigade_cr.stores.retry import Backoff
+from brigade_cr.stores.spool.commit import GroupCommit
 from brigade_cr.stores.spool.disk import (
     DEAD_LETTER,
     QUARANTINE,
@@ -43,8 +44,8 @@ from brigade_cr.stores.spool.disk import (
     probe_directory,
     read_record,
     recover,
-    remove_record,
-    write_record,
+    remove_records,
+    write_records,
 )
 from brigade_cr.stores.spool.record import BUILD_NAME, CorruptRecord, encode_record, record_filename
 
@@ -122,10 +123,15 @@ class _Entry:
     due: float = 0.0
     # being handed over right now
     busy: bool = False
+    # handed over at least once since this process wrote or found it
+    launched: bool = False
     # submits waiting to learn whether the build got created
     waiters: list[Deferred[Receipt]] = attrs.field(factory=list)
     # submits of the same build waiting for this record's write to finish
     written: list[Deferred[None]] = attrs.field(factory=list)
+    # the build itself, from its write until the drainer is offered it: a
+    # record handed over the moment it is durable is not read back
+    build: Build | None = None
 
     @property
     def filename(self) -> str:
@@ -175,11 +181,14 @@ class SpooledBuilds:
     oldest first, up to ``max_in_flight`` at once (see the module docstring
     for how failures are kept apart).
 
-    ``io`` runs the blocking file operations (``ThreadedIO`` in production);
-    ``clock`` times the backoff and the wait for an acknowledgement. A
-    submit waits up to ``ack_wait`` seconds for ``inner`` to create the build
-    so that, while ``inner`` is healthy, senders learn the build exists; it
-    stops waiting as soon as ``inner`` fails (the record is safe). The spool
+    ``io`` runs the blocking file operations (``ThreadedIO`` in production),
+    concurrent writes and removals sharing one call and one directory fsync
+    (``commit.py``); ``clock`` times the backoff and the wait for an
+    acknowledgement. A submit whose record is handed to ``inner`` the moment
+    it is durable (nothing older due, a slot free, ``inner`` healthy) waits
+    up to ``ack_wait`` seconds for the build, so that an idle gateway tells
+    its sender the build exists; any other submit is answered ``queued`` as
+    soon as its record is durable, so no sender waits on the queue. The spool
     refuses new records beyond ``max_records`` records or ``max_bytes``
     bytes. A record that fails unexpectedly ``max_attempts`` times is
     dead-lettered. ``at_step`` is called with each step of the write, drain
@@ -195,7 +204,7 @@ class SpooledBuilds:
     backoff: Backoff = attrs.field(factory=Backoff)
     max_records: int = 10_000
     max_bytes: int = 256 * 1024 * 1024
-    ack_wait: float = 2.0
+    ack_wait: float = 1.0
     # What a refused sender is told to wait: the spool drains at the API's
     # pace, and a full spool does not empty in a second.
     refuse_retry_after: int = 30
@@ -244,8 +253,14 @@ class SpooledBuilds:
     _quarantined: int = attrs.field(init=False, default=0)
     _discarded: int = attrs.field(init=False, default=0)
     _backlog: _Backlog | None = attrs.field(init=False, default=None)
+    _writes: GroupCommit[tuple[str, bytes]] = attrs.field(init=False)
+    _removals: GroupCommit[str] = attrs.field(init=False)
 
     log: ClassVar[Logger] = Logger()
+
+    def __attrs_post_init__(self) -> None:
+        self._writes = GroupCommit(self.io, write_records, (self.directory,), (self.at_step,))
+        self._removals = GroupCommit(self.io, remove_records, (self.directory,), (self.at_step,))
 
     def __repr__(self) -> str:
         # Log events carry this object as their source: name the directory,
@@ -418,13 +433,14 @@ class SpooledBuilds:
 
     def submit(self, build: Build) -> Deferred[Receipt]:
         """
-        Record ``build`` durably, then wait (up to ``ack_wait``) for ``inner``
-        to create it.
+        Record ``build`` durably; if its record is handed to ``inner`` at
+        once, wait (up to ``ack_wait``) for ``inner`` to create it.
 
         Fires with ``Receipt(name, duplicate=...)`` when ``inner`` created the
         build (or already had it) in that time; with ``Receipt(name,
         queued=True)`` when the record is durable but the build not created
-        yet (``inner`` failing, slow, or busy with older records); with
+        yet (older records or full slots before it: at once; ``inner``
+        failing or slow: when it fails, or after ``ack_wait``); with
         ``Receipt(name, duplicate=True, queued=True)`` when a record of that
         build is already queued (no second record is written).
 
@@ -483,7 +499,7 @@ class SpooledBuilds:
         self._names[name] = entry
         self._bytes += entry.size
         try:
-            await self.io.run(write_record, self.directory, entry.filename, record, self.at_step)
+            await self._writes.add((entry.filename, record))
         except Exception as e:
             if isinstance(e, OSError):
                 reason = f"cannot write to the spool: {e.strerror or e}"
@@ -509,7 +525,15 @@ class SpooledBuilds:
         # Register before waking the drainer: with synchronous I/O it may
         # finish this very record before _poke returns.
         acknowledged = self._acknowledgement(entry)
+        entry.build = build
         self._poke()
+        # The drainer took the build synchronously if it took the record at
+        # all; a record left to wait its turn is read back when it comes.
+        entry.build = None
+        if not entry.launched and not acknowledged.called:
+            # Older records or busy slots stand before it: the sender would
+            # wait on the queue, not on its build. The record is durable.
+            self._answer(entry, queued)
         return await acknowledged
 
     def _written(self, entry: _Entry) -> Deferred[None]:
@@ -739,6 +763,7 @@ class SpooledBuilds:
 
     def _launch(self, entry: _Entry) -> None:
         entry.busy = True
+        entry.launched = True
         self._in_flight += 1
         landed = False
         flight = Deferred.fromCoroutine(self._attempt(entry, probe=self._store_failing))
@@ -774,19 +799,22 @@ class SpooledBuilds:
             await self._failed_unexpectedly(entry, None, Failure(), "handling", release=False)
 
     async def _hand_over(self, entry: _Entry, probe: bool) -> None:
-        try:
-            build = await self.io.run(read_record, self.directory / entry.filename, entry.name)
-        except CorruptRecord as e:
-            await self._park_damaged(entry, str(e))
-            return
-        except FileNotFoundError:
-            self.log.error("The spool record {record} vanished before it was drained", record=entry.filename)
-            self._answer(entry, BackendUnavailable("the spooled record vanished", self.refuse_retry_after))
-            self._forget(entry)
-            return
-        except Exception:
-            await self._failed_unexpectedly(entry, None, Failure(), "reading")
-            return
+        build = entry.build
+        entry.build = None
+        if build is None:
+            try:
+                build = await self.io.run(read_record, self.directory / entry.filename, entry.name)
+            except CorruptRecord as e:
+                await self._park_damaged(entry, str(e))
+                return
+            except FileNotFoundError:
+                self.log.error("The spool record {record} vanished before it was drained", record=entry.filename)
+                self._answer(entry, BackendUnavailable("the spooled record vanished", self.refuse_retry_after))
+                self._forget(entry)
+                return
+            except Exception:
+                await self._failed_unexpectedly(entry, None, Failure(), "reading")
+                return
         fields = {"build": entry.name, "project": build.project_id, "record": entry.filename}
         try:
             receipt: Receipt = await self._interruptibly(maybeDeferred(self.inner.submit, build))
@@ -828,7 +856,7 @@ class SpooledBuilds:
             del self._names[entry.name]
         self._answer(entry, Receipt(entry.name, duplicate=receipt.duplicate))
         try:
-            await self.io.run(remove_record, self.directory, entry.filename, self.at_step)
+            await self._removals.add(entry.filename)
         except Exception:
             self.log.failure(
                 "Cannot remove the spool record {record}: after a restart it is submitted again, as a duplicate",

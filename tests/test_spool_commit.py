@@ -1,0 +1,180 @@
+"""Group commit (``stores/spool/commit.py``) and the batched file steps of ``disk.py``."""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import pytest
+from twisted.internet.defer import Deferred
+
+from brigade_cr.stores.fileio import InlineIO
+from brigade_cr.stores.spool import disk
+from brigade_cr.stores.spool.commit import GroupCommit
+from brigade_cr.stores.spool.disk import no_step, remove_records, write_records
+from brigade_cr.stores.spool.record import temporary_filename
+from tests.helpers import failure_of, result_of
+
+
+class HeldIO:
+    """A BlockingIO holding every call until the test releases it."""
+
+    def __init__(self) -> None:
+        self.pending: list[tuple[Callable[..., Any], tuple[Any, ...], Deferred[Any]]] = []
+
+    def run(self, function: Callable[..., Any], *args: Any) -> Deferred[Any]:
+        d: Deferred[Any] = Deferred()
+        self.pending.append((function, args, d))
+        return d
+
+    def release(self) -> None:
+        function, args, d = self.pending.pop(0)
+        try:
+            d.callback(function(*args))
+        except Exception:
+            d.errback()
+
+
+def test_a_lone_item_goes_at_once_and_later_ones_share_the_next_batch() -> None:
+    seen: list[list[int]] = []
+
+    def batch(items: Sequence[int]) -> list[BaseException | None]:
+        seen.append(list(items))
+        return [None if item != 4 else ValueError("four") for item in items]
+
+    io = HeldIO()
+    commit: GroupCommit[int] = GroupCommit(io, batch)
+    first = commit.add(1)
+    assert len(io.pending) == 1  # not delayed: nobody else to wait for
+    later = [commit.add(n) for n in (2, 3, 4)]
+    assert len(io.pending) == 1 and commit.busy()
+    io.release()
+    assert result_of(first) is None
+    assert seen == [[1]]
+    assert [d.called for d in later] == [False, False, False]
+    io.release()
+    assert seen == [[1], [2, 3, 4]]
+    assert result_of(later[0]) is None and result_of(later[1]) is None
+    assert isinstance(failure_of(later[2]), ValueError)  # only the item that failed
+    assert not commit.busy()
+    assert (commit.batches, commit.items) == (2, 4)
+
+
+def test_a_batch_that_raises_fails_each_of_its_items_and_the_next_batch_still_runs() -> None:
+    calls: list[list[str]] = []
+
+    def batch(items: Sequence[str]) -> list[BaseException | None]:
+        calls.append(list(items))
+        if "bad" in items:
+            raise OSError(errno.EIO, "I/O error")
+        return [None] * len(items)
+
+    io = HeldIO()
+    commit: GroupCommit[str] = GroupCommit(io, batch)
+    bad = commit.add("bad")
+    a, b = commit.add("a"), commit.add("b")
+    io.release()
+    assert isinstance(failure_of(bad), OSError)
+    io.release()
+    assert result_of(a) is None and result_of(b) is None
+    assert calls == [["bad"], ["a", "b"]]
+
+
+def test_batches_are_capped_at_max_batch() -> None:
+    sizes: list[int] = []
+
+    def batch(items: Sequence[int]) -> list[BaseException | None]:
+        sizes.append(len(items))
+        return [None] * len(items)
+
+    io = HeldIO()
+    commit: GroupCommit[int] = GroupCommit(io, batch, max_batch=3)
+    done = [commit.add(n) for n in range(8)]
+    for _ in range(4):
+        io.release()
+    assert sizes == [1, 3, 3, 1]
+    assert all(result_of(d) is None for d in done)
+
+
+def test_synchronous_io_runs_every_batch_added_from_a_callback() -> None:
+    """With InlineIO an item added from an item's callback runs too, without recursion."""
+    seen: list[list[int]] = []
+
+    def batch(items: Sequence[int]) -> list[BaseException | None]:
+        seen.append(list(items))
+        return [None] * len(items)
+
+    commit: GroupCommit[int] = GroupCommit(InlineIO(), batch)
+    follow: list[Deferred[None]] = []
+    commit.add(1).addCallback(lambda _: follow.append(commit.add(2)))
+    assert seen == [[1], [2]]
+    assert result_of(follow[0]) is None
+    assert not commit.busy()
+
+
+def test_write_records_fsyncs_the_directory_once_for_the_batch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    directory_syncs: list[Path] = []
+    monkeypatch.setattr(disk, "fsync_directory", directory_syncs.append)
+    steps: list[str] = []
+    outcomes = write_records(tmp_path, [("a.build", b"A"), ("b.build", b"BB")], steps.append)
+    assert outcomes == [None, None]
+    assert directory_syncs == [tmp_path]
+    assert sorted(os.listdir(tmp_path)) == ["a.build", "b.build"]
+    assert (tmp_path / "b.build").read_bytes() == b"BB"
+    assert steps == [
+        "write:start",
+        "write:temp-written",
+        "write:temp-fsynced",
+        "write:renamed",
+        "write:start",
+        "write:temp-written",
+        "write:temp-fsynced",
+        "write:renamed",
+        "write:dir-fsynced",
+        "write:dir-fsynced",
+    ]
+
+
+def test_a_record_that_fails_alone_leaves_nothing_and_the_others_are_written(tmp_path: Path) -> None:
+    writes = 0
+
+    def full_on_second(step: str) -> None:
+        nonlocal writes
+        if step == "write:temp-written":
+            writes += 1
+            if writes == 2:
+                raise OSError(errno.ENOSPC, "No space left on device")
+
+    outcomes = write_records(tmp_path, [("a.build", b"A"), ("b.build", b"B"), ("c.build", b"C")], full_on_second)
+    assert outcomes[0] is None and outcomes[2] is None
+    assert isinstance(outcomes[1], OSError) and outcomes[1].errno == errno.ENOSPC
+    assert sorted(os.listdir(tmp_path)) == ["a.build", "c.build"]
+    assert not (tmp_path / temporary_filename("b.build")).exists()
+
+
+def test_a_failed_directory_fsync_fails_and_removes_every_renamed_record(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(directory: Path) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(disk, "fsync_directory", broken)
+    outcomes = write_records(tmp_path, [("a.build", b"A"), ("b.build", b"B")], no_step)
+    assert all(isinstance(outcome, OSError) and outcome.errno == errno.EIO for outcome in outcomes)
+    assert os.listdir(tmp_path) == []
+
+
+def test_remove_records_fsyncs_once_and_counts_a_missing_record_as_removed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    directory_syncs: list[Path] = []
+    monkeypatch.setattr(disk, "fsync_directory", directory_syncs.append)
+    (tmp_path / "a.build").write_bytes(b"A")
+    (tmp_path / "c.build").write_bytes(b"C")
+    steps: list[str] = []
+    assert remove_records(tmp_path, ["a.build", "gone.build", "c.build"], steps.append) == [None, None, None]
+    assert os.listdir(tmp_path) == []
+    assert directory_syncs == [tmp_path]
+    assert steps == ["drain:removed"] * 3 + ["drain:dir-fsynced"] * 3
