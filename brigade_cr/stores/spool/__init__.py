@@ -1,9 +1,10 @@
 """
 A durable spool in front of a build store (promises P1, P2, P5 and P6 of docs/guarantees.md).
 
-The package has three parts: ``record.py``, the record format and file-name
+The package has four parts: ``record.py``, the record format and file-name
 grammar (pure); ``disk.py``, the blocking file steps (write, read, remove,
-park, recover, lock, probe); ``spooled.py``, the drainer, ``SpooledBuilds``.
+park, recover, lock, probe); ``commit.py``, the group commit that batches
+concurrent writes and removals; ``spooled.py``, the drainer, ``SpooledBuilds``.
 Every name other modules use is re-exported here.
 
 ``SpooledBuilds`` is an ``IBuilds`` that answers ``submit`` only once the
@@ -52,7 +53,9 @@ Writing, draining, recovering
 
 A record is written to its temporary file, fsynced, renamed into place and
 the directory fsynced, all in a thread pool; only then does ``submit`` answer
-(promise P1). The drainer submits a record to ``inner``; once ``inner`` says created
+(promise P1). Records submitted while a batch is being written go together
+in the next batch: one thread-pool call and one directory fsync for all of
+them (``commit.py``); a record submitted alone is written at once. The drainer submits a record to ``inner``; once ``inner`` says created
 or duplicate it unlinks the record and fsyncs the directory. A crash between
 the two only means the build is submitted again after restart, and ``inner``
 answers that with a duplicate (build names are idempotency keys).
@@ -79,7 +82,9 @@ from brigade_cr.stores.spool.disk import (
     read_record,
     recover,
     remove_record,
+    remove_records,
     write_record,
+    write_records,
 )
 from brigade_cr.stores.spool.record import (
     RECORD_VERSION,
@@ -127,6 +132,8 @@ __all__ = [
     "record_filename",
     "recover",
     "remove_record",
+    "remove_records",
     "traceback_summary",
     "write_record",
+    "write_records",
 ]
