@@ -214,6 +214,12 @@ class Options(usage.Options):
     ]
     optFlags = [
         ["log-probes", None, "Log /healthz, /readyz and metrics scrapes in the access log too."],
+        [
+            "drain-only",
+            None,
+            "Drain the --spool directory into the backend and exit (0 once it is empty); "
+            "no webhook listener (--port is ignored).",
+        ],
     ]
 
     def __init__(self, environ: Mapping[str, str] | None = None) -> None:
