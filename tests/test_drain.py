@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import re
 import signal
+import textwrap
 from pathlib import Path
 from typing import Any, Iterator
 
 import attrs
+import kubernetes_validate
 import pytest
+import yaml
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.task import Clock
 from twisted.logger import ILogObserver, LogEvent, globalLogPublisher
@@ -556,3 +559,61 @@ def test_end_to_end_drain_only_without_a_spool(tmp_path: Path) -> None:
     """--drain-only with no --spool: the one line, exit 1, no traceback."""
     finished = run_to_completion(["--drain-only", "--backend", f"dir:{tmp_path / 'data'}"], tmp_path / "run")
     assert_fails_clearly(finished, f"brigade-cr: {NO_SPOOL}")
+
+
+# -- the README's drain Job, against overlays/ha ------------------------------------------------
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _readme_yaml(first_line: str) -> Any:
+    """The README's one ```yaml block (indented or not) that starts with ``first_line``, parsed."""
+    found = re.findall(r"^( *)```yaml\n(.*?)^\1```", (ROOT / "README.md").read_text(), re.DOTALL | re.MULTILINE)
+    [block] = [text for text in (textwrap.dedent(body) for _, body in found) if text.startswith(first_line)]
+    return yaml.safe_load(block)
+
+
+def _statefulset() -> Any:
+    return yaml.safe_load((ROOT / "etc" / "kubernetes" / "overlays" / "ha" / "statefulset.yaml").read_text())
+
+
+def test_readme_drain_job_fits_the_ha_overlay() -> None:
+    """
+    The README's Job is valid for the newest Kubernetes schemas (strict),
+    mounts the claim the StatefulSet makes for ordinal 2 where the pods mount
+    theirs, runs with their ServiceAccount, security contexts, grace period
+    and image, passes options that parse to a drain of that spool, and is not
+    selected by the webhook Service.
+    """
+    job = _readme_yaml("# drain-spool-brigade-cr-2.yaml")
+    kubernetes_validate.validate(job, kubernetes_validate.latest_version(), strict=True)
+    statefulset = _statefulset()
+    pod, gateway_pod = job["spec"]["template"]["spec"], statefulset["spec"]["template"]["spec"]
+    [claim] = statefulset["spec"]["volumeClaimTemplates"]
+    assert pod["volumes"] == [
+        {"name": "spool", "persistentVolumeClaim": {"claimName": f"{claim['metadata']['name']}-brigade-cr-2"}}
+    ]
+    [drain], [gateway] = pod["containers"], gateway_pod["containers"]
+    assert drain["volumeMounts"] == gateway["volumeMounts"]
+    for key in ("serviceAccountName", "securityContext", "terminationGracePeriodSeconds"):
+        assert pod[key] == gateway_pod[key], key
+    assert drain["securityContext"] == gateway["securityContext"]
+    assert drain["env"] == gateway["env"]
+    assert drain["image"] == "ghcr.io/brigade-cr/brigade-cr:0.1.0"
+    options = parse(*drain["args"])
+    assert (options["drain-only"], options["backend"], options["spool"]) == (1, "kube", "/var/lib/brigade-cr/spool")
+    assert options["spool"].startswith(drain["volumeMounts"][0]["mountPath"] + "/")
+    assert options["shutdown-timeout"] == parse(*gateway["args"])["shutdown-timeout"]
+    service = yaml.safe_load((ROOT / "etc" / "kubernetes" / "base" / "service.yaml").read_text())
+    labels = job["spec"]["template"]["metadata"]["labels"]
+    assert not set(service["spec"]["selector"].items()) <= set(labels.items())
+
+
+def test_ha_grace_period_covers_the_pause_and_the_drain() -> None:
+    """overlays/ha, as the README says: a 10 s preStop pause, --shutdown-timeout 25, a 40 s grace period."""
+    pod = _statefulset()["spec"]["template"]["spec"]
+    [gateway] = pod["containers"]
+    pause = gateway["lifecycle"]["preStop"]["sleep"]["seconds"]
+    timeout = parse(*gateway["args"])["shutdown-timeout"]
+    assert (pause, timeout, pod["terminationGracePeriodSeconds"]) == (10, 25.0, 40)
+    assert pause + timeout < pod["terminationGracePeriodSeconds"]
