@@ -10,6 +10,8 @@ runs on a ``Clock`` with inline I/O. The end-to-end tests run a real
 
 from __future__ import annotations
 
+import base64
+import json
 import re
 import signal
 import textwrap
@@ -41,8 +43,11 @@ from brigade_cr.stores.retry import Backoff, ThrottledBuilds
 from brigade_cr.stores.spool import SpooledBuilds, encode_record, record_filename, write_record
 from brigade_cr.stores.spool.disk import no_step
 from brigade_cr.testing.memory import MemoryBuilds, MemoryProjects
-from tests.backend_contract import a_build
-from tests.gatewayprocess import run_to_completion, spawn
+from tests.backend_contract import a_build, project_secret
+from tests.e2e import AUTH, NAMESPACE, PAYLOADS, SECRET
+from tests.gatewayprocess import GatewayProcess, run_to_completion, spawn
+from tests.kubetarget import FakeKubeProcess
+from tests.slow import starts_process
 from tests.test_service import GatewayReactor, parse
 from tests.test_spool import ManualIO
 from tests.test_startup import assert_fails_clearly
@@ -617,3 +622,68 @@ def test_ha_grace_period_covers_the_pause_and_the_drain() -> None:
     timeout = parse(*gateway["args"])["shutdown-timeout"]
     assert (pause, timeout, pod["terminationGracePeriodSeconds"]) == (10, 25.0, 40)
     assert pause + timeout < pod["terminationGracePeriodSeconds"]
+
+
+# -- end to end: an orphaned spool, against the fake Kubernetes API -------------------------------
+
+
+@pytest.fixture
+@starts_process
+def fake_api(tmp_path: Path) -> Iterator[FakeKubeProcess]:
+    """The fake Kubernetes API over TLS, namespace brigade, with the project ``solo``."""
+    seed = tmp_path / "seed.json"
+    seed.write_text(json.dumps([project_secret("solo", crGatewaySecret=SECRET.encode())]))
+    process = FakeKubeProcess.start(str(tmp_path / "api"), namespaces=(NAMESPACE,), seeds=[str(seed)])
+    try:
+        yield process
+    finally:
+        process.stop()
+
+
+def acr_push(n: int) -> bytes:
+    """A distinct ACR push (its own event id and tag)."""
+    document = json.loads((PAYLOADS / "acr_push.json").read_bytes())
+    document["id"] = f"00000000-0000-4000-8000-{n:012d}"
+    document["target"]["tag"] = f"v{n}"
+    return json.dumps(document).encode()
+
+
+def built_payloads(api: FakeKubeProcess) -> dict[str, bytes]:
+    return {
+        secret["metadata"]["name"]: base64.b64decode(secret["data"]["payload"])
+        for secret in api.secrets(NAMESPACE)
+        if secret.get("type") == "brigade.sh/build"
+    }
+
+
+def test_end_to_end_orphaned_spool_drained_into_kubernetes(fake_api: FakeKubeProcess, tmp_path: Path) -> None:
+    """
+    A serving gateway builds delivery 0, then, the API down, spools
+    deliveries 1 to 3 and a re-delivery of 0 (all 202), and is killed (its
+    pod gone). ``--drain-only`` over its spool, the API back: exit 0, exactly
+    builds 0 to 3 with their payloads, the re-delivery a duplicate, the spool
+    empty, one completion line.
+    """
+    spool = tmp_path / "spool"
+    kube = ["--kubeconfig", fake_api.kubeconfig, "--namespace", NAMESPACE, "--spool", str(spool)]
+    gateway = GatewayProcess.start(kube, tmp_path / "serving")
+    try:
+        first = gateway.post("/events/webhook/solo", acr_push(0), AUTH)
+        assert (first.status, first.json["duplicate"]) == (200, False)
+        fake_api.set_listening(False)
+        spooled = [gateway.post("/events/webhook/solo", acr_push(n), AUTH) for n in (1, 2, 3, 0)]
+        assert [answer.status for answer in spooled] == [202] * 4
+        assert spooled[3].json["build_id"] == first.json["build_id"]
+    finally:
+        gateway.kill()
+    assert len(list(spool.glob("*.build"))) == 4
+    fake_api.set_listening(True)
+    finished = run_to_completion(["--drain-only", *kube], tmp_path / "drain", timeout=60)
+    assert finished.returncode == 0, finished.output
+    expected = {answer.json["build_id"]: acr_push(n) for n, answer in zip((1, 2, 3, 0), spooled, strict=True)}
+    assert built_payloads(fake_api) == expected
+    assert sorted(path.name for path in spool.iterdir()) == ["projects.json", "spool.lock"]
+    assert COMPLETION.findall(finished.output) == [
+        f"Drain complete: the spool {spool} is empty; "
+        "3 build(s) created, 1 duplicate(s), 0 dead-lettered, 0 quarantined"
+    ]
