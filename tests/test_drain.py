@@ -5,7 +5,8 @@ The composition (``make_drain_service``) runs on the ``GatewayReactor`` of
 ``test_service.py`` (a ``MemoryReactorClock`` whose thread pool runs when
 the test says), over records written beforehand; ``SpooledBuilds.when_empty``
 runs on a ``Clock`` with inline I/O. The end-to-end tests run a real
-``twistd -n brigade-cr --drain-only`` to completion.
+``twistd -n brigade-cr --drain-only`` to completion, over the directory backend and the
+fake Kubernetes API (``tests/kubeapi.py``).
 """
 
 from __future__ import annotations

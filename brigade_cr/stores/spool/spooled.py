@@ -419,12 +419,13 @@ class SpooledBuilds:
         """
         Fires with None once the spool runs and holds no queued record with
         none being handed over (records parked in ``dead-letter/`` or
-        ``quarantine/`` are not queued): at once if that is so now, else when
-        the hand-over that empties it lands. It never fails; it does not fire
-        if the spool stops (or its start fails) first. Fails with
-        ``RuntimeError`` before ``start()``. For ``--drain-only``, which
-        submits nothing: a record that is written and abandoned (a failed
-        write) while nothing is in flight does not fire it.
+        ``quarantine/`` are not queued): at once if that is so now (or once
+        a start in progress has recovered), else when the hand-over that
+        empties it lands. Called after ``start()`` it never fails, and it
+        does not fire if the spool stops (or its start fails) first; before
+        ``start()`` it fails with ``RuntimeError``. Only a landing hand-over
+        wakes it: a submit whose write fails while nothing is in flight
+        leaves it waiting (``--drain-only``, its user, submits nothing).
         """
         if self._phase is _Phase.NEW:
             return fail(RuntimeError("when_empty() before start()"))
