@@ -192,3 +192,50 @@ def run_to_completion(
     except subprocess.TimeoutExpired as e:
         raise AssertionError(f"gateway did not exit within {timeout}s:\n{e.output!r}") from None
     return Finished(done.returncode, done.stdout.decode(errors="replace"))
+
+
+@attrs.define
+class Spawned:
+    """A gateway process started with ``spawn``, that need not listen (``--drain-only``); its log in ``log_path``."""
+
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    @property
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_for_log(self, text: str, timeout: float = STARTUP_TIMEOUT) -> None:
+        """Wait at most ``timeout`` seconds for ``text`` in the log; fail (killing it) if it does not come."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if text in self.log:
+                return
+            if self.process.poll() is not None:
+                break
+            time.sleep(0.05)
+        self.process.kill()
+        self.process.wait(10)
+        raise AssertionError(f"{text!r} never logged:\n{self.log}")
+
+    def terminate(self, timeout: float = STARTUP_TIMEOUT) -> int:
+        """SIGTERM, then wait at most ``timeout`` seconds for the exit (SIGKILL and fail after); the exit code."""
+        self.process.terminate()
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(10)
+            raise AssertionError(f"gateway did not exit within {timeout}s of SIGTERM:\n{self.log}") from None
+
+
+def spawn(args: Sequence[str], workdir: Path, environ: Mapping[str, str] | None = None) -> Spawned:
+    """Start the process ``run_to_completion`` would run, without waiting for anything."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    log_path = workdir / "gateway.log"
+    command, env = _invocation(args, workdir, environ)
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            command, cwd=workdir, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
+        )
+    return Spawned(process, log_path)

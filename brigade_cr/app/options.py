@@ -224,6 +224,12 @@ class Options(usage.Options):
             "No spool: acknowledge a delivery only once its build exists (a 2xx is then not kept "
             "across a restart if the API was slow; see the README).",
         ],
+        [
+            "drain-only",
+            None,
+            "Drain the spool directory (--spool, or its default) into the backend and exit (0 once it "
+            "is empty); no webhook listener (--port is ignored).",
+        ],
     ]
 
     def __init__(self, environ: Mapping[str, str] | None = None) -> None:

@@ -19,6 +19,7 @@ from twisted.python.logfile import LogFile
 from brigade_cr.app import logs
 from brigade_cr.app import options as _options
 from brigade_cr.app.compose import make_service
+from brigade_cr.app.drain import make_drain_service
 from brigade_cr.app.startup import fails_clearly
 
 __all__ = ["Options", "makeService"]
@@ -41,11 +42,13 @@ def makeService(options: _options.Options) -> IService:
     ``compose.make_service``). A problem that makes the start fail for good
     is found here, before the reactor runs, and raised as ``SystemExit``
     with one line naming it and the option to change (twistd prints it and
-    exits 1).
+    exits 1). With ``--drain-only``, the one-shot drain of ``--spool``
+    instead (see ``drain.make_drain_service``).
     """
     from twisted.internet import reactor
 
-    return _Logging(make_service(options, reactor, os.environ), _observer(options))
+    compose = make_drain_service if options["drain-only"] else make_service
+    return _Logging(compose(options, reactor, os.environ), _observer(options))
 
 
 def _observer(options: _options.Options) -> ILogObserver | None:

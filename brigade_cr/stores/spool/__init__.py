@@ -55,7 +55,8 @@ A record is written to its temporary file, fsynced, renamed into place and
 the directory fsynced, all in a thread pool; only then does ``submit`` answer
 (promise P1). Records submitted while a batch is being written go together
 in the next batch: one thread-pool call and one directory fsync for all of
-them (``commit.py``); a record submitted alone is written at once. The drainer submits a record to ``inner``; once ``inner`` says created
+them (``commit.py``); a record submitted alone is written at once. The
+drainer submits a record to ``inner``; once ``inner`` says created
 or duplicate it unlinks the record and fsyncs the directory. A crash between
 the two only means the build is submitted again after restart, and ``inner``
 answers that with a duplicate (build names are idempotency keys).

@@ -255,6 +255,7 @@ class SpooledBuilds:
     _backlog: _Backlog | None = attrs.field(init=False, default=None)
     _writes: GroupCommit[tuple[str, bytes]] = attrs.field(init=False)
     _removals: GroupCommit[str] = attrs.field(init=False)
+    _empty_waiters: list[Deferred[None]] = attrs.field(init=False, factory=list)
 
     log: ClassVar[Logger] = Logger()
 
@@ -428,6 +429,36 @@ class SpooledBuilds:
             in_flight=self._in_flight,
             oldest_age=oldest,
         )
+
+    def when_empty(self) -> Deferred[None]:
+        """
+        Fires with None once the spool runs and holds no queued record with
+        none being handed over (records parked in ``dead-letter/`` or
+        ``quarantine/`` are not queued): at once if that is so now (or once
+        a start in progress has recovered), else when the hand-over that
+        empties it lands. Called after ``start()`` it never fails, and it
+        does not fire if the spool stops (or its start fails) first; before
+        ``start()`` it fails with ``RuntimeError``. Only a landing hand-over
+        wakes it: a submit whose write fails while nothing is in flight
+        leaves it waiting (``--drain-only``, its user, submits nothing).
+        """
+        if self._phase is _Phase.NEW:
+            return fail(RuntimeError("when_empty() before start()"))
+        waiter: Deferred[None] = Deferred()
+        self._empty_waiters.append(waiter)
+        if self._phase is _Phase.STARTING and self._starting is not None:
+            self._starting.observe().addCallbacks(lambda _: self._notify_empty(), lambda _: None)
+        else:
+            self._notify_empty()
+        return waiter
+
+    def _notify_empty(self) -> None:
+        """Fire ``when_empty()``'s waiters if the spool is running and empty now."""
+        if self._phase is not _Phase.RUNNING or self._queue or self._in_flight or not self._empty_waiters:
+            return
+        waiters, self._empty_waiters = self._empty_waiters, []
+        for waiter in waiters:
+            waiter.callback(None)
 
     # -- submitting ----------------------------------------------------------------
 
@@ -781,6 +812,7 @@ class SpooledBuilds:
                 # keeps its place for the next hand-over.
                 self._ready_now(entry)
             self._poke()
+            self._notify_empty()
 
         flight.addBoth(land)
         if not landed:
