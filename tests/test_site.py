@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import formatEvent
@@ -794,3 +796,21 @@ def test_refused_request_is_not_answered_again_at_its_deadline(reactor: MemoryRe
     reactor.advance(10.1)
     assert transport.value().count(b"HTTP/1.1 ") == 1
     assert timed(metrics, "webhook", "4xx") == (1.0, 0.0)
+
+
+@given(st.lists(st.binary(min_size=0, max_size=40), min_size=1, max_size=8))
+def test_any_target_is_counted_under_a_fixed_route(targets: list[bytes]) -> None:
+    """Whatever the target, the histogram's labels are a fixed route and a status class (promise P10)."""
+    reactor = MemoryReactorClock()
+    metrics = GatewayMetrics()
+    site = BrigadeSite(Routed(reactor), reactor, max_body=100, metrics=metrics)
+    for target in targets:
+        channel, _ = connect(site)
+        channel.dataReceived(
+            b"GET /" + target.replace(b"\r", b"").replace(b"\n", b"") + b" HTTP/1.1\r\nHost: x\r\n\r\n"
+        )
+    reactor.advance(11.0)
+    labels = [s.labels for family in metrics.registry.collect() for s in family.samples if "route" in s.labels]
+    assert labels
+    assert {label["route"] for label in labels} <= set(ROUTES)
+    assert {label["code"] for label in labels} <= {"2xx", "4xx", "5xx"}
