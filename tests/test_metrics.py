@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import platform
-import shutil
 import subprocess
 import sys
 from datetime import datetime, timezone
@@ -35,7 +33,7 @@ from brigade_cr.stores.kube.client import KubeClient
 from brigade_cr.stores.kube.credentials import StaticToken
 from brigade_cr.testing.memory import MemoryBuilds, MemoryProjects
 from tests.backend_contract import a_build, project_secret
-from tests.helpers import failure_of, result_of
+from tests.helpers import failure_of, promtool, result_of
 from tests.kubeapi import FakeKube, Hang
 from tests.test_service import SECRET as SERVICE_SECRET
 from tests.test_service import GatewayReactor, deliver, get, parse
@@ -454,22 +452,12 @@ def test_full_page_has_every_family(tmp_path: Path) -> None:
     assert values[("brigade_cr_build_info", (("twisted_version", twisted_version), ("version", __version__)))] == 1
 
 
-def _promtool() -> str:
-    path = shutil.which("promtool")
-    if path is None:
-        message = "promtool is not on PATH: install Debian's prometheus package (.ci/run does)"
-        if os.environ.get("CI"):
-            pytest.fail(message + "; CI is set, so this is a failure", pytrace=False)
-        pytest.skip(message)
-    return path
-
-
 @pytest.mark.slow
 def test_promtool_accepts_the_full_page(tmp_path: Path) -> None:
     """`promtool check metrics` reads the full page with no error and no lint complaint."""
     text = full_page(tmp_path)
     result = subprocess.run(
-        [_promtool(), "check", "metrics"], input=text, capture_output=True, text=True, timeout=60, check=False
+        [promtool(), "check", "metrics"], input=text, capture_output=True, text=True, timeout=60, check=False
     )
     assert (result.returncode, result.stdout, result.stderr) == (0, "", "")
 
@@ -484,7 +472,7 @@ def test_promtool_would_complain() -> None:
         "brigade_cr_wait_milliseconds_count 1\n"
     )
     result = subprocess.run(
-        [_promtool(), "check", "metrics"], input=bad, capture_output=True, text=True, timeout=60, check=False
+        [promtool(), "check", "metrics"], input=bad, capture_output=True, text=True, timeout=60, check=False
     )
     assert result.returncode != 0
     complaints = result.stdout + result.stderr
