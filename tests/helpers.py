@@ -1,9 +1,12 @@
-"""Small helpers for tests of Deferreds that fire without a running reactor."""
+"""Small helpers for tests: Deferreds that fire without a running reactor, and the tools some tests run."""
 
 from __future__ import annotations
 
+import os
+import shutil
 from typing import Any, Coroutine, TypeVar
 
+import pytest
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
@@ -30,3 +33,17 @@ def failure_of(value: Deferred[Any] | Coroutine[Any, Any, Any]) -> BaseException
     assert isinstance(results[0], Failure), f"expected a failure, got {results[0]!r}"
     assert results[0].value is not None
     return results[0].value
+
+
+def promtool() -> str:
+    """
+    The path of ``promtool`` (Debian's prometheus package; .ci/run installs
+    it). Missing, it fails the test when ``CI`` is set, else skips it.
+    """
+    path = shutil.which("promtool")
+    if path is None:
+        message = "promtool is not on PATH: install Debian's prometheus package (.ci/run does)"
+        if os.environ.get("CI"):
+            pytest.fail(message + "; CI is set, so this is a failure", pytrace=False)
+        pytest.skip(message)
+    return path

@@ -32,6 +32,7 @@ from zope.interface import implementer
 import brigade_cr.app.drain
 from brigade_cr.app.backend import Backend
 from brigade_cr.app.drain import make_drain_service
+from brigade_cr.app.metrics import CountedBuilds
 from brigade_cr.app.service import GatewayServices, SpoolService, StopOnSignal
 from brigade_cr.app.startup import StartupError
 from brigade_cr.app.tap import makeService
@@ -167,7 +168,7 @@ def drain_of(tmp_path: Path, *argv: str, api: Api | None = None, monkeypatch: An
         monkeypatch.setattr(
             brigade_cr.app.drain,
             "choose_backend",
-            lambda options, reactor, environ: Backend(MemoryProjects(), api, "the test's store"),
+            lambda options, reactor, environ, kube_metrics=None: Backend(MemoryProjects(), api, "the test's store"),
         )
     reactor = GatewayReactor()
     exits: list[str] = []
@@ -262,7 +263,9 @@ def test_kube_backend_is_throttled_and_its_pool_closed(tmp_path: Path) -> None:
     spooling = drain.service.getServiceNamed("spool")
     assert isinstance(spooling, SpoolService)
     assert isinstance(spooling.spool, SpooledBuilds)
-    throttled = spooling.spool.inner
+    counted = spooling.spool.inner
+    assert isinstance(counted, CountedBuilds)  # every build created is counted, as when serving
+    throttled = counted.inner
     assert isinstance(throttled, ThrottledBuilds)
     assert throttled.max_pause_wait is None
     assert (throttled.throttle.per_second, throttled.throttle.burst) == (7.0, 9)

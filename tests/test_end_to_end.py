@@ -14,11 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from twisted.copyright import version as twisted_version
 
+from brigade_cr import __version__
 from brigade_cr.core.contract import BUILD_DATA_KEYS, is_ulid, project_id
 from tests.backend_contract import project_secret
 from tests.e2e import AUTH, NAMESPACE, PAYLOADS, SECRET, builds, data, new_builds
 from tests.gatewayprocess import GatewayProcess
+from tests.helpers import promtool
 from tests.kubetarget import FakeKubeProcess
 
 # Every test here runs a real gateway and/or fake Kubernetes API process.
@@ -313,6 +316,18 @@ def test_metrics_endpoint(tmp_path: Path, kube: FakeKubeProcess) -> None:
             connection.close()
         assert 'brigade_cr_deliveries_total{format="acr",outcome="built"} 1.0' in text
         assert 'brigade_cr_deliveries_total{format="none",outcome="unauthorized"} 1.0' in text
+        # The families of issue 11: the webhook's answers, the API's requests, the builds created.
+        assert 'brigade_cr_http_request_duration_seconds_count{code="2xx",route="webhook"} 1.0' in text
+        assert 'brigade_cr_http_request_duration_seconds_count{code="4xx",route="webhook"} 1.0' in text
+        assert 'brigade_cr_kube_requests_total{code="2xx",verb="create"} 1.0' in text
+        assert 'brigade_cr_kube_requests_total{code="2xx",verb="list"}' in text
+        assert "brigade_cr_created_builds_total 1.0" in text
+        assert f'brigade_cr_build_info{{twisted_version="{twisted_version}",version="{__version__}"}} 1.0' in text
+        assert "process_cpu_seconds_total" in text
+        checked = subprocess.run(
+            [promtool(), "check", "metrics"], input=text, capture_output=True, text=True, timeout=60, check=False
+        )
+        assert (checked.returncode, checked.stdout, checked.stderr) == (0, "", "")
         assert process.request("GET", "/metrics").status == 404
     finally:
         process.stop()

@@ -40,6 +40,7 @@ from twisted.web.server import NOT_DONE_YET
 from zope.interface.verify import verifyObject
 
 from brigade_cr import __version__
+from brigade_cr.app.metrics import GatewayMetrics
 from brigade_cr.stores.kube.client import (
     DEFAULT_MAX_PERSISTENT,
     IPV6_URL_HOST,
@@ -72,7 +73,8 @@ from brigade_cr.stores.kube.credentials import (
 from brigade_cr.stores.kube.tls import tls_policy
 from tests.certs import write_test_pki
 from tests.helpers import failure_of, result_of
-from tests.kubeapi import FakeKube
+from tests.kubeapi import FakeKube, Latency
+from tests.kubeapi import Hang as HangFault
 
 TOKEN = "good-token-0123456789"
 SECRET_STDERR = "stderr-secret-never-reported"
@@ -965,3 +967,176 @@ async def test_contract_wrong_token(kube_target: Any, reactor: Any) -> None:
     finally:
         await bounded(client.close(), reactor)
     assert (raised.value.code, raised.value.reason) == (401, "Unauthorized")
+
+
+# -- request metrics ---------------------------------------------------------------------
+
+
+def kube_counts(metrics: GatewayMetrics) -> dict[tuple[str, str], float]:
+    """brigade_cr_kube_requests_total by (verb, code)."""
+    return {
+        (s.labels["verb"], s.labels["code"]): s.value
+        for family in metrics.registry.collect()
+        if family.name == "brigade_cr_kube_requests"
+        for s in family.samples
+        if s.name == "brigade_cr_kube_requests_total"
+    }
+
+
+def kube_timed(metrics: GatewayMetrics, verb: str) -> tuple[float | None, float | None]:
+    """The duration histogram's count and sum for ``verb``."""
+    sample = metrics.registry.get_sample_value
+    return (
+        sample("brigade_cr_kube_request_duration_seconds_count", {"verb": verb}),
+        sample("brigade_cr_kube_request_duration_seconds_sum", {"verb": verb}),
+    )
+
+
+@attrs.define
+class Observed:
+    fake: FakeKube
+    clock: Clock
+    stub: StubTreq
+    client: KubeClient
+    metrics: GatewayMetrics
+
+    def advance(self, seconds: float) -> None:
+        self.stub.flush()
+        self.clock.advance(seconds)
+        self.stub.flush()
+
+
+def observed(token: str = TOKEN, **client_args: Any) -> Observed:
+    clock = Clock()
+    fake = FakeKube(clock=clock, tokens=frozenset({TOKEN}), initial_namespaces=["brigade"])
+    stub = StubTreq(fake.resource())
+    metrics = GatewayMetrics()
+    client = KubeClient(stub, "https://kube.example:6443", StaticToken(token), clock, metrics=metrics, **client_args)
+    return Observed(fake, clock, stub, client, metrics)
+
+
+def test_requests_counted_by_verb_and_status_class() -> None:
+    """Each call is one request under its verb and its answer's status class."""
+    kube = observed()
+    result_of(kube.client.create_secret("brigade", secret("a")))
+    failure_of(kube.client.create_secret("brigade", secret("a")))  # 409
+    result_of(kube.client.get_secret("brigade", "a"))
+    failure_of(kube.client.get_secret("brigade", "missing"))  # 404
+    result_of(kube.client.list_secrets("brigade"))
+    result_of(kube.client.version())
+    kube.fake.fail_with(503, verbs=["list"])
+    failure_of(kube.client.list_secrets("brigade"))
+    assert kube_counts(kube.metrics) == {
+        ("create", "2xx"): 1,
+        ("create", "4xx"): 1,
+        ("get", "2xx"): 2,
+        ("get", "4xx"): 1,
+        ("list", "2xx"): 1,
+        ("list", "5xx"): 1,
+    }
+    assert kube_timed(kube.metrics, "get") == (3.0, 0.0)
+    assert kube_timed(kube.metrics, "create") == (2.0, 0.0)
+
+
+def test_request_latency_on_the_clock() -> None:
+    """A create the server answers after 2.5 s is observed with exactly that duration."""
+    kube = observed()
+    kube.fake.add_fault(Latency(seconds=2.5, verbs=["create"], times=1))
+    created = kube.client.create_secret("brigade", secret("slow"))
+    kube.advance(2.4)
+    assert not created.called
+    kube.advance(0.1)
+    assert result_of(created)["metadata"]["name"] == "slow"
+    assert kube_timed(kube.metrics, "create") == (1.0, 2.5)
+    sample = kube.metrics.registry.get_sample_value
+    bucket = "brigade_cr_kube_request_duration_seconds_bucket"
+    assert sample(bucket, {"verb": "create", "le": "1.0"}) == 0
+    assert sample(bucket, {"verb": "create", "le": "2.5"}) == 1
+
+
+def test_no_usable_answer_is_an_error() -> None:
+    """A timeout and a 2xx that is not JSON are code ``error``; the timeout lasts its 3 s."""
+    clock = Clock()
+    metrics = GatewayMetrics()
+    hung = canned_client(Hang(), clock=clock, timeout=3.0, metrics=metrics).version()
+    clock.advance(3.0)
+    assert isinstance(failure_of(hung), KubeTransportError)
+    assert isinstance(failure_of(canned_client(Canned(200, b"nope"), metrics=metrics).version()), KubeTransportError)
+    assert kube_counts(metrics) == {("get", "error"): 2}
+    assert kube_timed(metrics, "get") == (2.0, 3.0)
+
+
+def test_each_attempt_is_a_request_and_unsent_calls_are_not() -> None:
+    """
+    A 401 retried with a fresh token is two requests; a call with no
+    credentials sends nothing and one cancelled by its caller ends without
+    an answer: neither is counted.
+    """
+    kube = observed(token="wrong-token")
+    failure_of(kube.client.get_secret("brigade", "a"))
+    assert kube_counts(kube.metrics) == {("get", "4xx"): 2}
+    metrics = GatewayMetrics()
+    no_token = FileToken("/nonexistent/token", Clock())
+    client = KubeClient(StubTreq(Canned()), "https://kube.example:6443", no_token, Clock(), metrics=metrics)
+    assert isinstance(failure_of(client.version()), KubeTransportError)
+    cancelled = canned_client(Hang(), metrics=metrics).version()
+    cancelled.cancel()
+    failure_of(cancelled)
+    assert kube_counts(metrics) == {}
+
+
+def test_generic_request_verbs() -> None:
+    """``request`` counts a method's verb (PUT update, PATCH patch, DELETE delete, else other) unless given one."""
+    metrics = GatewayMetrics()
+    client = canned_client(Canned(200, b"{}"), metrics=metrics)
+    for method in ("PUT", "PATCH", "DELETE", "OPTIONS", "GET", "POST"):
+        result_of(client.request(method, "/x"))
+    result_of(client.request("GET", "/x", verb="list"))
+    assert kube_counts(metrics) == {
+        ("update", "2xx"): 1,
+        ("patch", "2xx"): 1,
+        ("delete", "2xx"): 1,
+        ("other", "2xx"): 1,
+        ("get", "2xx"): 1,
+        ("create", "2xx"): 1,
+        ("list", "2xx"): 1,
+    }
+
+
+def test_watch_counted_once_at_its_headers() -> None:
+    """
+    A watch is one request, counted when its answer's headers arrive (not
+    per event, not when the stream ends); a refused watch is counted with
+    its code, one that never answers as an error at the timeout.
+    """
+    kube = observed(timeout=3.0)
+    events: list[dict[str, Any]] = []
+    stream = kube.client.watch_secrets("brigade", events.append, timeout_seconds=60)
+    kube.advance(0)
+    assert kube_counts(kube.metrics) == {("watch", "2xx"): 1}
+    kube.fake.put_secret("brigade", secret("a"))
+    kube.fake.put_secret("brigade", secret("b"))
+    kube.advance(1.0)
+    assert [e["type"] for e in events] == ["ADDED", "ADDED"]
+    assert kube_counts(kube.metrics) == {("watch", "2xx"): 1}
+    assert kube_timed(kube.metrics, "watch") == (1.0, 0.0)
+    stream.cancel()
+    kube.advance(0)
+    failure_of(stream)
+    kube.fake.fail_with(403, verbs=["watch"])
+    assert isinstance(failure_of(kube.client.watch_secrets("brigade", events.append)), KubeStatusError)
+    kube.fake.fail_with(None)
+    kube.fake.add_fault(HangFault(verbs=["watch"]))
+    hung = kube.client.watch_secrets("brigade", events.append)
+    kube.advance(3.0)
+    assert isinstance(failure_of(hung), KubeTransportError)
+    assert kube_counts(kube.metrics) == {("watch", "2xx"): 1, ("watch", "4xx"): 1, ("watch", "error"): 1}
+    assert kube_timed(kube.metrics, "watch") == (3.0, 3.0)
+
+
+def test_from_config_passes_the_metrics() -> None:
+    """The client ``from_config`` (and so make_kube_backend) builds observes into the metrics it is given."""
+    metrics = GatewayMetrics()
+    client = KubeClient.from_config(Clock(), KubeConfig(server="https://kube.example:6443"), metrics=metrics)
+    assert client.metrics is metrics
+    assert KubeClient.from_config(Clock(), KubeConfig(server="https://kube.example:6443")).metrics is None

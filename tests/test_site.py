@@ -11,14 +11,20 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import formatEvent
 from twisted.web.http import parse_qs
 from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET
 
+from brigade_cr.app.metrics import GatewayMetrics
 from brigade_cr.core.errors import InvalidText
+from brigade_cr.core.interfaces import ROUTES
 from brigade_cr.core.tokenbucket import RateLimiter
+from brigade_cr.web.routes import WEBHOOK_PREFIX
 from brigade_cr.web.site import (
     REASONS,
     BrigadeSite,
@@ -29,6 +35,7 @@ from brigade_cr.web.site import (
     query_pairs,
     query_text,
     redact_uri,
+    route_of,
     split_target,
 )
 from tests.wire import SECRET, Wire, parse_responses, request
@@ -637,3 +644,173 @@ def test_request_repr_is_redacted(wire: Wire) -> None:
 def test_redact_uri_forms(uri: bytes, expected: str) -> None:
     """Redaction uses the authenticator's parser: decoded names, Twisted's split, everything escaped."""
     assert redact_uri(uri) == expected
+
+
+# -- the request latency histogram -------------------------------------------------------
+
+
+class Routed(Resource):
+    """Answers by path: a webhook 202 after 0.25 s, /healthz 200, /readyz 503, anything else 404."""
+
+    isLeaf = True
+
+    def __init__(self, reactor: MemoryReactorClock) -> None:
+        super().__init__()
+        self.reactor = reactor
+
+    def render(self, request: Any) -> Any:
+        if request.path.startswith(b"/events/webhook/"):
+
+            def answer() -> None:
+                request.setResponseCode(202)
+                request.write(b"queued")
+                request.finish()
+
+            self.reactor.callLater(0.25, answer)
+            return NOT_DONE_YET
+        request.setResponseCode({b"/healthz": 200, b"/readyz": 503}.get(request.path, 404))
+        return b"answer"
+
+
+def timed(metrics: GatewayMetrics, route: str, code: str) -> tuple[float | None, float | None]:
+    """The histogram's count and sum for one route and status class."""
+    labels = {"route": route, "code": code}
+    sample = metrics.registry.get_sample_value
+    return (
+        sample("brigade_cr_http_request_duration_seconds_count", labels),
+        sample("brigade_cr_http_request_duration_seconds_sum", labels),
+    )
+
+
+def test_answers_are_timed_by_route_and_status_class(reactor: MemoryReactorClock) -> None:
+    """
+    Each answer is observed once under its route (a fixed name, whatever the
+    query or target form) and status class, timed on the site's clock from
+    the request's first line; probes are observed though not logged.
+    """
+    metrics = GatewayMetrics()
+    site = BrigadeSite(Routed(reactor), reactor, metrics=metrics)
+    for target in (
+        b"/events/webhook/acme/app?token=secret",
+        b"/healthz",
+        b"/healthz?x=1",
+        b"http://gw.example/readyz",
+        b"/nope",
+        b"/events/webhook",
+        b"/healthz/",
+    ):
+        channel, _ = connect(site)
+        channel.dataReceived(b"GET " + target + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+    reactor.advance(0.2)
+    assert timed(metrics, "webhook", "2xx") == (None, None)
+    reactor.advance(0.05)
+    assert timed(metrics, "webhook", "2xx") == (1.0, 0.25)
+    assert timed(metrics, "healthz", "2xx") == (2.0, 0.0)
+    assert timed(metrics, "readyz", "5xx") == (1.0, 0.0)
+    assert timed(metrics, "other", "4xx") == (3.0, 0.0)
+    sample = metrics.registry.get_sample_value
+    bucket = "brigade_cr_http_request_duration_seconds_bucket"
+    assert sample(bucket, {"route": "webhook", "code": "2xx", "le": "0.1"}) == 0
+    assert sample(bucket, {"route": "webhook", "code": "2xx", "le": "0.25"}) == 1
+    routes = {s.labels["route"] for family in metrics.registry.collect() for s in family.samples if "route" in s.labels}
+    assert routes == {"webhook", "healthz", "readyz", "other"}
+
+
+def test_refusals_are_timed(reactor: MemoryReactorClock) -> None:
+    """
+    The site's own refusals are observed too: a 413 for a webhook at once,
+    a 408 at the deadline (from the connection, for its first request, by
+    the path of the request line when it came), a malformed request and a
+    header section over the limit (431).
+    """
+    metrics = GatewayMetrics()
+    site, _ = make_site(reactor, request_timeout=10.0, metrics=metrics)
+    channel, _ = connect(site)
+    channel.dataReceived(b"POST /events/webhook/solo HTTP/1.1\r\nHost: x\r\nContent-Length: 101\r\n\r\n")
+    assert timed(metrics, "webhook", "4xx") == (1.0, 0.0)
+    late, transport = connect(site)
+    reactor.advance(4.0)
+    late.dataReceived(b"POST /events/webhook/solo HTTP/1.1\r\nHost: x\r\n")
+    reactor.advance(6.0)
+    assert transport.value().startswith(b"HTTP/1.1 408 Request Timeout\r\n")
+    assert timed(metrics, "webhook", "4xx") == (2.0, 10.0)
+    connect(site)
+    reactor.advance(10.0)
+    assert timed(metrics, "other", "4xx") == (1.0, 10.0)
+    garbled, _ = connect(site)
+    garbled.dataReceived(b"GARBAGE\r\n\r\n")
+    big, transport = connect(site)
+    big.dataReceived(b"GET /healthz HTTP/1.1\r\nX-Big: " + b"a" * 17000 + b"\r\n\r\n")
+    assert transport.value().startswith(b"HTTP/1.1 431 ")
+    assert timed(metrics, "other", "4xx") == (2.0, 10.0)
+    assert timed(metrics, "healthz", "4xx") == (1.0, 0.0)
+
+
+def test_no_metrics_no_observation(reactor: MemoryReactorClock) -> None:
+    """Without metrics the site answers as before (nothing to observe into)."""
+    site = BrigadeSite(Routed(reactor), reactor)
+    channel, transport = connect(site)
+    channel.dataReceived(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert transport.value().startswith(b"HTTP/1.1 200 OK\r\n")
+    assert site.metrics is None
+
+
+@pytest.mark.parametrize(
+    "path, route",
+    [
+        (WEBHOOK_PREFIX.encode() + b"solo", "webhook"),
+        (WEBHOOK_PREFIX.encode(), "webhook"),
+        (b"/healthz", "healthz"),
+        (b"/readyz", "readyz"),
+        (b"/readyz/", "other"),
+        (b"/metrics", "other"),
+        (b"/", "other"),
+        (None, "other"),
+    ],
+)
+def test_route_of(path: bytes | None, route: str) -> None:
+    """Paths map to the fixed routes, with routes.py's webhook prefix; anything else is other."""
+    assert route_of(path) == route
+    assert route in ROUTES
+
+
+def test_wire_delivery_is_timed() -> None:
+    """Through the real WebhookSite: a delivery answered 200 is one webhook 2xx, a probe one healthz 2xx."""
+    metrics = GatewayMetrics()
+    with Wire(metrics=metrics) as wire:
+        body = (PAYLOADS / "acr_push.json").read_bytes()
+        [answer], _ = wire.exchange(request("POST", b"/events/webhook/solo", body, bearer=True))
+        assert answer.code == 200
+        [probe], _ = wire.exchange(request("GET", b"/healthz"))
+        assert probe.code == 200
+    assert timed(metrics, "webhook", "2xx") == (1.0, 0.0)
+    assert timed(metrics, "healthz", "2xx") == (1.0, 0.0)
+
+
+def test_refused_request_is_not_answered_again_at_its_deadline(reactor: MemoryReactorClock) -> None:
+    """After a 413 the request's deadline is disarmed: a peer slow to read the close gets no second (408) answer."""
+    metrics = GatewayMetrics()
+    site, _ = make_site(reactor, request_timeout=10.0, metrics=metrics)
+    channel, transport = connect(site)
+    channel.dataReceived(b"POST /events/webhook/solo HTTP/1.1\r\nHost: x\r\nContent-Length: 101\r\n\r\n")
+    reactor.advance(10.1)
+    assert transport.value().count(b"HTTP/1.1 ") == 1
+    assert timed(metrics, "webhook", "4xx") == (1.0, 0.0)
+
+
+@given(st.lists(st.binary(min_size=0, max_size=40), min_size=1, max_size=8))
+def test_any_target_is_counted_under_a_fixed_route(targets: list[bytes]) -> None:
+    """Whatever the target, the histogram's labels are a fixed route and a status class (promise P10)."""
+    reactor = MemoryReactorClock()
+    metrics = GatewayMetrics()
+    site = BrigadeSite(Routed(reactor), reactor, max_body=100, metrics=metrics)
+    for target in targets:
+        channel, _ = connect(site)
+        channel.dataReceived(
+            b"GET /" + target.replace(b"\r", b"").replace(b"\n", b"") + b" HTTP/1.1\r\nHost: x\r\n\r\n"
+        )
+    reactor.advance(11.0)
+    labels = [s.labels for family in metrics.registry.collect() for s in family.samples if "route" in s.labels]
+    assert labels
+    assert {label["route"] for label in labels} <= set(ROUTES)
+    assert {label["code"] for label in labels} <= {"2xx", "4xx", "5xx"}

@@ -18,6 +18,7 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.testing import EventLoggingObserver, MemoryReactorClock, StringTransport
 from twisted.logger import formatEvent, globalLogPublisher
 
+from brigade_cr.app.metrics import GatewayMetrics
 from brigade_cr.core.gateway import Gateway
 from brigade_cr.core.interfaces import IBuilds
 from brigade_cr.core.tokenbucket import RateLimiter
@@ -110,10 +111,11 @@ class Wire:
     The stack (see the module docstring). Projects ``solo`` and
     ``acme/webapp`` have the secret ``SECRET``; ``open`` has none. With
     ``spool``, builds go through a ``SpooledBuilds`` in that directory, which
-    the caller must ``close()``.
+    the caller must ``close()``. With ``metrics``, the gateway and the site
+    count into it.
     """
 
-    def __init__(self, spool: Path | None = None, **site_options: Any) -> None:
+    def __init__(self, spool: Path | None = None, metrics: GatewayMetrics | None = None, **site_options: Any) -> None:
         self.reactor = MemoryReactorClock()
         self.reactor.advance(NOW)
         self.projects = MemoryProjects()
@@ -132,12 +134,13 @@ class Wire:
             builds,
             self.reactor,
             auth_failures=RateLimiter(self.reactor, per_second=1.0, burst=3),
+            metrics=metrics,
         )
         self.webhooks = WebhookSite(self.gateway, self.reactor)
         site_options.setdefault("max_body", 4096)
         site_options.setdefault("request_timeout", 10.0)
         site_options.setdefault("idle_timeout", 60.0)
-        self.site = MemoryLogSite(self.webhooks.resource(), self.reactor, **site_options)
+        self.site = MemoryLogSite(self.webhooks.resource(), self.reactor, metrics=metrics, **site_options)
         self.site.access_log = io.StringIO()
         self.site.logPath = "memory"
         self.site.startFactory()

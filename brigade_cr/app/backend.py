@@ -16,7 +16,7 @@ import attrs
 
 from brigade_cr.app.options import DEFAULT_DIRECTORY
 from brigade_cr.app.startup import StartupError
-from brigade_cr.core.interfaces import IBuilds, IProjects
+from brigade_cr.core.interfaces import IBuilds, IKubeRequestMetrics, IProjects
 from brigade_cr.stores.directory import DirectoryScan, directory_backend, read_projects
 from brigade_cr.stores.fileio import ThreadedIO
 from brigade_cr.stores.projects import ProjectSource
@@ -40,10 +40,16 @@ class Backend:
     throttled: bool = False
 
 
-def choose_backend(options: Mapping[str, Any], reactor: Any, environ: Mapping[str, str]) -> Backend:
+def choose_backend(
+    options: Mapping[str, Any],
+    reactor: Any,
+    environ: Mapping[str, str],
+    kube_metrics: IKubeRequestMetrics | None = None,
+) -> Backend:
     """
     The backend named by ``--backend``; without one, Kubernetes when a
-    configuration is found, else a local directory.
+    configuration is found, else a local directory. A Kubernetes client
+    observes its requests in ``kube_metrics``.
     """
     choice = options["backend"]
     if choice is not None and choice.startswith("dir:"):
@@ -80,7 +86,9 @@ def choose_backend(options: Mapping[str, Any], reactor: Any, environ: Mapping[st
     try:
         # The pool keeps a connection per build in flight plus the watch's.
         pool = MAX_IN_FLIGHT + 2 if options["spool"] else DEFAULT_MAX_PERSISTENT
-        projects, builds, client = make_kube_backend(reactor, config, namespace, max_persistent=pool)
+        projects, builds, client = make_kube_backend(
+            reactor, config, namespace, max_persistent=pool, metrics=kube_metrics
+        )
     except KubeConfigError as e:
         raise StartupError(_kubeconfig_problem(str(e))) from None
     return Backend(

@@ -15,7 +15,7 @@ from twisted.internet.interfaces import IReactorCore, IReactorThreads, IReactorT
 from twisted.web.resource import Resource
 
 from brigade_cr.app.backend import choose_backend
-from brigade_cr.app.metrics import GatewayMetrics
+from brigade_cr.app.metrics import CountedBuilds, GatewayMetrics
 from brigade_cr.app.service import (
     ClosePool,
     GatewayServices,
@@ -60,7 +60,9 @@ def make_gateway(
     )
 
 
-def make_service(options: Mapping[str, Any], reactor: Any, environ: Mapping[str, str]) -> GatewayServices:
+def make_service(
+    options: Mapping[str, Any], reactor: Any, environ: Mapping[str, str], metrics: GatewayMetrics | None = None
+) -> GatewayServices:
     """
     Build the gateway's object graph from parsed ``options``:
 
@@ -68,7 +70,9 @@ def make_service(options: Mapping[str, Any], reactor: Any, environ: Mapping[str,
     projects known in memory before they are asked for (a watch or a
     rescan keeps them, persisted beside the spool); builds behind the durable
     spool (``--spool``) or, without one, retried within the request's time;
-    the use case; the web application and its limited site.
+    the use case; the web application and its limited site; the metrics
+    (``metrics``, a new ``GatewayMetrics`` by default) that all of them
+    count into, served with ``--metrics``.
 
     Returns a ``GatewayServices`` whose children, in start order, are named
     ``metrics`` (with ``--metrics``), ``pool`` (Kubernetes), ``projects``,
@@ -89,7 +93,9 @@ def make_service(options: Mapping[str, Any], reactor: Any, environ: Mapping[str,
     core = IReactorCore(reactor)
     threads = IReactorThreads(reactor)
 
-    backend = choose_backend(options, reactor, environ)
+    if metrics is None:
+        metrics = GatewayMetrics()
+    backend = choose_backend(options, reactor, environ, kube_metrics=metrics)
     io = ThreadedIO(threads, threads.getThreadPool())
     builds: IBuilds = backend.builds
     if backend.throttled:
@@ -99,6 +105,8 @@ def make_service(options: Mapping[str, Any], reactor: Any, environ: Mapping[str,
             # A spool's drainer can wait out any pause; a waiting sender cannot.
             max_pause_wait=None if options["spool"] else NO_SPOOL_BUDGET,
         )
+    # Below the spool and the retries: every build the store creates, by either path.
+    builds = CountedBuilds(builds, metrics.build_created)
     spool_dir = options["spool"]
     assert backend.project_source is not None
     projects = KnownProjects(
@@ -122,7 +130,6 @@ def make_service(options: Mapping[str, Any], reactor: Any, environ: Mapping[str,
         accepted = spool
     else:
         accepted = RetryingBuilds(builds, clock)
-    metrics = GatewayMetrics()
     if spool is not None:
         metrics.watch_spool(spool.stats)
     gateway = make_gateway(options, projects, accepted, clock, metrics)
@@ -141,6 +148,7 @@ def make_service(options: Mapping[str, Any], reactor: Any, environ: Mapping[str,
         idle_timeout=options["idle-timeout"],
         max_connections=options["max-connections"],
         log_probes=bool(options["log-probes"]),
+        metrics=metrics,
     )
 
     def give_up() -> None:

@@ -30,7 +30,7 @@ from twisted.logger import Logger
 
 from brigade_cr.app.backend import choose_backend
 from brigade_cr.app.compose import _metrics_port
-from brigade_cr.app.metrics import GatewayMetrics
+from brigade_cr.app.metrics import CountedBuilds, GatewayMetrics
 from brigade_cr.app.service import ClosePool, GatewayServices, SpoolService, StopDeadline, StopOnSignal
 from brigade_cr.app.startup import StartupError, check_spool, exit_nonzero_at_end
 from brigade_cr.core.interfaces import IBuilds
@@ -140,13 +140,15 @@ def make_drain_service(
     core = IReactorCore(reactor)
     threads = IReactorThreads(reactor)
 
-    backend = choose_backend(options, reactor, environ)
+    metrics = GatewayMetrics()
+    backend = choose_backend(options, reactor, environ, kube_metrics=metrics)
     builds: IBuilds = backend.builds
     if backend.throttled:
         # The drain waits out any pause of the API: nobody is waiting on it.
         builds = ThrottledBuilds(
             builds, Throttle(clock, per_second=options["kube-qps"], burst=options["kube-burst"]), max_pause_wait=None
         )
+    builds = CountedBuilds(builds, metrics.build_created)
     directory = Path(spool_dir)
     check_spool(directory)
     spool = SpooledBuilds(
@@ -157,7 +159,6 @@ def make_drain_service(
         max_records=options["spool-max-records"],
         max_bytes=options["spool-max-bytes"],
     )
-    metrics = GatewayMetrics()
     metrics.watch_spool(spool.stats)
 
     def give_up() -> None:

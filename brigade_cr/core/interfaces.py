@@ -5,7 +5,9 @@ The use case (``gateway.py``) is written against these interfaces only. Each
 store interface has a Kubernetes implementation, a directory implementation
 and an in-memory one, all checked by one shared contract suite;
 ``IGatewayMetrics`` is implemented by ``app/metrics.py``, so that core never
-imports the application's wiring.
+imports the application's wiring; so are ``IRequestMetrics`` (observed by
+``web/site.py``) and ``IKubeRequestMetrics`` (by ``stores/kube/client.py``),
+so that neither web nor stores imports app.
 """
 
 from __future__ import annotations
@@ -93,3 +95,35 @@ class IGatewayMetrics(Interface):
 
     def built(project_id: str, event_type: str) -> None:
         """Count one build (not a duplicate) accepted for an authenticated project."""
+
+
+# The closed label sets of the two observers below (promise P10,
+# docs/guarantees.md: no label value comes from what a sender wrote).
+ROUTES = ("webhook", "healthz", "readyz", "other")
+KUBE_VERBS = ("get", "list", "watch", "create", "update", "patch", "delete", "other")
+
+
+class IRequestMetrics(Interface):
+    """Where the webhook listener times each answer it sends."""
+
+    def answered(route: str, code: int, seconds: float) -> None:
+        """
+        Observe one answer with HTTP status ``code`` to a request for
+        ``route``, one of ``ROUTES`` (the request's path, never the path
+        itself), ``seconds`` after the request began to arrive. Raises
+        ``ValueError`` for any other route.
+        """
+
+
+class IKubeRequestMetrics(Interface):
+    """Where the Kubernetes API client counts and times its requests."""
+
+    def kube_request(verb: str, code: int | None, seconds: float) -> None:
+        """
+        Observe one request sent to the API server: ``verb`` one of
+        ``KUBE_VERBS``; ``code`` the HTTP status it was answered with, or
+        None when it got no usable answer (connection failure, TLS,
+        timeout, an unreadable body); ``seconds`` from sending it to that
+        outcome (for a watch, to its answer's headers). Raises
+        ``ValueError`` for any other verb.
+        """

@@ -27,6 +27,9 @@ The HTTP site: request limits, the request target, and a redacting access log.
 - A failure while finishing a response (writing the access log, say) closes
   the connection and is logged once: a request that cannot be finished would
   otherwise keep its connection open for ever, past every timeout.
+- Every answer the webhook listener sends (probes and the site's own
+  refusals included) is timed into an ``IRequestMetrics``, by route
+  (``route_of``: a fixed name, never the path) and status.
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ from twisted.web.http import HTTPChannel, _escape
 from twisted.web.server import Request, Site
 
 from brigade_cr.core.errors import InvalidText
+from brigade_cr.core.interfaces import IRequestMetrics
 
 SAFE_QUERY_NAMES = frozenset({b"commit", b"registry"})
 DEFAULT_MAX_BODY = 256 * 1024
@@ -196,6 +200,26 @@ def log_text(value: bytes | str) -> str:
 
 # Paths of the probes, kept out of the access log unless --log-probes.
 PROBE_PATHS = frozenset({b"/healthz", b"/readyz"})
+# Where deliveries are posted (web/routes.py's WEBHOOK_PREFIX).
+WEBHOOK_PATH_PREFIX = b"/events/webhook/"
+
+
+def route_of(path: bytes | None) -> str:
+    """
+    The route a request path is counted under, one of
+    ``core.interfaces.ROUTES``: ``webhook`` below ``/events/webhook/``,
+    ``healthz`` and ``readyz`` for the probes, ``other`` for anything else
+    (and for a request whose path never arrived).
+    """
+    if path is None:
+        return "other"
+    if path.startswith(WEBHOOK_PATH_PREFIX):
+        return "webhook"
+    if path == b"/healthz":
+        return "healthz"
+    if path == b"/readyz":
+        return "readyz"
+    return "other"
 
 
 def note_build(request: Any, name: str) -> None:
@@ -203,13 +227,16 @@ def note_build(request: Any, name: str) -> None:
     request.brigade_build = name
 
 
-def _latency(request: Any) -> str:
-    started = getattr(request, "started_at", None)
-    site = getattr(getattr(request, "channel", None), "site", None)
+def _elapsed(site: Any, started: float | None) -> float | None:
     reactor = getattr(site, "reactor", None)
     if started is None or reactor is None:
-        return "-"
-    return f"{max(0.0, reactor.seconds() - started) * 1000:.1f}"
+        return None
+    return max(0.0, float(reactor.seconds()) - started)
+
+
+def _latency(request: Any) -> str:
+    seconds = _elapsed(getattr(getattr(request, "channel", None), "site", None), getattr(request, "started_at", None))
+    return "-" if seconds is None else f"{seconds * 1000:.1f}"
 
 
 def redacting_log_formatter(timestamp: str, request: Request) -> str:
@@ -240,16 +267,28 @@ def redacting_log_formatter(timestamp: str, request: Request) -> str:
     )
 
 
-def _raw_response(channel: HTTPChannel, code: int, body: dict[str, str]) -> None:
+def _raw_response(channel: HTTPChannel, code: int, body: dict[str, str], started: float | None = None) -> None:
     # Answers a request that will never reach the resource: written straight
     # to the transport, then the connection is closed, so nothing more of the
-    # request is read.
+    # request is read. Timed from ``started`` (the request's first line), or
+    # else from when the request began to arrive (the deadline's start).
     content = json.dumps(body).encode("utf-8") + b"\n"
     assert channel.transport is not None
     channel.transport.write(
         b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
         b"Connection: close\r\n\r\n%s" % (code, REASONS[code], len(content), content)
     )
+    if isinstance(channel, DeadlineChannel):
+        # Answered: the request's deadline must not answer it a second time
+        # while the close waits for a peer that does not read.
+        channel._disarm()
+    site = getattr(channel, "site", None)
+    if isinstance(site, BrigadeSite):
+        # The request line, when it has arrived (HTTPChannel keeps it until
+        # the request's body is complete).
+        target = getattr(channel, "_path", None)
+        path = split_target(origin_form(target)[0])[0] if isinstance(target, bytes) else None
+        site.observe(path, code, started if started is not None else getattr(channel, "receiving_since", None))
     # Ignore whatever else arrives before the close (as HTTPChannel itself
     # does for data after a non-persistent request).
     channel.dataReceived = lambda data: None  # type: ignore[method-assign]
@@ -299,7 +338,7 @@ class LimitedRequest(Request):
             max_body=self._max_body(),
             source=_source(self),
         )
-        _raw_response(self.channel, 413, {"status": "Payload Too Large"})
+        _raw_response(self.channel, 413, {"status": "Payload Too Large"}, started=self.started_at)
 
     def gotLength(self, length: int | None) -> None:
         if length is not None and length > self._max_body():
@@ -377,10 +416,13 @@ class DeadlineChannel(HTTPChannel):
     log = Logger()
     site: BrigadeSite
     _deadline: IDelayedCall | None = None
+    # When the request now arriving began to (its deadline's start).
+    receiving_since: float | None = None
 
     def _arm(self) -> None:
         if self._deadline is None:
             self._deadline = self.callLater(self.site.request_timeout, self._expire)
+            self.receiving_since = self.site.reactor.seconds()
 
     def _disarm(self) -> None:
         if self._deadline is not None:
@@ -458,7 +500,10 @@ class BrigadeSite(Site):
     """
     A ``Site`` with the limits above: ``max_body`` bytes per request body,
     ``request_timeout`` seconds per request, ``max_connections`` open at once
-    (more are closed as soon as they are accepted).
+    (more are closed as soon as they are accepted). Every answer it sends is
+    observed in ``metrics`` (when given): the finished requests as their
+    access log line is made (before probes are left out of it), and the
+    site's own refusals (400, 408, 413, 431) as they are written.
     """
 
     _log = Logger()
@@ -474,8 +519,10 @@ class BrigadeSite(Site):
         idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
         log_probes: bool = False,
+        metrics: IRequestMetrics | None = None,
     ) -> None:
         self.log_probes = log_probes
+        self.metrics = metrics
         super().__init__(
             resource,
             logFormatter=redacting_log_formatter,
@@ -491,7 +538,14 @@ class BrigadeSite(Site):
         self.open_connections = 0
         self._full = False
 
+    def observe(self, path: bytes | None, code: int, started: float | None) -> None:
+        """Time an answer with status ``code`` to a request for ``path`` that began to arrive at ``started``."""
+        seconds = _elapsed(self, started)
+        if self.metrics is not None and seconds is not None:
+            self.metrics.answered(route_of(path), int(code), seconds)
+
     def log(self, request: Any) -> None:
+        self.observe(getattr(request, "path", None), request.code, getattr(request, "started_at", None))
         # Probes come every few seconds from every kubelet: they would bury
         # the deliveries.
         if not self.log_probes and request.path in PROBE_PATHS:

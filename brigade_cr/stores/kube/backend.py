@@ -53,7 +53,7 @@ from zope.interface import implementer
 
 from brigade_cr.core.contract import build_secret, project_from_secret, same_build
 from brigade_cr.core.errors import BackendRejected, BackendUnavailable, ProjectNotFound
-from brigade_cr.core.interfaces import IBuilds, IProjects
+from brigade_cr.core.interfaces import IBuilds, IKubeRequestMetrics, IProjects
 from brigade_cr.core.values import Build, Project, Receipt
 from brigade_cr.stores.kube.client import (
     DEFAULT_MAX_PERSISTENT,
@@ -197,6 +197,7 @@ def make_kube_backend(
     namespace: str,
     timeout: float = DEFAULT_TIMEOUT,
     max_persistent: int = DEFAULT_MAX_PERSISTENT,
+    metrics: IKubeRequestMetrics | None = None,
 ) -> tuple[KubeProjects, KubeBuilds, KubeClient]:
     """
     The Kubernetes projects and builds stores for ``namespace``, sharing one
@@ -204,9 +205,10 @@ def make_kube_backend(
     (returned too, to ``close()`` on shutdown or probe with ``version()``).
     ``max_persistent`` is how many persistent connections the pool keeps:
     the builds in flight plus the project watch, so that no build pays a
-    TLS handshake at steady state.
+    TLS handshake at steady state. Every request the client sends is
+    observed in ``metrics`` (when given).
 
     Raises ``KubeConfigError`` for unusable TLS material; touches no network.
     """
-    client = KubeClient.from_config(reactor, config, timeout=timeout, max_persistent=max_persistent)
+    client = KubeClient.from_config(reactor, config, timeout=timeout, max_persistent=max_persistent, metrics=metrics)
     return KubeProjects(client, namespace), KubeBuilds(client, namespace), client

@@ -35,6 +35,14 @@ with (2xx), or fails with exactly one of:
 
 Cancelling a call's Deferred aborts it and fails it with ``CancelledError``.
 Nothing here logs a token, an ``Authorization`` header or a body.
+
+Each request sent (each attempt: a 401 retried is two) is observed in the
+client's ``IKubeRequestMetrics``, when it has one: its verb (``get``,
+``list``, ``watch``, ``create``...), the status it was answered with (None
+for a ``KubeTransportError``: no usable answer) and how long that took. A
+watch is observed once, when its answer's headers arrive (its duration is
+to them, not the stream's length) or when it fails before them. A call that
+sends nothing (no credentials) or that its caller cancels is not observed.
 """
 
 from __future__ import annotations
@@ -77,6 +85,7 @@ from twisted.web.iweb import UNKNOWN_LENGTH, IAgentEndpointFactory, IBodyProduce
 from zope.interface import implementer
 
 from brigade_cr import __version__
+from brigade_cr.core.interfaces import IKubeRequestMetrics
 from brigade_cr.stores.kube.config import KubeConfig
 from brigade_cr.stores.kube.credentials import ITokenSource, KubeCredentialError, ThreadRunner, token_source_for
 from brigade_cr.stores.kube.tls import tls_policy
@@ -91,6 +100,9 @@ DEFAULT_MAX_PERSISTENT = 8
 # The URL host treq is given for an IPv6-literal server (see the module
 # docstring); never resolved: ServerEndpoints ignores the URL's host.
 IPV6_URL_HOST = "kube-apiserver.ipv6.invalid"
+
+# The verb a request of each method is counted under, unless its call names one.
+_VERBS = {"GET": "get", "POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}
 
 _REASONS = {
     400: "BadRequest",
@@ -453,7 +465,8 @@ class KubeClient:
     server, see the module docstring); ``tokens`` gives the bearer token;
     ``clock`` times each attempt out after ``timeout`` seconds; bodies over
     ``max_body`` bytes are refused. ``pool`` is the connection pool
-    ``from_config`` made, closed by ``close()``.
+    ``from_config`` made, closed by ``close()``. ``metrics``, when set,
+    observes every request sent (see the module docstring).
     """
 
     http: Any
@@ -465,6 +478,7 @@ class KubeClient:
     user_agent: str = USER_AGENT
     pool: HTTPConnectionPool | None = attrs.field(default=None, repr=False)
     host_header: str | None = None
+    metrics: IKubeRequestMetrics | None = None
 
     log: ClassVar[Logger] = Logger()
 
@@ -476,6 +490,7 @@ class KubeClient:
         timeout: float = DEFAULT_TIMEOUT,
         max_persistent: int = DEFAULT_MAX_PERSISTENT,
         run_in_thread: ThreadRunner | None = None,
+        metrics: IKubeRequestMetrics | None = None,
     ) -> KubeClient:
         """
         A client for ``config``'s server: treq's ``HTTPClient`` over an
@@ -484,7 +499,8 @@ class KubeClient:
         within ``timeout`` seconds, sharing a persistent pool that keeps up
         to ``max_persistent`` connections (each dropped after 60 s idle), and
         the token source the config describes (an exec plugin runs in
-        ``run_in_thread``, the reactor's thread pool by default).
+        ``run_in_thread``, the reactor's thread pool by default); its
+        requests are observed in ``metrics``.
 
         Raises ``KubeConfigError`` for unusable TLS material. Touches no
         network and runs no plugin.
@@ -508,6 +524,7 @@ class KubeClient:
             timeout=timeout,
             pool=pool,
             host_header=host_header,
+            metrics=metrics,
         )
 
     def close(self) -> Deferred[None]:
@@ -521,7 +538,7 @@ class KubeClient:
 
     def get_secret(self, namespace: str, name: str) -> Deferred[dict[str, Any]]:
         """Fires with the Secret ``namespace/name``; a missing one fails with a 404 ``KubeStatusError``."""
-        return self.request("GET", _secret_path(namespace, name))
+        return self.request("GET", _secret_path(namespace, name), verb="get")
 
     def create_secret(self, namespace: str, secret: Mapping[str, Any]) -> Deferred[dict[str, Any]]:
         """
@@ -558,7 +575,7 @@ class KubeClient:
             params["limit"] = str(limit)
         if continue_token:
             params["continue"] = continue_token
-        return self.request("GET", _secrets_path(namespace), params=params or None)
+        return self.request("GET", _secrets_path(namespace), params=params or None, verb="list")
 
     def watch_secrets(
         self,
@@ -625,6 +642,7 @@ class KubeClient:
         token: str | None,
     ) -> None:
         headers = self._headers(token, has_body=False)
+        started = self.clock.seconds()
         requested: Deferred[IResponse] = self.http.request(
             "GET",
             url,
@@ -645,14 +663,17 @@ class KubeClient:
             response = await requested
         except Exception as e:
             if timed_out:
+                self._observe("watch", None, started)
                 raise KubeTransportError(f"timed out after {self.timeout:g}s") from None
             if isinstance(e, CancelledError) or isinstance(_first_reason(e), CancelledError):
                 raise CancelledError() from None
+            self._observe("watch", None, started)
             raise KubeTransportError(transport_reason(e)) from None
         finally:
             if timer.active():
                 timer.cancel()
         code = int(response.code)
+        self._observe("watch", code, started)
         if not 200 <= code < 300:
             try:
                 body = await _read_body(response, self.max_body)
@@ -667,7 +688,7 @@ class KubeClient:
 
     def version(self) -> Deferred[dict[str, Any]]:
         """Fires with the server's ``/version`` (``major``, ``minor``, ``gitVersion``, ...)."""
-        return self.request("GET", "/version")
+        return self.request("GET", "/version", verb="get")
 
     def request(
         self,
@@ -675,12 +696,16 @@ class KubeClient:
         path: str,
         params: Mapping[str, str] | None = None,
         body: Mapping[str, Any] | None = None,
+        verb: str | None = None,
     ) -> Deferred[dict[str, Any]]:
         """
         ``method`` ``path`` (below ``base_url``) with the query ``params`` and
         the JSON ``body``. Fires with the decoded JSON object of a 2xx answer;
         fails with ``KubeStatusError`` or ``KubeTransportError`` (see the
-        module docstring).
+        module docstring). Each attempt is observed in ``metrics`` as
+        ``verb``: by default the method's (``GET`` is ``get``, ``POST``
+        ``create``, ``PUT`` ``update``, ``PATCH`` ``patch``, ``DELETE``
+        ``delete``, anything else ``other``).
 
         A 401 makes the token source forget its token, and the request is
         sent once more with a fresh one. Each attempt is bounded by
@@ -691,7 +716,7 @@ class KubeClient:
         if params:
             url += "?" + urlencode(dict(params))
         data = None if body is None else json.dumps(body, separators=(",", ":")).encode("utf-8")
-        return Deferred.fromCoroutine(self._call(method, path, url, data))
+        return Deferred.fromCoroutine(self._call(method, path, url, data, verb or _VERBS.get(method, "other")))
 
     async def _token(self) -> str | None:
         try:
@@ -699,10 +724,10 @@ class KubeClient:
         except KubeCredentialError as e:
             raise KubeTransportError(f"no credentials: {e.reason}") from e
 
-    async def _call(self, method: str, path: str, url: str, data: bytes | None) -> dict[str, Any]:
+    async def _call(self, method: str, path: str, url: str, data: bytes | None, verb: str) -> dict[str, Any]:
         token = await self._token()
         try:
-            return await self._attempt(method, path, url, data, token)
+            return await self._attempt(method, path, url, data, token, verb)
         except KubeStatusError as e:
             if e.code != 401 or token is None:
                 raise
@@ -712,10 +737,34 @@ class KubeClient:
             path=path,
         )
         self.tokens.invalidate()
-        return await self._attempt(method, path, url, data, await self._token())
+        return await self._attempt(method, path, url, data, await self._token(), verb)
 
-    async def _attempt(self, method: str, path: str, url: str, data: bytes | None, token: str | None) -> dict[str, Any]:
-        exchange = Deferred.fromCoroutine(self._exchange(method, url, data, token))
+    def _observe(self, verb: str, code: int | None, started: float) -> None:
+        if self.metrics is not None:
+            self.metrics.kube_request(verb, code, max(0.0, self.clock.seconds() - started))
+
+    async def _attempt(
+        self, method: str, path: str, url: str, data: bytes | None, token: str | None, verb: str
+    ) -> dict[str, Any]:
+        # One attempt is one request sent: observed by what it ended with
+        # (a cancelled one is not).
+        started = self.clock.seconds()
+        answered: list[int] = []
+        try:
+            result = await self._timed_attempt(method, path, url, data, token, answered)
+        except KubeStatusError as e:
+            self._observe(verb, e.code, started)
+            raise
+        except KubeTransportError:
+            self._observe(verb, None, started)
+            raise
+        self._observe(verb, answered[-1], started)
+        return result
+
+    async def _timed_attempt(
+        self, method: str, path: str, url: str, data: bytes | None, token: str | None, answered: list[int]
+    ) -> dict[str, Any]:
+        exchange = Deferred.fromCoroutine(self._exchange(method, url, data, token, answered))
         timed_out: list[bool] = []
 
         def expire() -> None:
@@ -780,7 +829,9 @@ class KubeClient:
                 retry_after = seconds
         return KubeStatusError(code, status, retry_after)
 
-    async def _exchange(self, method: str, url: str, data: bytes | None, token: str | None) -> dict[str, Any]:
+    async def _exchange(
+        self, method: str, url: str, data: bytes | None, token: str | None, answered: list[int]
+    ) -> dict[str, Any]:
         response = await self.http.request(
             method,
             url,
@@ -795,6 +846,7 @@ class KubeClient:
         except _ResponseTooLarge:
             raise KubeTransportError(f"response larger than {self.max_body} bytes (HTTP {response.code})") from None
         code = int(response.code)
+        answered.append(code)
         if not 200 <= code < 300:
             raise self._status_error(response, code, body)
         try:
