@@ -63,6 +63,22 @@ def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> 
     return (yield from _guard(item, "teardown"))
 
 
+_DEFAULT_DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "brigade-cr-data")
+
+
+@pytest.fixture(autouse=True)
+def _no_default_data_in_the_checkout() -> Generator[None, None, None]:
+    """
+    A test leaves no ``brigade-cr-data/`` (the default spool and directory
+    backend, relative to the working directory) in the checkout: a gateway
+    composed without ``--spool``/``--no-spool`` would put its spool there.
+    """
+    existed = os.path.exists(_DEFAULT_DATA)
+    yield
+    if not existed and os.path.exists(_DEFAULT_DATA):
+        pytest.fail(f"the test created {_DEFAULT_DATA}: give it --spool DIR or --no-spool (or chdir to tmp_path)")
+
+
 # No deadline: the machine running the tests may be slow or busy, and speed
 # is measured by the benchmark, not by tests.
 # - "default" (a developer's run, plain ``pytest``) and "ci" (tox sets it,

@@ -291,7 +291,7 @@ def _directory_gateway(tmp_path: Path) -> Path:
 def _compose(tmp_path: Path, *, spool: bool) -> tuple[GatewayMetrics, GatewayReactor, Any]:
     data = _directory_gateway(tmp_path)
     argv = ["--backend", f"dir:{data}", "--port", "tcp:8000", "--metrics", "tcp:9100"]
-    argv += ["--spool", str(tmp_path / "spool")] if spool else []
+    argv += ["--spool", str(tmp_path / "spool")] if spool else ["--no-spool"]
     metrics = GatewayMetrics()
     reactor = GatewayReactor()
     service = make_service(parse(*argv), reactor, {}, metrics=metrics)

@@ -15,4 +15,11 @@ The Kubernetes edge of brigade-cr, on treq and Twisted (no blocking client).
   ``IBuilds`` implementations, and ``make_kube_backend``.
 
 Nothing here imports ``twisted.internet.reactor``: the reactor is passed in.
+
+``lightimport`` is installed first, so that the ``kubernetes`` package's
+loaders come without its generated API client (about 20 MB resident).
 """
+
+from brigade_cr.stores.kube import lightimport
+
+lightimport.install()
