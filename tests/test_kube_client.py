@@ -21,7 +21,7 @@ import sys
 import threading
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 import attrs
@@ -789,6 +789,28 @@ def test_ipv6_server_goes_through_treq(server: str, base_url: str, host: str | N
     endpoints = client.http._agent._endpointFactory
     assert isinstance(endpoints, ServerEndpoints)
     assert (endpoints.host, endpoints.port) == (urlsplit(server).hostname, urlsplit(server).port or 443)
+
+
+def test_an_idn_server_is_asked_for_in_uri_form() -> None:
+    """
+    The base URL is put in URI form once (the host IDNA-encoded), and every
+    request hands treq a URL already in that form, whose to_uri() is itself
+    (treq calls it on every request; it would IDNA-encode the host again).
+    """
+    client = KubeClient.from_config(Clock(), KubeConfig(server="https://кубер.example:6443/k8s"))
+    assert client.base_url == "https://xn--90ain0am.example:6443/k8s"
+    seen: list[Any] = []
+
+    class Recording:
+        def request(self, method: str, url: Any, **kwargs: Any) -> Deferred[Any]:
+            seen.append(url)
+            return Deferred()
+
+    client.http = cast(Any, Recording())
+    client.version()
+    [url] = seen
+    assert url.to_uri() is url
+    assert url.to_text() == "https://xn--90ain0am.example:6443/k8s/version"
 
 
 def test_host_header_sent() -> None:
