@@ -1,9 +1,10 @@
-"""Small helpers for tests: Deferreds that fire without a running reactor, and the tools some tests run."""
+"""Small helpers for tests: Deferreds that fire without a running reactor, the tools some tests run, a kubeconfig."""
 
 from __future__ import annotations
 
 import os
 import shutil
+from pathlib import Path
 from typing import Any, Coroutine, TypeVar
 
 import pytest
@@ -46,4 +47,18 @@ def promtool() -> str:
         if os.environ.get("CI"):
             pytest.fail(message + "; CI is set, so this is a failure", pytrace=False)
         pytest.skip(message)
+    return path
+
+
+MINIMAL_KUBECONFIG = (
+    "apiVersion: v1\nkind: Config\ncurrent-context: c\n"
+    "clusters: [{name: k, cluster: {server: 'https://127.0.0.1:6443', insecure-skip-tls-verify: true}}]\n"
+    "users: [{name: u, user: {token: t0k3n}}]\n"
+    "contexts: [{name: c, context: {cluster: k, user: u}}]\n"
+)
+
+
+def write_minimal_kubeconfig(path: Path) -> Path:
+    """A kubeconfig at ``path`` naming a server at https://127.0.0.1:6443 (never dialled) and a token; ``path``."""
+    path.write_text(MINIMAL_KUBECONFIG)
     return path

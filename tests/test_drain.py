@@ -48,6 +48,7 @@ from brigade_cr.testing.memory import MemoryBuilds, MemoryProjects
 from tests.backend_contract import a_build, project_secret
 from tests.e2e import AUTH, NAMESPACE, PAYLOADS, SECRET
 from tests.gatewayprocess import GatewayProcess, run_to_completion, spawn
+from tests.helpers import write_minimal_kubeconfig
 from tests.kubetarget import FakeKubeProcess
 from tests.slow import starts_process
 from tests.test_service import GatewayReactor, parse
@@ -252,12 +253,7 @@ def test_children_and_no_webhook_port(tmp_path: Path, logged: Lines) -> None:
 def test_kube_backend_is_throttled_and_its_pool_closed(tmp_path: Path) -> None:
     """With Kubernetes: the client-side limit with no pause budget (the drain waits), and the pool service."""
     kubeconfig = tmp_path / "kubeconfig"
-    kubeconfig.write_text(
-        "apiVersion: v1\nkind: Config\ncurrent-context: c\n"
-        "clusters: [{name: k, cluster: {server: 'https://127.0.0.1:6443', insecure-skip-tls-verify: true}}]\n"
-        "users: [{name: u, user: {token: t0k3n}}]\n"
-        "contexts: [{name: c, context: {cluster: k, user: u}}]\n"
-    )
+    write_minimal_kubeconfig(kubeconfig)
     drain = drain_of(tmp_path, "--kubeconfig", str(kubeconfig), "--kube-qps", "7", "--kube-burst", "9")
     assert [child.name for child in drain.service] == ["pool", "drain", "spool", "signals"]
     spooling = drain.service.getServiceNamed("spool")

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import write_minimal_kubeconfig
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 PROGRAM = textwrap.dedent(
@@ -36,15 +38,6 @@ PROGRAM = textwrap.dedent(
     """
 )
 
-KUBECONFIG = """\
-apiVersion: v1
-kind: Config
-current-context: c
-clusters: [{name: k, cluster: {server: 'https://127.0.0.1:6443', insecure-skip-tls-verify: true}}]
-users: [{name: u, user: {token: t0k3n}}]
-contexts: [{name: c, context: {cluster: k, user: u}}]
-"""
-
 
 @pytest.mark.slow
 def test_the_loaders_come_without_the_api_client(tmp_path: Path) -> None:
@@ -54,7 +47,7 @@ def test_the_loaders_come_without_the_api_client(tmp_path: Path) -> None:
     stream); asking for anything else then loads the real package.
     """
     kubeconfig = tmp_path / "kubeconfig"
-    kubeconfig.write_text(KUBECONFIG)
+    write_minimal_kubeconfig(kubeconfig)
     finished = subprocess.run(
         [sys.executable, "-c", PROGRAM, str(kubeconfig)],
         cwd=REPO_ROOT,

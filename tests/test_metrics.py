@@ -33,7 +33,7 @@ from brigade_cr.stores.kube.client import KubeClient
 from brigade_cr.stores.kube.credentials import StaticToken
 from brigade_cr.testing.memory import MemoryBuilds, MemoryProjects
 from tests.backend_contract import a_build, project_secret
-from tests.helpers import failure_of, promtool, result_of
+from tests.helpers import failure_of, promtool, result_of, write_minimal_kubeconfig
 from tests.kubeapi import FakeKube, Hang
 from tests.test_service import SECRET as SERVICE_SECRET
 from tests.test_service import GatewayReactor, deliver, get, parse
@@ -341,12 +341,7 @@ def test_kube_backend_observes_into_the_gateway_metrics(tmp_path: Path) -> None:
     from brigade_cr.app.backend import choose_backend
 
     kubeconfig = tmp_path / "kubeconfig"
-    kubeconfig.write_text(
-        "apiVersion: v1\nkind: Config\ncurrent-context: c\n"
-        "clusters: [{name: k, cluster: {server: 'https://127.0.0.1:6443', insecure-skip-tls-verify: true}}]\n"
-        "users: [{name: u, user: {token: t0k3n}}]\n"
-        "contexts: [{name: c, context: {cluster: k, user: u}}]\n"
-    )
+    write_minimal_kubeconfig(kubeconfig)
     metrics = GatewayMetrics()
     backend = choose_backend(parse("--kubeconfig", str(kubeconfig)), GatewayReactor(), {}, kube_metrics=metrics)
     assert backend.close is not None

@@ -39,6 +39,7 @@ from brigade_cr.app.startup import BoundPort
 from brigade_cr.app.tap import Options
 from tests.backend_contract import project_secret
 from tests.gatewayprocess import GatewayProcess
+from tests.helpers import write_minimal_kubeconfig
 
 SECRET = "service-test-secret-0123456789"
 
@@ -274,12 +275,7 @@ def test_the_spool_is_on_by_default_in_the_working_directory(tmp_path: Path, mon
 def test_kube_backend_has_a_pool_to_close(tmp_path: Path) -> None:
     """With Kubernetes: pool (closed after the projects stop), projects, webhook, signals; nothing dialled."""
     kubeconfig = tmp_path / "kubeconfig"
-    kubeconfig.write_text(
-        "apiVersion: v1\nkind: Config\ncurrent-context: c\n"
-        "clusters: [{name: k, cluster: {server: 'https://127.0.0.1:6443', insecure-skip-tls-verify: true}}]\n"
-        "users: [{name: u, user: {token: t0k3n}}]\n"
-        "contexts: [{name: c, context: {cluster: k, user: u}}]\n"
-    )
+    write_minimal_kubeconfig(kubeconfig)
     reactor = GatewayReactor()
     service = make_service(parse("--kubeconfig", str(kubeconfig), "--port", "tcp:8000", "--no-spool"), reactor, {})
     assert [(child.name, type(child).__name__) for child in service] == [

@@ -13,6 +13,7 @@ from twisted.python import usage
 from brigade_cr.app.backend import choose_backend
 from brigade_cr.app.startup import StartupError
 from brigade_cr.app.tap import Options
+from tests.helpers import write_minimal_kubeconfig
 
 
 def parse(*argv: str) -> Options:
@@ -185,12 +186,7 @@ def test_kube_backend_is_throttled(tmp_path: Path) -> None:
     from twisted.internet import reactor
 
     kubeconfig = tmp_path / "kubeconfig"
-    kubeconfig.write_text(
-        "apiVersion: v1\nkind: Config\ncurrent-context: c\n"
-        "clusters: [{name: k, cluster: {server: 'https://127.0.0.1:6443', insecure-skip-tls-verify: true}}]\n"
-        "users: [{name: u, user: {token: t0k3n}}]\n"
-        "contexts: [{name: c, context: {cluster: k, user: u}}]\n"
-    )
+    write_minimal_kubeconfig(kubeconfig)
     kube = choose_backend(parse("--kubeconfig", str(kubeconfig), "--namespace", "brigade"), reactor, {})
     assert kube.throttled
     assert kube.description.startswith(

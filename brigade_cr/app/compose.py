@@ -163,30 +163,31 @@ def make_service(
     # Bound now (--port first, as before), so that a port in use is a
     # start-up error; accepting only once their services start.
     webhook_port = bind("--port", options["port"], site, reactor)
-    metrics_port = (
-        _metrics_port(options["metrics"], metrics, threads, reactor, bool(options["log-probes"]))
+    metrics_listener = (
+        metrics_port(options["metrics"], metrics, threads, reactor, bool(options["log-probes"]))
         if options["metrics"]
         else None
     )
     # Added in start order; the graceful stop runs backwards: the webhook
     # listener first, the metrics listener last.
-    if metrics_port is not None:
-        _named("metrics", metrics_port).setServiceParent(root)
+    if metrics_listener is not None:
+        named("metrics", metrics_listener).setServiceParent(root)
     if backend.close is not None:
-        _named("pool", ClosePool(backend.close)).setServiceParent(root)
-    _named("projects", ProjectsService(projects)).setServiceParent(root)
+        named("pool", ClosePool(backend.close)).setServiceParent(root)
+    named("projects", ProjectsService(projects)).setServiceParent(root)
     if spool is None:
         webhook = WebhookListener(web, webhook_port, deadline)
     else:
         spooling = SpoolService(spool, deadline, failed=give_up)
-        _named("spool", spooling).setServiceParent(root)
+        named("spool", spooling).setServiceParent(root)
         webhook = WebhookListener(web, webhook_port, deadline, ready=spooling.recovered)
-    _named("webhook", webhook).setServiceParent(root)
-    _named("signals", StopOnSignal(core, threads)).setServiceParent(root)
+    named("webhook", webhook).setServiceParent(root)
+    named("signals", StopOnSignal(core, threads)).setServiceParent(root)
     return root
 
 
-def _named(name: str, service: IService) -> IService:
+def named(name: str, service: IService) -> IService:
+    """``service``, named ``name`` (children are found by name: ``getServiceNamed``)."""
     service.setName(name)
     return service
 
@@ -206,9 +207,13 @@ def _announcements(description: str, spool_dir: str | None, gateway: Gateway) ->
     return lines
 
 
-def _metrics_port(
+def metrics_port(
     endpoint: str, metrics: GatewayMetrics, threads: IReactorThreads, reactor: Any, log_probes: bool = False
 ) -> IService:
+    """
+    The ``--metrics`` listener: ``/metrics`` on ``endpoint``, bound now (a
+    port in use is a ``StartupError``), accepting once the service starts.
+    """
     root = Resource()
     root.putChild(b"metrics", metrics.resource(threads))
     return bind("--metrics", endpoint, ScrapeSite(root, reactor, log_probes=log_probes), reactor)

@@ -22,14 +22,14 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Protocol
 
 import attrs
-from twisted.application.service import IService, Service
+from twisted.application.service import Service
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ReactorNotRunning
 from twisted.internet.interfaces import IReactorCore, IReactorThreads, IReactorTime
 from twisted.logger import Logger
 
 from brigade_cr.app.backend import choose_backend
-from brigade_cr.app.compose import _metrics_port
+from brigade_cr.app.compose import metrics_port, named
 from brigade_cr.app.metrics import CountedBuilds, GatewayMetrics
 from brigade_cr.app.service import ClosePool, GatewayServices, SpoolService, StopDeadline, StopOnSignal
 from brigade_cr.app.startup import StartupError, check_spool, exit_nonzero_at_end
@@ -178,18 +178,13 @@ def make_drain_service(
         failed=exit_nonzero,
     )
     if options["metrics"]:
-        metrics_port = _metrics_port(options["metrics"], metrics, threads, reactor, bool(options["log-probes"]))
-        _named("metrics", metrics_port).setServiceParent(root)
+        listener = metrics_port(options["metrics"], metrics, threads, reactor, bool(options["log-probes"]))
+        named("metrics", listener).setServiceParent(root)
     if backend.close is not None:
-        _named("pool", ClosePool(backend.close)).setServiceParent(root)
+        named("pool", ClosePool(backend.close)).setServiceParent(root)
     spooling = SpoolService(spool, deadline, failed=give_up)
     drain = DrainUntilEmpty(spool, str(where), spooling.recovered, core, failed=exit_nonzero)
-    _named("drain", drain).setServiceParent(root)
-    _named("spool", spooling).setServiceParent(root)
-    _named("signals", StopOnSignal(core, threads)).setServiceParent(root)
+    named("drain", drain).setServiceParent(root)
+    named("spool", spooling).setServiceParent(root)
+    named("signals", StopOnSignal(core, threads)).setServiceParent(root)
     return root
-
-
-def _named(name: str, service: IService) -> IService:
-    service.setName(name)
-    return service
