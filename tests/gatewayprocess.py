@@ -91,13 +91,8 @@ class GatewayProcess:
         KUBECONFIG, not in a cluster) plus ``environ``, and wait at most
         ``timeout`` seconds until it listens.
         """
-        workdir.mkdir(parents=True, exist_ok=True)
-        log_path = workdir / "gateway.log"
-        command, env = _invocation(args, workdir, environ)
-        with log_path.open("wb") as log:
-            process = subprocess.Popen(
-                command, cwd=workdir, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
-            )
+        spawned = spawn(args, workdir, environ)
+        process, log_path = spawned.process, spawned.log_path
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             match = _LISTENING.search(log_path.read_bytes())
