@@ -31,6 +31,7 @@ from idna.core import InvalidCodepoint
 from treq.client import HTTPClient
 from treq.testing import StubTreq
 from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import HostnameEndpoint
 from twisted.internet.task import Clock
 from twisted.internet.testing import EventLoggingObserver
 from twisted.logger import globalLogPublisher
@@ -1162,3 +1163,69 @@ def test_from_config_passes_the_metrics() -> None:
     client = KubeClient.from_config(Clock(), KubeConfig(server="https://kube.example:6443"), metrics=metrics)
     assert client.metrics is metrics
     assert KubeClient.from_config(Clock(), KubeConfig(server="https://kube.example:6443")).metrics is None
+
+
+def test_the_endpoint_is_made_once() -> None:
+    """Every request gets the same endpoint, made at the first (making one IDNA-encodes the host)."""
+    endpoints = ServerEndpoints(Clock(), "kube.example", 6443, None, 5.0)
+    first = endpoints.endpointForURI(None)
+    assert isinstance(first, HostnameEndpoint)
+    assert endpoints.endpointForURI(None) is first
+    creator = tls_policy(KubeConfig(server="https://kube.example:6443")).creator
+    tls = ServerEndpoints(Clock(), "kube.example", 6443, creator, 5.0)
+    assert tls.endpointForURI(None) is tls.endpointForURI(None)
+    assert not isinstance(tls.endpointForURI(None), HostnameEndpoint)
+
+
+def test_a_request_url_is_parsed_once() -> None:
+    """A call's URL is parsed (and put in text form) once, then reused; at most 64 are kept."""
+    client = KubeClient.from_config(Clock(), KubeConfig(server="https://kube.example:6443"))
+    seen: list[Any] = []
+
+    class Recording:
+        def request(self, method: str, url: Any, **kwargs: Any) -> Deferred[Any]:
+            seen.append((url, kwargs["cookies"]))
+            return Deferred()
+
+    client.http = cast(Any, Recording())
+    client.get_secret("brigade", "a")
+    client.get_secret("brigade", "a")
+    (first, jar), (second, _) = seen
+    assert first is second
+    assert first.to_text() is first.to_text() == "https://kube.example:6443/api/v1/namespaces/brigade/secrets/a"
+    assert len(jar) == 0
+    for n in range(100):
+        client.get_secret("brigade", f"s{n}")
+    assert len(client._uris) <= 64
+
+
+class _CookieSetting(Resource):
+    isLeaf = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cookies: list[bytes | None] = []
+
+    def render_GET(self, request: Any) -> bytes:
+        self.cookies.append(request.getHeader(b"cookie"))
+        request.setHeader(b"set-cookie", b"session=abc; Path=/")
+        request.setHeader(b"content-type", b"application/json")
+        return b'{"major": "1"}'
+
+
+@pytest.mark.slow
+@pytest_twisted.ensureDeferred
+async def test_cookies_are_neither_kept_nor_sent(reactor: Any) -> None:
+    """A server's Set-Cookie is not kept: a later request through the real client sends no Cookie header."""
+    from twisted.web.server import Site
+
+    resource = _CookieSetting()
+    port = reactor.listenTCP(0, Site(resource), interface="127.0.0.1")
+    client = KubeClient.from_config(reactor, KubeConfig(server=f"http://127.0.0.1:{port.getHost().port}"), timeout=10.0)
+    try:
+        assert await bounded(client.version(), reactor) == {"major": "1"}
+        assert await bounded(client.version(), reactor) == {"major": "1"}
+    finally:
+        await bounded(client.close(), reactor)
+        await port.stopListening()
+    assert resource.cookies == [None, None]

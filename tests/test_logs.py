@@ -6,7 +6,7 @@ import io
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from twisted.application.service import Application, IService, MultiService
@@ -339,3 +339,70 @@ def test_nodaemon_logs_to_standard_output_at_the_chosen_level() -> None:
     (line,) = out.getvalue().splitlines()
     record = json.loads(line)
     assert (record["level"], record["logger"], record["message"], record["n"]) == ("error", "t", "kept 2", 2)
+
+
+def _events() -> list[dict[str, Any]]:
+    """Events of every shape the text observer meets, at fixed times (one a hair before a whole second)."""
+    events: list[dict[str, Any]] = []
+    log = Logger(namespace="brigade_cr.core.gateway.Gateway", observer=cast(ILogObserver, events.append))
+    log.info("Delivery for {project}: {n!r} {obj.real:>5} {d[k]}", project="p", n="x", obj=3, d={"k": "v"})
+    log.info("two\nlines {a}", a=1)
+    log.info("missing {absent}")
+    log.info("called {f()}", f=lambda: "yes")
+    log.info("positional {0}")
+    log.info("{text}", text="surrogate \udc80")
+    log.info(None)
+    try:
+        1 / 0  # noqa: B018
+    except ZeroDivisionError:
+        log.failure("boom {x}", x=1)
+    events.append({"log_format": "legacy {v}", "v": 2, "log_system": "-", "log_time": 0.0})
+    events.append({"log_format": "no level", "log_namespace": "x"})
+    for n, event in enumerate(events):
+        if "log_time" in event:
+            event["log_time"] = 1796123570.25 + n
+    events[1]["log_time"] = 1796123570.9999997
+    return events
+
+
+def test_text_lines_are_twisted_text_lines() -> None:
+    """The text observer writes, event for event, what Twisted's textFileLogObserver writes."""
+    from twisted.logger import textFileLogObserver
+
+    from brigade_cr.app.logs import text_file_observer
+
+    ours, twisted = io.StringIO(), io.StringIO()
+    observe, reference = text_file_observer(ours), textFileLogObserver(twisted)
+    for event in _events():
+        observe(dict(event))
+        reference(dict(event))
+    assert ours.getvalue() == twisted.getvalue()
+    lines = ours.getvalue()
+    assert " [brigade_cr.core.gateway.Gateway#info] two\n\tlines 1\n" in lines
+    assert "[brigade_cr.core.gateway.Gateway#info] Delivery for p: 'x'     3 v\n" in lines
+    assert "[brigade_cr.core.gateway.Gateway#info] called yes\n" in lines
+
+
+def test_json_times_and_messages_as_before() -> None:
+    """json lines carry rfc3339(log_time) and Twisted's formatting of the message, per event."""
+    from twisted.logger import formatEvent
+
+    out = io.StringIO()
+    observe = observer(out, "json", LEVELS["debug"])
+    kept = [event for event in _events() if event.get("log_level") is not None]
+    for event in kept:
+        observe(dict(event))
+    records = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert [r["time"] for r in records] == [rfc3339(event["log_time"]) for event in kept]
+    assert [r["message"] for r in records] == [formatEvent(event) for event in kept]
+
+
+def test_events_without_level_or_namespace_are_dropped() -> None:
+    """As Twisted's level filter does: an event with no level, or no namespace, is not written."""
+    out = io.StringIO()
+    observe = observer(out, "text", LEVELS["debug"])
+    observe({"log_format": "no level", "log_namespace": "x", "log_time": 0.0})
+    observe({"log_format": "no namespace", "log_level": LogLevel.critical, "log_time": 0.0})
+    observe({"log_format": "kept", "log_namespace": "x", "log_level": LogLevel.debug, "log_time": 0.0})
+    [line] = out.getvalue().splitlines()
+    assert line.endswith(" [x#debug] kept")

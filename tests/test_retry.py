@@ -218,12 +218,65 @@ def test_throttle_waiter_may_acquire_again() -> None:
     assert order == ["first", "second", "first again"]
 
 
+def _advance_in_steps(clock: Clock, seconds: float, step: float = 0.001) -> None:
+    # Millisecond steps: a timer fires within a step of its time.
+    for _ in range(round(seconds / step)):
+        clock.advance(step)
+
+
+def test_throttle_tick_hands_a_backlog_its_tokens_in_groups() -> None:
+    """
+    With tick 0.1 s at 50/s, a backlog is served five at a time, ten times a
+    second (the first, alone when it asked, at its token's time): the rate
+    stays 50/s, and nobody is served out of turn.
+    """
+    clock = Clock()
+    throttle = Throttle(clock, per_second=50.0, burst=10, tick=0.1)
+    for _ in range(10):
+        assert result_of(throttle.acquire()) is None
+    times: list[float] = []
+    order: list[int] = []
+    for n in range(20):
+        d = throttle.acquire()
+        fired_at(clock, d, times)
+        d.addCallback(lambda _, n: order.append(n), n)
+    _advance_in_steps(clock, 0.45)
+    assert times == pytest.approx([0.02] + [0.12] * 5 + [0.22] * 5 + [0.32] * 5 + [0.42] * 4, abs=0.0011)
+    assert order == list(range(20))
+    assert clock.getDelayedCalls() == []
+
+
+def test_throttle_tick_serves_a_lone_waiter_at_its_tokens_time() -> None:
+    """One waiter is not held back to the tick: it gets its token 20 ms later at 50/s."""
+    clock = Clock()
+    throttle = Throttle(clock, per_second=50.0, burst=1, tick=0.1)
+    assert result_of(throttle.acquire()) is None
+    times: list[float] = []
+    fired_at(clock, throttle.acquire(), times)
+    _advance_in_steps(clock, 0.05)
+    assert times == pytest.approx([0.02], abs=0.0011)
+
+
+def test_throttle_tick_never_costs_rate() -> None:
+    """A tick longer than the bucket takes to fill (burst 1 at 50/s: 20 ms) is cut to that: still 50/s."""
+    clock = Clock()
+    throttle = Throttle(clock, per_second=50.0, burst=1, tick=0.1)
+    assert result_of(throttle.acquire()) is None
+    times: list[float] = []
+    for _ in range(10):
+        fired_at(clock, throttle.acquire(), times)
+    _advance_in_steps(clock, 0.25)
+    assert times == pytest.approx([0.02 * n for n in range(1, 11)], abs=0.0011)
+
+
 def test_throttle_refuses_nonsense() -> None:
     """A rate of zero or a burst below one cannot work and is refused."""
     with pytest.raises(ValueError):
         Throttle(Clock(), per_second=0.0)
     with pytest.raises(ValueError):
         Throttle(Clock(), burst=0)
+    with pytest.raises(ValueError):
+        Throttle(Clock(), tick=-0.1)
 
 
 # -- a scripted inner store ----------------------------------------------------------------

@@ -57,8 +57,8 @@ from brigade_cr.stores.spool import (
     read_record,
     record_filename,
 )
+from brigade_cr.stores.spool import disk as spool_disk
 from brigade_cr.stores.spool import record as spool_record
-from brigade_cr.stores.spool import spooled as spool_drainer
 from brigade_cr.testing.memory import MemoryBuilds, MemoryProjects
 from tests.backend_contract import BackendContract, BackendUnderTest, a_build
 from tests.helpers import failure_of, result_of
@@ -648,7 +648,7 @@ def test_a_record_behind_others_is_answered_queued_at_once(api: ApiBuilds, clock
     assert result_of(answers[1]) == Receipt(build_no(2).name)
     assert io.names() == ["remove_records"]
     io.complete()  # build 1's removal: a slot is free, build 3 is read back from disk for its turn
-    assert io.names() == ["read_record", "remove_records"]  # and then build 2's removal
+    assert io.names() == ["read_records", "remove_records"]  # and then build 2's removal
     io.complete(0)
     assert [name for _, name in api.calls] == [build_no(1).name, build_no(2).name, build_no(3).name]
     advance_to(clock, 1.0)
@@ -1393,14 +1393,14 @@ def test_unreadable_record_is_retried_then_dead_lettered(
     spool.submit(build_no(1))
     spool.submit(build_no(2))
     bad = record_filename(1, build_no(1).name)
-    real_read = read_record  # what the drainer calls, until patched below
+    real_read = read_record  # what the drainer's batched reads call, until patched below
 
     def failing_read(path: Path, build_name: str) -> Build:
         if path.name == bad:
             raise OSError(errno.EIO, "Input/output error")
         return real_read(path, build_name)
 
-    monkeypatch.setattr(spool_drainer, "read_record", failing_read)
+    monkeypatch.setattr(spool_disk, "read_record", failing_read)
     api.down = False
     advance_to(clock, 0.5)  # the outage's probe: record 1 fails to read, record 2 is built
     assert api.created == [build_no(2).name]
@@ -1776,3 +1776,34 @@ def test_stop_ends_backlog_progress(
     advance_to(clock, clock.seconds() + 100)
     assert backlog_lines(events) == []
     assert clock.getDelayedCalls() == []
+
+
+def test_records_launched_together_are_read_back_in_one_batch(api: ApiBuilds, clock: Clock, directory: Path) -> None:
+    """
+    Recovered records handed over in one turn are read back from disk as a
+    group commit does: the first at once, the others together in one trip
+    to the thread pool (``read_records``) when it is back; each is built.
+    """
+    from brigade_cr.stores.spool.disk import no_step, write_records
+
+    directory.mkdir(parents=True, exist_ok=True)
+    written = [(record_filename(n, build_no(n).name), encode_record(build_no(n))) for n in (1, 2, 3)]
+    assert write_records(directory, written, no_step) == [None, None, None]
+    io = ManualIO()
+    spool = new_spool(directory, api, clock, io=io, max_in_flight=4)
+    started = spool.start()
+    while not started.called:
+        io.complete()
+    batches = []
+    for _ in range(10):  # bounded: three records
+        if "read_records" not in io.names():
+            break
+        index = io.names().index("read_records")
+        batches.append([path.name for path, _ in io.pending[index][1][0]])
+        io.complete(index)
+    assert batches == [[written[0][0]], [written[1][0], written[2][0]]]
+    assert [name for _, name in api.calls] == [build_no(n).name for n in (1, 2, 3)]
+    io.complete_all()
+    assert api.created == [build_no(n).name for n in (1, 2, 3)]
+    assert records(directory) == []
+    stop(spool, clock)

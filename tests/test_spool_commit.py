@@ -178,3 +178,37 @@ def test_remove_records_fsyncs_once_and_counts_a_missing_record_as_removed(
     assert os.listdir(tmp_path) == []
     assert directory_syncs == [tmp_path]
     assert steps == ["drain:removed"] * 3 + ["drain:dir-fsynced"] * 3
+
+
+def test_each_items_result_reaches_its_deferred() -> None:
+    """A batch's per-item results (not only None) are what each item's Deferred fires with."""
+
+    def batch(items: Sequence[int]) -> list[object]:
+        return [item * 10 if item != 2 else KeyError(item) for item in items]
+
+    io = HeldIO()
+    commit: GroupCommit[int] = GroupCommit(io, batch)
+    first = commit.add(1)
+    later = [commit.add(n) for n in (2, 3)]
+    io.release()
+    io.release()
+    assert result_of(first) == 10
+    assert isinstance(failure_of(later[0]), KeyError)
+    assert result_of(later[1]) == 30
+
+
+def test_read_records_gives_each_build_or_what_reading_it_raised(tmp_path: Path) -> None:
+    """Per record in order: its build, or the exception (a missing file, a corrupt record) for it alone."""
+    from brigade_cr.stores.spool.record import CorruptRecord, encode_record, record_filename
+    from tests.backend_contract import a_build
+
+    good = a_build("one")
+    good_path = tmp_path / record_filename(1, good.name)
+    good_path.write_bytes(encode_record(good))
+    corrupt_path = tmp_path / record_filename(2, good.name)
+    corrupt_path.write_bytes(b"{not json")
+    missing_path = tmp_path / record_filename(3, good.name)
+    read = disk.read_records([(good_path, good.name), (missing_path, good.name), (corrupt_path, good.name)])
+    assert read[0] == good
+    assert isinstance(read[1], FileNotFoundError)
+    assert isinstance(read[2], CorruptRecord)

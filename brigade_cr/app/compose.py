@@ -31,7 +31,7 @@ from brigade_cr.core.interfaces import IBuilds, IProjects
 from brigade_cr.core.tokenbucket import RateLimiter
 from brigade_cr.stores.fileio import ThreadedIO
 from brigade_cr.stores.projects import KnownProjects
-from brigade_cr.stores.retry import NO_SPOOL_BUDGET, RetryingBuilds, Throttle, ThrottledBuilds
+from brigade_cr.stores.retry import NO_SPOOL_BUDGET, THROTTLE_TICK, RetryingBuilds, Throttle, ThrottledBuilds
 from brigade_cr.stores.spool import SpooledBuilds
 from brigade_cr.web.routes import WebhookSite
 from brigade_cr.web.site import BrigadeSite, ScrapeSite
@@ -101,7 +101,7 @@ def make_service(
     if backend.throttled:
         builds = ThrottledBuilds(
             builds,
-            Throttle(clock, per_second=options["kube-qps"], burst=options["kube-burst"]),
+            Throttle(clock, per_second=options["kube-qps"], burst=options["kube-burst"], tick=THROTTLE_TICK),
             # A spool's drainer can wait out any pause; a waiting sender cannot.
             max_pause_wait=None if options["spool"] else NO_SPOOL_BUDGET,
         )

@@ -35,7 +35,7 @@ from brigade_cr.app.service import ClosePool, GatewayServices, SpoolService, Sto
 from brigade_cr.app.startup import StartupError, check_spool, exit_nonzero_at_end
 from brigade_cr.core.interfaces import IBuilds
 from brigade_cr.stores.fileio import ThreadedIO
-from brigade_cr.stores.retry import Throttle, ThrottledBuilds
+from brigade_cr.stores.retry import THROTTLE_TICK, Throttle, ThrottledBuilds
 from brigade_cr.stores.spool import SpooledBuilds, SpoolStats
 
 
@@ -145,9 +145,8 @@ def make_drain_service(
     builds: IBuilds = backend.builds
     if backend.throttled:
         # The drain waits out any pause of the API: nobody is waiting on it.
-        builds = ThrottledBuilds(
-            builds, Throttle(clock, per_second=options["kube-qps"], burst=options["kube-burst"]), max_pause_wait=None
-        )
+        throttle = Throttle(clock, per_second=options["kube-qps"], burst=options["kube-burst"], tick=THROTTLE_TICK)
+        builds = ThrottledBuilds(builds, throttle, max_pause_wait=None)
     builds = CountedBuilds(builds, metrics.build_created)
     directory = Path(spool_dir)
     check_spool(directory)

@@ -36,17 +36,28 @@ UNKNOWN = "unknown"
 
 def _all_text(value: object) -> bool:
     if isinstance(value, str):
-        return is_text(value)
+        # ASCII (nearly every value) is known without encoding it.
+        return value.isascii() or is_text(value)
     if isinstance(value, tuple):
-        return all(_all_text(item) for item in value)
+        for item in value:
+            if not _all_text(item):
+                return False
     return True
+
+
+# The field names of each value type, looked up once (every value made is checked).
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
 
 
 def _require_text(instance: attrs.AttrsInstance) -> None:
     """Raise ``InvalidText``, naming the field, unless every text in ``instance`` is encodable."""
-    for field in attrs.fields(type(instance)):
-        if not _all_text(getattr(instance, field.name)):
-            raise InvalidText(f"{type(instance).__name__}.{field.name} is not valid UTF-8 text")
+    kind = type(instance)
+    names = _FIELD_NAMES.get(kind)
+    if names is None:
+        names = _FIELD_NAMES[kind] = tuple(field.name for field in attrs.fields(kind))
+    for name in names:
+        if not _all_text(getattr(instance, name)):
+            raise InvalidText(f"{kind.__name__}.{name} is not valid UTF-8 text")
 
 
 def _headers(value: Mapping[str, str] | Sequence[tuple[str, str]]) -> tuple[tuple[str, str], ...]:

@@ -50,7 +50,7 @@ from __future__ import annotations
 import email.utils
 import json
 import math
-from typing import Any, Callable, ClassVar, Mapping
+from typing import Any, Callable, ClassVar, Mapping, cast
 from urllib.parse import quote, urlencode, urlsplit, urlunsplit
 
 import attrs
@@ -58,6 +58,7 @@ from hyperlink import EncodedURL
 from OpenSSL import SSL
 from service_identity import VerificationError
 from treq.client import HTTPClient
+from treq.cookies import IndexableCookieJar
 from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.error import (
@@ -234,13 +235,19 @@ class ServerEndpoints:
     port: int
     creator: Any  # IOpenSSLClientConnectionCreator, or None for http
     connect_timeout: float
+    # One endpoint, made at the first request: an endpoint can connect any
+    # number of times, and making one IDNA-encodes the host, a measurable
+    # share of a build's creation (docs/performance.md).
+    _made: list[IStreamClientEndpoint] = attrs.field(init=False, factory=list, repr=False, eq=False)
 
     def endpointForURI(self, uri: Any) -> IStreamClientEndpoint:
-        """A TCP (and TLS) endpoint to the configured server."""
-        endpoint: IStreamClientEndpoint = HostnameEndpoint(self.reactor, self.host, self.port, self.connect_timeout)
-        if self.creator is not None:
-            endpoint = wrapClientTLS(self.creator, endpoint)
-        return endpoint
+        """The TCP (and TLS) endpoint to the configured server."""
+        if not self._made:
+            endpoint: IStreamClientEndpoint = HostnameEndpoint(self.reactor, self.host, self.port, self.connect_timeout)
+            if self.creator is not None:
+                endpoint = wrapClientTLS(self.creator, endpoint)
+            self._made.append(endpoint)
+        return self._made[0]
 
 
 class _URI(EncodedURL):
@@ -252,8 +259,44 @@ class _URI(EncodedURL):
     (docs/performance.md). For this URL that is the identity.
     """
 
+    _text: str | None = None
+
     def to_uri(self) -> _URI:
         return self
+
+    def to_text(self, with_password: bool = False) -> str:
+        # treq asks for the text of every request's URL; the URL does not
+        # change, so neither does its text.
+        if with_password:
+            return str(super().to_text(with_password))
+        if self._text is None:
+            self._text = str(super().to_text())
+        return self._text
+
+
+class _NoCookies(IndexableCookieJar):
+    """
+    A cookie jar that neither sends nor keeps a cookie. The Kubernetes API
+    authenticates every request by its token or certificate and sets no
+    cookie; treq's cookie handling of every request and answer is measurable
+    on the path that creates builds (docs/performance.md).
+    """
+
+    def add_cookie_header(self, request: Any) -> None:
+        pass
+
+    def extract_cookies(self, response: Any, request: Any) -> None:
+        pass
+
+    def set_cookie(self, cookie: Any) -> None:
+        pass
+
+
+# Given as every request's ``cookies``: an empty jar treq need not build.
+_NO_COOKIES = _NoCookies()
+# At most this many parsed request URLs are kept (they are few: one per
+# namespace and call).
+_URL_CACHE_SIZE = 64
 
 
 def _url_and_host(server: str) -> tuple[str, str | None]:
@@ -494,6 +537,7 @@ class KubeClient:
     pool: HTTPConnectionPool | None = attrs.field(default=None, repr=False)
     host_header: str | None = None
     metrics: IKubeRequestMetrics | None = None
+    _uris: dict[str, _URI] = attrs.field(init=False, factory=dict, repr=False, eq=False)
 
     log: ClassVar[Logger] = Logger()
 
@@ -532,7 +576,7 @@ class KubeClient:
         agent = Agent.usingEndpointFactory(reactor, endpoints, pool=pool)  # type: ignore[no-untyped-call]
         base_url, host_header = _url_and_host(config.server)
         return cls(
-            http=HTTPClient(agent, data_to_body_producer=_BytesProducer),
+            http=HTTPClient(agent, cookiejar=_NoCookies(), data_to_body_producer=_BytesProducer),
             base_url=base_url,
             tokens=token_source_for(config, reactor, run_in_thread),
             clock=reactor,
@@ -663,6 +707,7 @@ class KubeClient:
             url,
             headers=headers,
             data=None,
+            cookies=_NO_COOKIES,
             allow_redirects=False,  # never carry the token elsewhere
             unbuffered=True,
             reactor=self.clock,
@@ -834,6 +879,14 @@ class KubeClient:
             headers[b"Authorization"] = [b"Bearer " + token.encode("utf-8")]
         return Headers(headers)
 
+    def _uri(self, url: str) -> _URI:
+        uri = self._uris.get(url)
+        if uri is None:
+            if len(self._uris) >= _URL_CACHE_SIZE:
+                self._uris.clear()
+            uri = self._uris[url] = cast(_URI, _URI.from_text(url))
+        return uri
+
     def _status_error(self, response: Any, code: int, body: bytes) -> KubeStatusError:
         status = _status_body(code, body)
         retry_after = parse_retry_after(_header(response.headers, b"Retry-After"), self.clock.seconds())
@@ -849,9 +902,10 @@ class KubeClient:
     ) -> dict[str, Any]:
         response = await self.http.request(
             method,
-            _URI.from_text(url),
+            self._uri(url),
             headers=self._headers(token, data is not None),
             data=data,
+            cookies=_NO_COOKIES,
             allow_redirects=False,  # never carry the token elsewhere
             unbuffered=True,
             reactor=self.clock,

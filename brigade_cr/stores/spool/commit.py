@@ -1,6 +1,7 @@
 """
 Group commit: the spool's file steps batched, so that concurrent records
-share one trip to the thread pool and one directory fsync.
+share one trip to the thread pool and one directory fsync (writes and
+removals) or just the trip (the drain's reads).
 
 A ``GroupCommit`` runs one batch at a time. An item added while no batch is
 running starts one at once (a lone delivery waits for nobody); items added
@@ -11,7 +12,7 @@ the batches grow by themselves and each record's share of the fixed costs
 
 from __future__ import annotations
 
-from typing import Callable, Generic, Sequence, TypeVar
+from typing import Any, Callable, Generic, Sequence, TypeVar
 
 import attrs
 from twisted.internet.defer import Deferred
@@ -22,9 +23,9 @@ from brigade_cr.stores.fileio import BlockingIO
 I = TypeVar("I")  # noqa: E741 - the item type
 
 # A batch's function is called as function(*before, items, *after) and
-# returns, per item in order, None (done) or the exception that item alone
-# failed with.
-BatchFunction = Callable[..., Sequence[BaseException | None]]
+# returns, per item in order, the item's result (None for a step that only
+# has to be done) or the exception that item alone failed with.
+BatchFunction = Callable[..., Sequence[object]]
 
 
 @attrs.define
@@ -40,20 +41,21 @@ class GroupCommit(Generic[I]):
     before: tuple[object, ...] = ()
     after: tuple[object, ...] = ()
     max_batch: int = attrs.field(default=256, validator=attrs.validators.ge(1))
-    _pending: list[tuple[I, Deferred[None]]] = attrs.field(init=False, factory=list)
+    _pending: list[tuple[I, Deferred[Any]]] = attrs.field(init=False, factory=list)
     _running: bool = attrs.field(init=False, default=False)
     _looping: bool = attrs.field(init=False, default=False)
     # Counters for the benchmark and the tests: how well batching works.
     batches: int = attrs.field(init=False, default=0)
     items: int = attrs.field(init=False, default=0)
 
-    def add(self, item: I) -> Deferred[None]:
+    def add(self, item: I) -> Deferred[Any]:
         """
-        Fires with None once ``item``'s batch is done and it succeeded; fails
-        with the exception ``run_batch`` gave for it, or with the one the
-        whole batch raised. Never cancelled: a step that began is finished.
+        Fires with ``item``'s result once its batch is done and it succeeded;
+        fails with the exception ``function`` gave for it, or with the one
+        the whole batch raised. Never cancelled: a step that began is
+        finished.
         """
-        done: Deferred[None] = Deferred()
+        done: Deferred[Any] = Deferred()
         self._pending.append((item, done))
         if not self._running:
             self._next()
@@ -86,13 +88,13 @@ class GroupCommit(Generic[I]):
         self._running = False
         self._next()
 
-    def _finished(self, results: Sequence[BaseException | None], batch: list[tuple[I, Deferred[None]]]) -> None:
+    def _finished(self, results: Sequence[object], batch: list[tuple[I, Deferred[Any]]]) -> None:
         for (_, done), result in zip(batch, results, strict=True):
-            if result is None:
-                done.callback(None)
-            else:
+            if isinstance(result, BaseException):
                 done.errback(Failure(result))
+            else:
+                done.callback(result)
 
-    def _failed(self, failure: Failure, batch: list[tuple[I, Deferred[None]]]) -> None:
+    def _failed(self, failure: Failure, batch: list[tuple[I, Deferred[Any]]]) -> None:
         for _, done in batch:
             done.errback(failure)

@@ -158,6 +158,21 @@ def read_record(path: Path, build_name: str) -> Build:
     return decode_record(data, build_name)
 
 
+def read_records(batch: Sequence[tuple[Path, str]]) -> list[Build | BaseException]:
+    """
+    ``read_record(path, build_name)`` of each pair of ``batch`` (one trip to
+    the thread pool for several records): per record in order, its build or
+    the exception reading it raised.
+    """
+    outcomes: list[Build | BaseException] = []
+    for path, build_name in batch:
+        try:
+            outcomes.append(read_record(path, build_name))
+        except Exception as e:
+            outcomes.append(e)
+    return outcomes
+
+
 def remove_record(directory: Path, filename: str, at_step: Callable[[str], None]) -> None:
     """Unlink a drained record and fsync the directory, so it is not drained again."""
     (outcome,) = remove_records(directory, [filename], at_step)

@@ -42,7 +42,7 @@ from brigade_cr.stores.spool.disk import (
     no_step,
     park_record,
     probe_directory,
-    read_record,
+    read_records,
     recover,
     remove_records,
     write_records,
@@ -255,6 +255,7 @@ class SpooledBuilds:
     _backlog: _Backlog | None = attrs.field(init=False, default=None)
     _writes: GroupCommit[tuple[str, bytes]] = attrs.field(init=False)
     _removals: GroupCommit[str] = attrs.field(init=False)
+    _reads: GroupCommit[tuple[Path, str]] = attrs.field(init=False)
     _empty_waiters: list[Deferred[None]] = attrs.field(init=False, factory=list)
 
     log: ClassVar[Logger] = Logger()
@@ -262,6 +263,7 @@ class SpooledBuilds:
     def __attrs_post_init__(self) -> None:
         self._writes = GroupCommit(self.io, write_records, (self.directory,), (self.at_step,))
         self._removals = GroupCommit(self.io, remove_records, (self.directory,), (self.at_step,))
+        self._reads = GroupCommit(self.io, read_records)
 
     def __repr__(self) -> str:
         # Log events carry this object as their source: name the directory,
@@ -835,7 +837,7 @@ class SpooledBuilds:
         entry.build = None
         if build is None:
             try:
-                build = await self.io.run(read_record, self.directory / entry.filename, entry.name)
+                build = await self._reads.add((self.directory / entry.filename, entry.name))
             except CorruptRecord as e:
                 await self._park_damaged(entry, str(e))
                 return
