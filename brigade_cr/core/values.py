@@ -34,14 +34,25 @@ OTHER = "other"
 UNKNOWN = "unknown"
 
 
+def _text_ok(value: str) -> bool:
+    # ASCII (nearly every value) is known without encoding it.
+    return value.isascii() or is_text(value)
+
+
 def _all_text(value: object) -> bool:
     if isinstance(value, str):
-        # ASCII (nearly every value) is known without encoding it.
-        return value.isascii() or is_text(value)
+        return _text_ok(value)
     if isinstance(value, tuple):
         for item in value:
-            if not _all_text(item):
-                return False
+            # Pairs (headers, query items) checked in place: a value is made
+            # per delivery with dozens of them.
+            if isinstance(item, str):
+                if not _text_ok(item):
+                    return False
+            elif isinstance(item, tuple):
+                for part in item:
+                    if not (_text_ok(part) if isinstance(part, str) else _all_text(part)):
+                        return False
     return True
 
 
