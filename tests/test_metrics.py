@@ -276,6 +276,25 @@ def test_counted_builds() -> None:
     assert created("brigade_cr_created_builds_total") == 1
 
 
+def test_counted_builds_pass_on_would_wait() -> None:
+    """CountedBuilds is an IPacedBuilds: its inner store's would_wait() when paced, else False."""
+    from twisted.internet.task import Clock
+    from zope.interface.verify import verifyObject
+
+    from brigade_cr.app.metrics import CountedBuilds
+    from brigade_cr.core.interfaces import IPacedBuilds
+    from brigade_cr.stores.retry import Throttle, ThrottledBuilds
+
+    clock = Clock()
+    throttle = Throttle(clock, per_second=1.0, burst=1)
+    paced = CountedBuilds(ThrottledBuilds(MemoryBuilds(), throttle), lambda: None)
+    assert verifyObject(IPacedBuilds, paced)
+    assert not paced.would_wait()
+    throttle.acquire()
+    assert paced.would_wait()
+    assert not CountedBuilds(MemoryBuilds(), lambda: None).would_wait()
+
+
 # -- a composed gateway's page -------------------------------------------------------------
 
 ACR_PUSH = (PAYLOADS / "acr_push.json").read_bytes()

@@ -17,7 +17,7 @@ from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from brigade_cr.core.errors import BackendRejected, BackendUnavailable
-from brigade_cr.core.interfaces import IBuilds
+from brigade_cr.core.interfaces import IBuilds, IPacedBuilds
 from brigade_cr.core.values import Build, Receipt
 from brigade_cr.stores.retry import (
     MAX_RETRY_AFTER,
@@ -267,6 +267,39 @@ def test_throttle_tick_never_costs_rate() -> None:
         fired_at(clock, throttle.acquire(), times)
     _advance_in_steps(clock, 0.25)
     assert times == pytest.approx([0.02 * n for n in range(1, 11)], abs=0.0011)
+
+
+def test_throttle_would_wait_takes_nothing() -> None:
+    """would_wait() says whether acquire() would wait now (empty, others waiting, paused), taking no token."""
+    clock = Clock()
+    throttle = Throttle(clock, per_second=5.0, burst=2)
+    assert [throttle.would_wait() for _ in range(5)] == [False] * 5  # asking takes nothing
+    throttle.acquire()
+    assert not throttle.would_wait()
+    throttle.acquire()
+    assert throttle.would_wait()  # empty
+    waiting = throttle.acquire()
+    clock.advance(0.2)
+    assert waiting.called and throttle.would_wait()  # that token went to the waiter
+    clock.advance(0.2)
+    assert not throttle.would_wait()
+    throttle.pause(1.0)
+    assert throttle.would_wait()  # paused, with a token in the bucket
+    clock.advance(1.0)
+    assert not throttle.would_wait()
+    late = [throttle.acquire() for _ in range(3)]
+    assert [d.called for d in late] == [True, True, False]
+    assert throttle.would_wait()  # someone waits
+
+
+def test_throttled_builds_are_paced_builds() -> None:
+    """ThrottledBuilds provides IPacedBuilds: would_wait() is its throttle's."""
+    clock = Clock()
+    builds = ThrottledBuilds(ScriptedBuilds(clock, []), Throttle(clock, per_second=1.0, burst=1))
+    assert verifyObject(IPacedBuilds, builds)
+    assert not builds.would_wait()
+    builds.throttle.acquire()
+    assert builds.would_wait()
 
 
 def test_throttle_refuses_nonsense() -> None:

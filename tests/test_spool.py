@@ -37,7 +37,7 @@ from zope.interface.verify import verifyObject
 from brigade_cr.app.metrics import GatewayMetrics
 from brigade_cr.core.contract import build_secret, secret_data
 from brigade_cr.core.errors import BackendRejected, BackendUnavailable, InvalidText
-from brigade_cr.core.interfaces import IBuilds
+from brigade_cr.core.interfaces import IBuilds, IPacedBuilds
 from brigade_cr.core.values import Build, Receipt
 from brigade_cr.stores.fileio import InlineIO, ThreadedIO
 from brigade_cr.stores.retry import Backoff
@@ -1806,4 +1806,49 @@ def test_records_launched_together_are_read_back_in_one_batch(api: ApiBuilds, cl
     io.complete_all()
     assert api.created == [build_no(n).name for n in (1, 2, 3)]
     assert records(directory) == []
+    stop(spool, clock)
+
+
+@implementer(IPacedBuilds)
+@attrs.define
+class PacedApi:
+    """``ApiBuilds`` behind a client-side limit the test opens and closes (``waits``)."""
+
+    api: ApiBuilds
+    waits: bool = False
+
+    def submit(self, build: Build) -> Deferred[Receipt]:
+        return self.api.submit(build)
+
+    def would_wait(self) -> bool:
+        return self.waits
+
+
+def test_a_sender_never_waits_on_the_client_side_limit(api: ApiBuilds, clock: Clock, directory: Path) -> None:
+    """
+    When the store would wait for its rate limit, a submit is answered queued
+    the moment its record is durable, and the build still goes from memory
+    (not read back) when a slot is free; when it would not, the sender waits
+    for its build.
+    """
+    api.latency = 0.5
+    paced = PacedApi(api, waits=True)
+    io = ManualIO()
+    spool = new_spool(directory, paced, clock, io=io)
+    started = spool.start()
+    io.complete()
+    result_of(started)
+    limited = spool.submit(build_no(1))
+    io.complete()  # its record is durable
+    assert result_of(limited) == Receipt(build_no(1).name, queued=True)
+    assert [name for _, name in api.calls] == [build_no(1).name]  # handed over from memory
+    assert "read_records" not in io.names()
+    paced.waits = False
+    waited = spool.submit(build_no(2))
+    io.complete()
+    assert not waited.called  # waits for its build
+    advance_to(clock, 0.5)
+    assert result_of(waited) == Receipt(build_no(2).name)
+    io.complete_all()
+    assert api.created == [build_no(1).name, build_no(2).name]
     stop(spool, clock)

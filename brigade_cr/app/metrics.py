@@ -71,6 +71,7 @@ from brigade_cr.core.interfaces import (
     IBuilds,
     IGatewayMetrics,
     IKubeRequestMetrics,
+    IPacedBuilds,
     IRequestMetrics,
 )
 from brigade_cr.core.values import Build, Receipt
@@ -238,17 +239,22 @@ class GatewayMetrics:
         return WSGIResource(reactor, reactor.getThreadPool(), make_wsgi_app(self.registry))
 
 
-@implementer(IBuilds)
+@implementer(IPacedBuilds)
 @attrs.frozen
 class CountedBuilds:
     """
     ``inner`` (the store), calling ``created()`` for each build it answers
     created: a receipt that is neither a duplicate nor queued. Fires and
-    fails as ``inner.submit`` does.
+    fails as ``inner.submit`` does; ``would_wait()`` is the inner store's
+    when it is paced, else False.
     """
 
     inner: IBuilds
     created: Callable[[], None]
+
+    def would_wait(self) -> bool:
+        """``inner.would_wait()`` for an ``IPacedBuilds``; False for any other store."""
+        return IPacedBuilds.providedBy(self.inner) and bool(self.inner.would_wait())
 
     def submit(self, build: Build) -> Deferred[Receipt]:
         """``inner.submit(build)``, counted when it fires with a new build."""

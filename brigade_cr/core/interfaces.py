@@ -47,6 +47,17 @@ class IBuilds(Interface):
         """
 
 
+class IPacedBuilds(IBuilds):
+    """A store whose submits may first wait their turn (a client-side rate limit)."""
+
+    def would_wait() -> bool:
+        """
+        True when a submit made now would first wait (no token to spare,
+        others waiting, or paused); False when it would go at once.
+        Takes nothing: asking does not change what the next submit does.
+        """
+
+
 class IPayloadFormat(Interface):
     """
     One registry's webhook format: how to recognise it and what it means.

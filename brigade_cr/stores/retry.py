@@ -37,7 +37,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from brigade_cr.core.errors import BackendUnavailable
-from brigade_cr.core.interfaces import IBuilds
+from brigade_cr.core.interfaces import IBuilds, IPacedBuilds
 from brigade_cr.core.tokenbucket import TokenBucket
 from brigade_cr.core.values import Build, Receipt
 
@@ -181,6 +181,11 @@ class Throttle:
         """How many callers are waiting for a token."""
         return len(self._waiters)
 
+    def would_wait(self) -> bool:
+        """True when ``acquire()`` now would wait; takes no token."""
+        now = self.clock.seconds()
+        return bool(self._waiters) or now < self._paused_until or self._bucket.level(now) < 1.0
+
     def _schedule(self) -> None:
         if not self._waiters or (self._timer is not None and self._timer.active()):
             return
@@ -212,7 +217,7 @@ class Throttle:
             self._timer = None
 
 
-@implementer(IBuilds)
+@implementer(IPacedBuilds)
 @attrs.define
 class ThrottledBuilds:
     """
@@ -243,6 +248,10 @@ class ThrottledBuilds:
         waited = self.throttle.acquire()
         submitted: Deferred[Receipt] = waited.addCallback(lambda _: self.inner.submit(build))
         return submitted.addErrback(self._server_asked_to_wait)
+
+    def would_wait(self) -> bool:
+        """True when a submit now would wait for the throttle (``IPacedBuilds``)."""
+        return self.throttle.would_wait()
 
     def _server_asked_to_wait(self, failure: Failure) -> Failure:
         error = failure.value

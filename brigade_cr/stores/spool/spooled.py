@@ -31,7 +31,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from brigade_cr.core.errors import BackendRejected, BackendUnavailable
-from brigade_cr.core.interfaces import IBuilds
+from brigade_cr.core.interfaces import IBuilds, IPacedBuilds
 from brigade_cr.core.values import Build, Receipt
 from brigade_cr.stores.fileio import BlockingIO
 from brigade_cr.stores.retry import Backoff
@@ -185,10 +185,12 @@ class SpooledBuilds:
     concurrent writes and removals sharing one call and one directory fsync
     (``commit.py``); ``clock`` times the backoff and the wait for an
     acknowledgement. A submit whose record is handed to ``inner`` the moment
-    it is durable (nothing older due, a slot free, ``inner`` healthy) waits
-    up to ``ack_wait`` seconds for the build, so that an idle gateway tells
-    its sender the build exists; any other submit is answered ``queued`` as
-    soon as its record is durable, so no sender waits on the queue. The spool
+    it is durable (nothing older due, a slot free, ``inner`` healthy and,
+    for an ``IPacedBuilds``, not about to wait for its client-side limit)
+    waits up to ``ack_wait`` seconds for the build, so that an idle gateway
+    tells its sender the build exists; any other submit is answered
+    ``queued`` as soon as its record is durable, so no sender waits on the
+    queue or on the limit. The spool
     refuses new records beyond ``max_records`` records or ``max_bytes``
     bytes. A record that fails unexpectedly ``max_attempts`` times is
     dead-lettered. ``at_step`` is called with each step of the write, drain
@@ -472,8 +474,9 @@ class SpooledBuilds:
         Fires with ``Receipt(name, duplicate=...)`` when ``inner`` created the
         build (or already had it) in that time; with ``Receipt(name,
         queued=True)`` when the record is durable but the build not created
-        yet (older records or full slots before it: at once; ``inner``
-        failing or slow: when it fails, or after ``ack_wait``); with
+        yet (older records or full slots before it, or ``inner`` would wait
+        for its rate limit: at once; ``inner`` failing or slow: when it
+        fails, or after ``ack_wait``); with
         ``Receipt(name, duplicate=True, queued=True)`` when a record of that
         build is already queued (no second record is written).
 
@@ -554,6 +557,14 @@ class SpooledBuilds:
         queued = Receipt(name, queued=True)
         if self._store_failing or self._phase is not _Phase.RUNNING or self.ack_wait <= 0:
             self._poke()
+            return queued
+        if IPacedBuilds.providedBy(self.inner) and self.inner.would_wait():
+            # The client-side limit has no token for it now: its sender
+            # would wait on the limit, not on its build. The record is
+            # durable; the drainer may still take the build from memory.
+            entry.build = build
+            self._poke()
+            entry.build = None
             return queued
         # Register before waking the drainer: with synchronous I/O it may
         # finish this very record before _poke returns.
