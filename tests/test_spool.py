@@ -239,6 +239,16 @@ def new_spool(directory: Path, api: Any, clock: Clock, **changes: Any) -> Spoole
     return SpooledBuilds(directory, api, clock, **settings)
 
 
+def started_on_manual_io(directory: Path, inner: Any, clock: Clock, **changes: Any) -> tuple[SpooledBuilds, ManualIO]:
+    """A spool over ``inner`` on a ``ManualIO``, started (its recovery step run)."""
+    io = ManualIO()
+    spool = new_spool(directory, inner, clock, io=io, **changes)
+    started = spool.start()
+    io.complete()
+    result_of(started)
+    return spool, io
+
+
 @pytest.fixture
 def make(directory: Path, api: ApiBuilds, clock: Clock) -> Iterator[Callable[..., SpooledBuilds]]:
     """Start spools on ``directory`` (stopped at the end of the test, releasing the lock)."""
@@ -546,11 +556,7 @@ def test_duplicate_after_created(make: Callable[..., SpooledBuilds], api: ApiBui
 
 def test_duplicate_while_first_is_being_written(api: ApiBuilds, clock: Clock, directory: Path) -> None:
     """A re-delivery during the first write waits for it, then is answered duplicate and queued."""
-    io = ManualIO()
-    spool = new_spool(directory, api, clock, io=io)
-    started = spool.start()
-    io.complete()
-    result_of(started)
+    spool, io = started_on_manual_io(directory, api, clock)
     api.down = True
     first = spool.submit(build_no(1))
     again = spool.submit(build_no(1))
@@ -591,11 +597,7 @@ def test_concurrent_writes_share_one_batch(api: ApiBuilds, clock: Clock, directo
     it and then go to disk together, in one call (one directory fsync); each
     is answered once its own batch is durable, and handed over at once.
     """
-    io = ManualIO()
-    spool = new_spool(directory, api, clock, io=io)
-    started = spool.start()
-    io.complete()
-    result_of(started)
+    spool, io = started_on_manual_io(directory, api, clock)
     first = spool.submit(build_no(1))
     second = spool.submit(build_no(2))
     third = spool.submit(build_no(3))
@@ -631,11 +633,7 @@ def test_a_record_behind_others_is_answered_queued_at_once(api: ApiBuilds, clock
     ``ack_wait``; those handed over at once wait for their builds.
     """
     api.latency = 0.5
-    io = ManualIO()
-    spool = new_spool(directory, api, clock, io=io, max_in_flight=2)
-    started = spool.start()
-    io.complete()
-    result_of(started)
+    spool, io = started_on_manual_io(directory, api, clock, max_in_flight=2)
     answers = [spool.submit(build_no(n)) for n in (1, 2, 3)]
     io.complete()  # build 1
     io.complete()  # builds 2 and 3 together
@@ -1061,11 +1059,7 @@ def test_stop_drains_within_deadline_and_keeps_the_rest(api: ApiBuilds, clock: C
 
 def test_stop_waits_for_writes_in_progress(api: ApiBuilds, clock: Clock, directory: Path) -> None:
     """A write under way when stop begins is finished and answered before the directory is released."""
-    io = ManualIO()
-    spool = new_spool(directory, api, clock, io=io)
-    started = spool.start()
-    io.complete()
-    result_of(started)
+    spool, io = started_on_manual_io(directory, api, clock)
     api.down = True
     submitted = spool.submit(build_no(1))
     stopping = spool.stop(0)
@@ -1833,11 +1827,7 @@ def test_a_sender_never_waits_on_the_client_side_limit(api: ApiBuilds, clock: Cl
     """
     api.latency = 0.5
     paced = PacedApi(api, waits=True)
-    io = ManualIO()
-    spool = new_spool(directory, paced, clock, io=io)
-    started = spool.start()
-    io.complete()
-    result_of(started)
+    spool, io = started_on_manual_io(directory, paced, clock)
     limited = spool.submit(build_no(1))
     io.complete()  # its record is durable
     assert result_of(limited) == Receipt(build_no(1).name, queued=True)
