@@ -251,10 +251,16 @@ class CountedBuilds:
 
     inner: IBuilds
     created: Callable[[], None]
+    # inner, when it can tell whether a build would wait for its limit
+    _paced: IPacedBuilds | None = attrs.field(init=False)
+
+    @_paced.default
+    def _paced_inner(self) -> IPacedBuilds | None:
+        return self.inner if IPacedBuilds.providedBy(self.inner) else None
 
     def would_wait(self) -> bool:
         """``inner.would_wait()`` for an ``IPacedBuilds``; False for any other store."""
-        return IPacedBuilds.providedBy(self.inner) and bool(self.inner.would_wait())
+        return self._paced is not None and bool(self._paced.would_wait())
 
     def submit(self, build: Build) -> Deferred[Receipt]:
         """``inner.submit(build)``, counted when it fires with a new build."""

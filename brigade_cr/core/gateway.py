@@ -177,11 +177,14 @@ class Gateway:
     # process, and as long as a typical crGatewaySecret.
     _dummy_secret: bytes = attrs.field(factory=lambda: secrets.token_hex(DUMMY_SECRET_LENGTH // 2).encode(), init=False)
 
+    # Every signature scheme the known formats use, once each: asked on every
+    # delivery, and the formats do not change.
+    signatures: tuple[HmacScheme, ...] = attrs.field(init=False)
+
     log = Logger()
 
-    @property
-    def signatures(self) -> tuple[HmacScheme, ...]:
-        """Every signature scheme the known formats use, once each."""
+    @signatures.default
+    def _all_signatures(self) -> tuple[HmacScheme, ...]:
         return tuple(dict.fromkeys(scheme for each in self.formats for scheme in each.signatures))
 
     def _refuse(self, delivery: Delivery, pid: str, reason: str) -> Unauthorized:

@@ -44,15 +44,13 @@ def _all_text(value: object) -> bool:
         return _text_ok(value)
     if isinstance(value, tuple):
         for item in value:
-            # Pairs (headers, query items) checked in place: a value is made
-            # per delivery with dozens of them.
+            # Strings checked here, not by a call each: a value is made per
+            # delivery with dozens of them (header and query pairs).
             if isinstance(item, str):
                 if not _text_ok(item):
                     return False
-            elif isinstance(item, tuple):
-                for part in item:
-                    if not (_text_ok(part) if isinstance(part, str) else _all_text(part)):
-                        return False
+            elif isinstance(item, tuple) and not _all_text(item):
+                return False
     return True
 
 

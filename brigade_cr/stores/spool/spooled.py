@@ -132,9 +132,11 @@ class _Entry:
     # the build itself, from its write until the drainer is offered it: a
     # record handed over the moment it is durable is not read back
     build: Build | None = None
+    # the record's file name (asked at every step of a record's life)
+    filename: str = attrs.field(init=False)
 
-    @property
-    def filename(self) -> str:
+    @filename.default
+    def _filename(self) -> str:
         return record_filename(self.sequence, self.name)
 
 
@@ -259,10 +261,13 @@ class SpooledBuilds:
     _removals: GroupCommit[str] = attrs.field(init=False)
     _reads: GroupCommit[tuple[Path, str]] = attrs.field(init=False)
     _empty_waiters: list[Deferred[None]] = attrs.field(init=False, factory=list)
+    # inner, when it can tell whether a build would wait for its limit
+    _paced: IPacedBuilds | None = attrs.field(init=False, default=None)
 
     log: ClassVar[Logger] = Logger()
 
     def __attrs_post_init__(self) -> None:
+        self._paced = self.inner if IPacedBuilds.providedBy(self.inner) else None
         self._writes = GroupCommit(self.io, write_records, (self.directory,), (self.at_step,))
         self._removals = GroupCommit(self.io, remove_records, (self.directory,), (self.at_step,))
         self._reads = GroupCommit(self.io, read_records)
@@ -558,22 +563,20 @@ class SpooledBuilds:
         if self._store_failing or self._phase is not _Phase.RUNNING or self.ack_wait <= 0:
             self._poke()
             return queued
-        if IPacedBuilds.providedBy(self.inner) and self.inner.would_wait():
-            # The client-side limit has no token for it now: its sender
-            # would wait on the limit, not on its build. The record is
-            # durable; the drainer may still take the build from memory.
-            entry.build = build
-            self._poke()
-            entry.build = None
-            return queued
-        # Register before waking the drainer: with synchronous I/O it may
-        # finish this very record before _poke returns.
-        acknowledged = self._acknowledgement(entry)
+        # When the client-side limit has no token for it now, its sender
+        # would wait on the limit, not on its build: it is answered at once
+        # (the record is durable). Otherwise register before waking the
+        # drainer: with synchronous I/O it may finish this very record
+        # before _poke returns.
+        paced = self._paced is not None and self._paced.would_wait()
+        acknowledged = None if paced else self._acknowledgement(entry)
         entry.build = build
         self._poke()
         # The drainer took the build synchronously if it took the record at
         # all; a record left to wait its turn is read back when it comes.
         entry.build = None
+        if acknowledged is None:
+            return queued
         if not entry.launched and not acknowledged.called:
             # Older records or busy slots stand before it: the sender would
             # wait on the queue, not on its build. The record is durable.
