@@ -9,7 +9,9 @@ API stand-in (``bench/kube_standin.py``), and prints, per configuration:
 
 - acknowledged (2xx) deliveries/s with ``wrk``, 32 keep-alive connections,
   every request a distinct Docker Hub push (``bench/delivery.lua``), and the
-  ratio to the baseline's requests/s;
+  ratio to the baseline's requests/s (the baseline is measured again just
+  before each configuration, and each ratio is to that run: a shared virtual
+  machine's speed drifts by as much as 2x within minutes);
 - p50/p99 acknowledgement latency at that load (wrk) and at half the
   measured rate (a paced, open-loop Python client);
 - gateway CPU ms per delivery (utime+stime from /proc) and the ratio to the
@@ -697,6 +699,8 @@ def figures(result: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
     b = result["burst"]
     cpu = result["cpu_ms_per_delivery"]
     return {
+        "baseline_per_s": base["requests_per_s"],
+        "baseline_cpu_ms": base["cpu_ms_per_request"],
         "acks_per_s": result["acks_per_s"],
         "acks_ratio": result["acks_per_s"] / base["requests_per_s"],
         "p50_ms": result["p50_ms"],
@@ -721,6 +725,8 @@ def figures(result: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
 
 
 ROWS = [
+    ("baseline_per_s", "baseline requests/s (run just before)", "{:.0f}", None),
+    ("baseline_cpu_ms", "baseline CPU per request (ms)", "{:.3f}", None),
     ("acks_per_s", "acknowledged deliveries/s (32 conns)", "{:.1f}", None),
     ("acks_ratio", "  ratio to baseline requests/s", "{:.3f}x", ">= 0.25x"),
     ("p50_ms", "p50 ack latency, full load (ms)", "{:.1f}", None),
@@ -748,8 +754,9 @@ def table(report: dict[str, Any]) -> str:
     columns = [f"{c['label']}{' (defaults)' if c['defaults'] else ''}" for c in configs]
     width = max(18, *(len(c) + 2 for c in columns))
     lines = [
-        f"baseline (bare twisted.web): {base['requests_per_s']:.0f} requests/s, p50 {base['p50_ms']:.1f} ms, "
-        f"p99 {base['p99_ms']:.1f} ms, {base['cpu_ms_per_request']:.3f} ms CPU/request",
+        f"baseline (bare twisted.web), first run: {base['requests_per_s']:.0f} requests/s, p50 {base['p50_ms']:.1f} "
+        f"ms, p99 {base['p99_ms']:.1f} ms, {base['cpu_ms_per_request']:.3f} ms CPU/request (each column's ratios are "
+        "to the run just before it)",
         f"Kubernetes API stand-in: {report['standin_capacity_per_s']:.0f} requests/s (GET, 32 connections)",
         f"wrk runs {report['options']['duration']:g} s; burst of {report['options']['burst']} deliveries "
         f"over 100 connections; load average at start {report['machine']['load_average_at_start']}",
@@ -866,13 +873,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         say("== Kubernetes API stand-in capacity")
         report["standin_capacity_per_s"] = standin_capacity(standin, min(args.duration, 3))
-        say("== baseline: bare twisted.web")
-        report["baseline"] = baseline(args.duration)
         with tempfile.TemporaryDirectory(prefix="bench-") as workroot:
             report["gateway"] = []
             for config in configs:
+                say(f"== baseline: bare twisted.web, just before {config['label']}")
+                adjacent = baseline(args.duration)
+                report.setdefault("baseline", adjacent)
                 result = measure(config, standin, args, Path(workroot), nonce)
-                result["figures"] = figures(result, report["baseline"])
+                result["baseline"] = adjacent
+                result["figures"] = figures(result, adjacent)
                 report["gateway"].append(result)
     finally:
         stop(standin_process)

@@ -7,18 +7,16 @@ and the SIGTERM handler that lets twistd exit 0.
 from __future__ import annotations
 
 import ast
-import gc
 import json
-import re
 import signal
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Callable, cast
+from typing import Any, Callable
 
 import attrs
 import pytest
-from twisted.application.service import MultiService, Service
+from twisted.application.service import Service
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IReactorThreads, IReadDescriptor
@@ -28,10 +26,8 @@ from twisted.logger import ILogObserver, LogEvent, globalLogPublisher
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from brigade_cr.app import tap
-from brigade_cr.app.compose import make_service, named
+from brigade_cr.app.compose import make_service
 from brigade_cr.app.service import (
-    FreezeStartupHeap,
     GatewayServices,
     ProjectsService,
     SpoolService,
@@ -782,106 +778,3 @@ def test_graceful_signal_exits_zero(gateway_dir: Path, number: signal.Signals) -
     positions = [log.find(line) for line in order]
     assert -1 not in positions, log
     assert positions == sorted(positions), log
-
-
-# -- the start-up heap, frozen ------------------------------------------------
-
-
-@attrs.define
-class RecordingHeap:
-    """A garbage collector that records what it is asked."""
-
-    calls: list[str] = attrs.field(factory=list)
-
-    def collect(self) -> int:
-        self.calls.append("collect")
-        return 0
-
-    def freeze(self) -> None:
-        self.calls.append("freeze")
-
-    def get_freeze_count(self) -> int:
-        return 1234
-
-
-@implementer(ILogObserver)
-@attrs.define
-class Collected:
-    """Every log event, kept."""
-
-    events: list[LogEvent] = attrs.field(factory=list)
-
-    def __call__(self, event: LogEvent) -> None:
-        self.events.append(event)
-
-
-def test_start_up_heap_collected_then_frozen_when_started() -> None:
-    """FreezeStartupHeap: nothing when made; on start one collection, then one freeze, logged (debug) with the count."""
-    heap = RecordingHeap()
-    service = FreezeStartupHeap(heap)
-    assert heap.calls == []
-    observer = Collected()
-    globalLogPublisher.addObserver(observer)
-    try:
-        service.startService()
-    finally:
-        globalLogPublisher.removeObserver(observer)
-    assert heap.calls == ["collect", "freeze"]
-    assert service.running
-    [event] = [e for e in observer.events if e.get("log_namespace", "").endswith("FreezeStartupHeap")]
-    assert event["log_level"].name == "debug" and event["count"] == 1234
-    service.stopService()
-    assert heap.calls == ["collect", "freeze"]
-
-
-def test_start_up_heap_frozen_with_the_real_collector() -> None:
-    """Over the gc module: after the start, the objects alive then are frozen (none before)."""
-    assert gc.get_freeze_count() == 0
-    try:
-        FreezeStartupHeap(gc).startService()
-        assert gc.get_freeze_count() > 1000
-    finally:
-        gc.unfreeze()
-
-
-def test_make_service_ends_the_gateway_with_the_heap_freeze(monkeypatch: pytest.MonkeyPatch) -> None:
-    """tap.makeService: the gateway's services get a last child, heap, over the gc module; --drain-only's do not."""
-    made: dict[str, GatewayServices] = {}
-
-    def fake(kind: str) -> Callable[..., GatewayServices]:
-        def make(options: Any, reactor: Any, environ: Any) -> GatewayServices:
-            root = made[kind] = GatewayServices(StopDeadline(Clock()))
-            named("signals", Service()).setServiceParent(root)
-            return root
-
-        return make
-
-    monkeypatch.setattr(tap, "make_service", fake("gateway"))
-    monkeypatch.setattr(tap, "make_drain_service", fake("drain"))
-    options = Options({})
-    options.parseOptions(["--no-spool"])
-    [root] = list(cast(MultiService, tap.makeService(options)))
-    assert root is made["gateway"]
-    assert [child.name for child in root] == ["signals", "heap"]
-    heap = root.getServiceNamed("heap")
-    assert isinstance(heap, FreezeStartupHeap) and heap.heap is gc
-    options = Options({})
-    options.parseOptions(["--drain-only", "--spool", "/nonexistent-spool"])
-    [root] = list(cast(MultiService, tap.makeService(options)))
-    assert root is made["drain"]
-    assert [child.name for child in root] == ["signals"]
-
-
-@pytest.mark.slow
-def test_the_running_gateway_freezes_its_start_up_heap_once(gateway_dir: Path) -> None:
-    """twistd -n brigade-cr: the start-up's objects are frozen once (at debug: how many), and it still answers."""
-    process = GatewayProcess.start(
-        ["--backend", f"dir:{gateway_dir / 'data'}", "--spool", str(gateway_dir / "spool"), "--log-level", "debug"],
-        gateway_dir / "run",
-    )
-    try:
-        assert process.request("GET", "/readyz").status == 200
-        counts = [int(n) for n in re.findall(r"Froze (\d+) objects left by the start-up", process.log)]
-    finally:
-        process.kill()
-    assert len(counts) == 1 and counts[0] > 1000, process.log

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import signal
 from types import FrameType
-from typing import Any, Callable, ClassVar, Protocol, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 import attrs
 from twisted.application.service import IService, MultiService, Service
@@ -240,42 +240,6 @@ class ProjectsService(Service):
     def stopService(self) -> Any:
         super().stopService()
         return self.projects.stop()
-
-
-class Heap(Protocol):
-    """What ``FreezeStartupHeap`` needs of the garbage collector (the ``gc`` module)."""
-
-    def collect(self) -> int: ...
-
-    def freeze(self) -> None: ...
-
-    def get_freeze_count(self) -> int: ...
-
-
-@attrs.define(eq=False)
-class FreezeStartupHeap(Service):
-    """
-    Once the other services have started, collects the garbage of the
-    start-up and freezes what is left (``gc.freeze()``): the modules,
-    classes and configuration loaded at start-up, which live as long as the
-    process, are then never traversed again by a full collection.
-
-    Why: a full collection walks every tracked object, and the start-up
-    leaves some 70,000; measured under load (docs/performance.md), each
-    full collection stopped the reactor for 35-140 ms, which every delivery
-    arriving meanwhile waited out. Frozen objects are still freed when no
-    longer referenced; only a cycle among them would never be collected,
-    and the start-up's garbage is collected just before.
-    """
-
-    heap: Heap
-    log: ClassVar[Logger] = Logger()
-
-    def startService(self) -> None:
-        super().startService()
-        self.heap.collect()
-        self.heap.freeze()
-        self.log.debug("Froze {count} objects left by the start-up", count=self.heap.get_freeze_count())
 
 
 @attrs.define(eq=False)

@@ -7,7 +7,6 @@ reactor and the process environment and hands them to
 
 from __future__ import annotations
 
-import gc
 import os
 import sys
 from typing import IO, Any, Mapping
@@ -19,9 +18,8 @@ from twisted.python.logfile import LogFile
 
 from brigade_cr.app import logs
 from brigade_cr.app import options as _options
-from brigade_cr.app.compose import make_service, named
+from brigade_cr.app.compose import make_service
 from brigade_cr.app.drain import make_drain_service
-from brigade_cr.app.service import FreezeStartupHeap
 from brigade_cr.app.startup import fails_clearly
 
 __all__ = ["Options", "makeService"]
@@ -45,20 +43,12 @@ def makeService(options: _options.Options) -> IService:
     is found here, before the reactor runs, and raised as ``SystemExit``
     with one line naming it and the option to change (twistd prints it and
     exits 1). With ``--drain-only``, the one-shot drain of ``--spool``
-    instead (see ``drain.make_drain_service``). The gateway's services end
-    with ``heap`` (``FreezeStartupHeap`` over the ``gc`` module), which
-    starts after all the others.
+    instead (see ``drain.make_drain_service``).
     """
     from twisted.internet import reactor
 
-    if options["drain-only"]:
-        services = make_drain_service(options, reactor, os.environ)
-    else:
-        services = make_service(options, reactor, os.environ)
-        # Last: it starts when the others have (the process-wide garbage
-        # collector is this module's to touch, as the reactor is).
-        named("heap", FreezeStartupHeap(gc)).setServiceParent(services)
-    return _Logging(services, _observer(options))
+    compose = make_drain_service if options["drain-only"] else make_service
+    return _Logging(compose(options, reactor, os.environ), _observer(options))
 
 
 def _observer(options: _options.Options) -> ILogObserver | None:
