@@ -823,7 +823,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rss-budget", type=float, help="seconds the RSS phase may take at most (300; --quick 30)")
     parser.add_argument("--burst", type=int, default=500, help="deliveries in the burst (500)")
     parser.add_argument("--burst-bound", type=float, default=180, help="seconds to wait for the burst's builds (180)")
-    parser.add_argument("--settle-bound", type=float, default=60, help="seconds to wait for a backlog to drain (60)")
+    parser.add_argument("--settle-bound", type=float, default=240, help="seconds to wait for a backlog to drain (240)")
     parser.add_argument(
         "--config",
         action="append",
