@@ -256,7 +256,7 @@ class CountedBuilds:
 
     @_paced.default
     def _paced_inner(self) -> IPacedBuilds | None:
-        return self.inner if IPacedBuilds.providedBy(self.inner) else None
+        return IPacedBuilds(self.inner, None)
 
     def would_wait(self) -> bool:
         """``inner.would_wait()`` for an ``IPacedBuilds``; False for any other store."""

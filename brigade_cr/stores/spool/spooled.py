@@ -267,7 +267,7 @@ class SpooledBuilds:
     log: ClassVar[Logger] = Logger()
 
     def __attrs_post_init__(self) -> None:
-        self._paced = self.inner if IPacedBuilds.providedBy(self.inner) else None
+        self._paced = IPacedBuilds(self.inner, None)
         self._writes = GroupCommit(self.io, write_records, (self.directory,), (self.at_step,))
         self._removals = GroupCommit(self.io, remove_records, (self.directory,), (self.at_step,))
         self._reads = GroupCommit(self.io, read_records)
