@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 from datetime import datetime, timezone
 from pathlib import Path
@@ -431,21 +432,25 @@ def test_bad_text_is_never_spooled(
     assert len(web.builds.secrets) == 1
 
 
-def test_the_app_alone_refuses_bad_query_text(web: Harness) -> None:
-    """Served without TextCheckedResource, the webhook route still answers ?commit=%ff with the 400."""
-    treq: Any = StubTreq(WebhookSite(web.gateway, Clock()).app.resource())
+@pytest.mark.parametrize(
+    "target, reason",
+    [
+        ("solo?commit=%ff", "the query is not valid UTF-8"),
+        ("solo%ff", "Delivery.project_ref is not valid UTF-8 text"),
+    ],
+)
+def test_the_routes_alone_refuse_bad_url_text(web: Harness, target: str, reason: str) -> None:
+    """Served without TextCheckedResource, the webhook route still answers bad URL text with the 400."""
+    treq: Any = StubTreq(WebhookSite(web.gateway, Clock()).routes())
     response = treq.post(
-        "http://gw.example/events/webhook/solo?commit=%ff",
+        "http://gw.example/events/webhook/" + target,
         data=(PAYLOADS / "dockerhub_push.json").read_bytes(),
         headers={"Authorization": "Bearer " + SECRET.decode()},
     )
     treq.flush()
     answer = result_of(response)
     assert answer.code == 400
-    assert json.loads(result_of(answer.content())) == {
-        "status": "Bad Request",
-        "reason": "the query is not valid UTF-8",
-    }
+    assert json.loads(result_of(answer.content())) == {"status": "Bad Request", "reason": reason}
     assert web.builds.secrets == {}
 
 
@@ -482,3 +487,57 @@ def test_sender_hanging_up_is_no_error() -> None:
         assert wire.failures() == []
         assert [formatEvent(event) for event in wire.events if event["log_level"] >= LogLevel.warn] == []
         assert "The sender of a delivery for 'solo' went away before its answer" in wire.log_text()
+
+
+def _live_requests() -> int:
+    from brigade_cr.web.site import LimitedRequest
+
+    return sum(1 for thing in gc.get_objects() if isinstance(thing, LimitedRequest))
+
+
+def test_answered_requests_are_freed_without_the_collector() -> None:
+    """
+    With the cyclic garbage collector off, every request answered on a
+    connection (a build, a duplicate, a health check, a readiness check, an
+    unknown path) is gone once its connection is: reference counting alone
+    frees them (Klein's own resource left each in a reference cycle).
+    """
+    from tests.wire import Wire, request
+
+    body = (PAYLOADS / "dockerhub_push.json").read_bytes()
+    with Wire() as wire:
+        gc.collect()
+        before = _live_requests()
+        gc.disable()
+        try:
+            channel, transport = wire.connect()
+            for data in (
+                request("POST", b"/events/webhook/solo", body, bearer=True),
+                request("POST", b"/events/webhook/solo", body, bearer=True),
+                request("GET", b"/healthz"),
+                request("GET", b"/readyz"),
+                request("GET", b"/nowhere"),
+            ):
+                wire.send(channel, data, settle=0.1)
+            assert transport.value().count(b"HTTP/1.1 ") == 5
+            assert b'"duplicate": true' in transport.value()
+            channel.connectionLost(Failure(ConnectionDone()))
+            del channel, transport
+            assert _live_requests() == before
+        finally:
+            gc.enable()
+
+
+def test_an_endpoint_that_fails_is_a_500_with_its_traceback_logged() -> None:
+    """A route whose code raises is answered twisted.web's 500, and the failure is logged with its traceback."""
+    from tests.wire import Wire, request
+
+    def broken() -> str | None:
+        raise ZeroDivisionError("readiness broke")
+
+    with Wire() as wire:
+        wire.webhooks.readiness = broken
+        responses, _ = wire.exchange(request("GET", b"/readyz"))
+        assert [response.code for response in responses] == [500]
+        assert [event["log_failure"].type for event in wire.failures()] == [ZeroDivisionError]
+        assert "readiness broke" not in responses[0].body.decode()

@@ -45,6 +45,14 @@ def _unique_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 # such escape in the body, the strings need no checking.
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
+# What json.loads would make on every call with these hooks; it keeps no
+# state between documents.
+_DECODER = json.JSONDecoder(
+    object_pairs_hook=_unique_object,
+    parse_constant=_refuse_constant,
+    parse_float=_finite_float,
+)
+
 
 def _check_structure(document: Any, limit: int, check_text: bool) -> None:
     # Level by level, so depth costs no Python stack and each container is
@@ -90,12 +98,7 @@ def decode_document(body: bytes, max_depth: int = MAX_DEPTH) -> dict[str, Any]:
     if text.startswith("\ufeff"):
         raise BadRequest("body starts with a byte-order mark")
     try:
-        document = json.loads(
-            text,
-            object_pairs_hook=_unique_object,
-            parse_constant=_refuse_constant,
-            parse_float=_finite_float,
-        )
+        document = _DECODER.decode(text)
     except RecursionError:
         # Deeper than the interpreter's recursion limit, so far deeper than
         # max_depth.

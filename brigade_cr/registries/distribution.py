@@ -25,7 +25,8 @@ build as class ``other``.
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from zope.interface import implementer
 

@@ -24,7 +24,8 @@ this format existed.
 from __future__ import annotations
 
 import re
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from zope.interface import implementer
 
