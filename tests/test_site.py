@@ -814,3 +814,35 @@ def test_any_target_is_counted_under_a_fixed_route(targets: list[bytes]) -> None
     assert labels
     assert {label["route"] for label in labels} <= set(ROUTES)
     assert {label["code"] for label in labels} <= {"2xx", "4xx", "5xx"}
+
+
+def test_a_connection_asks_its_local_address_once() -> None:
+    """
+    Requests on one connection learn the gateway's own address (``getHost``)
+    from the channel, which asks the transport (a system call on TCP) once.
+    """
+    with Wire() as wire:
+        channel, transport = wire.connect()
+        asked: list[object] = []
+        real = transport.getHost
+
+        def counting() -> Any:
+            asked.append(None)
+            return real()
+
+        transport.getHost = counting  # type: ignore[method-assign]
+        hosts = []
+
+        class Recording(Resource):
+            isLeaf = True
+
+            def render(self, request: Any) -> bytes:
+                hosts.append(request.getHost())
+                return b"ok"
+
+        wire.site.resource = Recording()
+        for _ in range(3):
+            wire.send(channel, request("GET", b"/healthz"), settle=0.1)
+        assert transport.value().count(b"HTTP/1.1 200 ") == 3
+        assert hosts == [real()] * 3
+        assert len(asked) == 1

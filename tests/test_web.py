@@ -541,3 +541,34 @@ def test_an_endpoint_that_fails_is_a_500_with_its_traceback_logged() -> None:
         assert [response.code for response in responses] == [500]
         assert [event["log_failure"].type for event in wire.failures()] == [ZeroDivisionError]
         assert "readiness broke" not in responses[0].body.decode()
+
+
+def test_routing_is_remembered_within_a_bound(web: Harness) -> None:
+    """
+    The routes answer the same for a path seen before (a build, then its
+    duplicate; an unknown path twice), and however many distinct paths
+    arrive, at most MATCHES_KEPT routings are kept.
+    """
+    from brigade_cr.web.routes import MATCHES_KEPT
+
+    routes = WebhookSite(web.gateway, Clock()).routes()
+    treq: Any = StubTreq(routes)
+    body = (PAYLOADS / "dockerhub_push.json").read_bytes()
+
+    def post(path: str) -> tuple[int, Any]:
+        response = treq.post(
+            "http://gw.example" + path, data=body, headers={"Authorization": "Bearer " + SECRET.decode()}
+        )
+        treq.flush()
+        answer = result_of(response)
+        return answer.code, json.loads(result_of(answer.content()))
+
+    first, second = post("/events/webhook/solo"), post("/events/webhook/solo")
+    assert (first[0], first[1]["duplicate"]) == (200, False)
+    assert (second[0], second[1]["duplicate"], second[1]["build_id"]) == (200, True, first[1]["build_id"])
+    assert post("/nowhere") == post("/nowhere") == (404, {"status": "Not Found"})
+    for n in range(MATCHES_KEPT + 10):
+        treq.get(f"http://gw.example/nowhere/{n}")
+    treq.flush()
+    assert 0 < len(routes._matches) <= MATCHES_KEPT
+    assert post("/events/webhook/solo")[0] == 200

@@ -32,11 +32,9 @@ def _finite_float(text: str) -> float:
 def _unique_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     # A duplicated key is read differently by different parsers (first wins
     # in some, last in others): refuse it rather than guess.
-    result: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in result:
-            raise BadRequest("body has a duplicated object key")
-        result[key] = value
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        raise BadRequest("body has a duplicated object key")
     return result
 
 

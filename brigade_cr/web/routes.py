@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 from datetime import datetime, timezone
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 from urllib.parse import unquote_to_bytes
 
 import attrs
@@ -42,6 +42,8 @@ from brigade_cr.web.clientaddr import Network, request_client_address
 from brigade_cr.web.site import note_build, query_items, query_text
 
 WEBHOOK_PREFIX = "/events/webhook/"
+# How many (path, method) routings RoutedResource remembers.
+MATCHES_KEPT = 1024
 
 
 def split_webhook_path(rest: str) -> tuple[str, str] | None:
@@ -154,6 +156,7 @@ class RoutedResource(Resource):
         # Matching needs no host (no rule names one), so one adapter serves
         # every request and a Host header never reaches werkzeug.
         self._routes = app.url_map.bind("localhost")
+        self._matches: dict[tuple[str, str], tuple[str, Mapping[str, Any]] | None] = {}
 
     def render(self, request: IRequest) -> Any:
         # As Klein matches: the percent-decoded segments twisted.web split the
@@ -162,19 +165,35 @@ class RoutedResource(Resource):
         path = b"/".join(request.postpath)  # type: ignore[attr-defined]
         if not path.startswith(b"/"):
             path = b"/" + path
-        try:
-            rule, arguments = self._routes.match(
-                path.decode("utf-8", "surrogateescape"),
-                method=request.method.decode("latin-1"),
-                return_rule=True,
-            )
-        except HTTPException:
+        matched = self._match(path.decode("utf-8", "surrogateescape"), request.method.decode("latin-1"))
+        if matched is None:
             request.write(self._unrouted(request))
             request.finish()
             return NOT_DONE_YET
-        answer = maybeDeferred(self._app.execute_endpoint, rule.endpoint, request, **arguments)
+        endpoint, arguments = matched
+        answer = maybeDeferred(self._app.execute_endpoint, endpoint, request, **arguments)
         _Exchange(request, answer)
         return NOT_DONE_YET
+
+    def _match(self, path: str, method: str) -> tuple[str, Mapping[str, Any]] | None:
+        """The endpoint and arguments for ``path`` and ``method``, or None when no route serves them."""
+        key = (path, method)
+        if key in self._matches:
+            return self._matches[key]
+        found: tuple[str, Mapping[str, Any]] | None
+        try:
+            rule, arguments = self._routes.match(path, method=method, return_rule=True)
+        except HTTPException:
+            found = None
+        else:
+            found = (rule.endpoint, arguments)
+        # A registry sends every delivery to the same few paths: werkzeug's
+        # matcher runs once for each, while any number of other paths keep
+        # at most MATCHES_KEPT answers.
+        if len(self._matches) >= MATCHES_KEPT:
+            self._matches.clear()
+        self._matches[key] = found
+        return found
 
 
 class _Exchange:

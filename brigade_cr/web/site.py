@@ -416,6 +416,7 @@ class DeadlineChannel(HTTPChannel):
     log = Logger()
     site: BrigadeSite
     _deadline: IDelayedCall | None = None
+    _host: Any = None
     # When the request now arriving began to (its deadline's start).
     receiving_since: float | None = None
 
@@ -429,6 +430,15 @@ class DeadlineChannel(HTTPChannel):
             if self._deadline.active():
                 self._deadline.cancel()
             self._deadline = None
+
+    def getHost(self) -> Any:
+        # Every request asks its channel for the local address, and a TCP
+        # transport asks the kernel (getsockname) each time: it cannot
+        # change while the connection lasts.
+        host = self._host
+        if host is None:
+            host = self._host = super().getHost()
+        return host
 
     def _peer(self) -> str:
         return str(getattr(self.transport.getPeer(), "host", "-")) if self.transport else "-"
