@@ -10,6 +10,7 @@ from typing import Any, Iterator
 
 import attrs
 import pytest
+from klein import Klein
 from treq.testing import StubTreq
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.error import ConnectionDone
@@ -547,9 +548,10 @@ def test_routing_is_remembered_within_a_bound(web: Harness) -> None:
     """
     The routes answer the same for a path seen before (a build, then its
     duplicate; an unknown path twice), and however many distinct paths
-    arrive, at most MATCHES_KEPT routings are kept.
+    arrive, at most MATCHES_KEPT routings are kept, none for a path over
+    MATCHED_PATH_LIMIT characters.
     """
-    from brigade_cr.web.routes import MATCHES_KEPT
+    from brigade_cr.web.routes import MATCHED_PATH_LIMIT, MATCHES_KEPT
 
     routes = WebhookSite(web.gateway, Clock()).routes()
     treq: Any = StubTreq(routes)
@@ -572,3 +574,34 @@ def test_routing_is_remembered_within_a_bound(web: Harness) -> None:
     treq.flush()
     assert 0 < len(routes._matches) <= MATCHES_KEPT
     assert post("/events/webhook/solo")[0] == 200
+    long = "/events/webhook/" + "x" * MATCHED_PATH_LIMIT
+    kept = dict(routes._matches)
+    assert post(long)[0] == 403  # no such project; routed, not remembered
+    assert routes._matches == kept
+
+
+class _Odd:
+    """A Klein app whose endpoint answers text, not bytes (a bug RoutedResource must survive)."""
+
+    app = Klein()
+
+    @app.route("/odd")
+    def odd(self, request: Any) -> Any:
+        return "not bytes"
+
+
+def test_an_answer_that_is_not_bytes_closes_the_connection() -> None:
+    """
+    An endpoint answering something other than bytes is logged with its
+    traceback and its connection closed, never left hanging.
+    """
+    from brigade_cr.web.routes import RoutedResource
+    from tests.wire import Wire, request
+
+    with Wire() as wire:
+        wire.site.resource = RoutedResource(_Odd().app, lambda request: b"unrouted")
+        channel, transport = wire.connect()
+        wire.send(channel, request("GET", b"/odd"), settle=0.1)
+        assert transport.value() == b""
+        assert transport.disconnecting
+        assert [event["log_failure"].type for event in wire.failures()] == [TypeError]

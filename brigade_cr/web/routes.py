@@ -42,8 +42,10 @@ from brigade_cr.web.clientaddr import Network, request_client_address
 from brigade_cr.web.site import note_build, query_items, query_text
 
 WEBHOOK_PREFIX = "/events/webhook/"
-# How many (path, method) routings RoutedResource remembers.
+# How many (path, method) routings RoutedResource remembers, for paths of
+# at most MATCHED_PATH_LIMIT characters (so they hold at most about 512 KiB).
 MATCHES_KEPT = 1024
+MATCHED_PATH_LIMIT = 512
 
 
 def split_webhook_path(rest: str) -> tuple[str, str] | None:
@@ -189,18 +191,21 @@ class RoutedResource(Resource):
             found = (rule.endpoint, arguments)
         # A registry sends every delivery to the same few paths: werkzeug's
         # matcher runs once for each, while any number of other paths keep
-        # at most MATCHES_KEPT answers.
-        if len(self._matches) >= MATCHES_KEPT:
-            self._matches.clear()
-        self._matches[key] = found
+        # at most MATCHES_KEPT short answers.
+        if len(path) <= MATCHED_PATH_LIMIT:
+            if len(self._matches) >= MATCHES_KEPT:
+                self._matches.clear()
+            self._matches[key] = found
         return found
 
 
 class _Exchange:
     """
     Writes ``answer``'s result to ``request``, unless the request has ended
-    (answered, or its sender gone: then the answer is cancelled). Only
-    Deferred callbacks refer to it, so it goes when the request does.
+    (answered, or its sender gone: then the answer is cancelled); a result
+    that is not bytes, or a write that fails, is logged and the connection
+    closed. Only Deferred callbacks refer to it, so it goes when the request
+    does.
     """
 
     log = Logger()
@@ -222,6 +227,8 @@ class _Exchange:
 
     def _write(self, body: bytes) -> None:
         if not self._ended:
+            if not isinstance(body, bytes):
+                raise TypeError(f"an endpoint answered {type(body).__name__}, not bytes")
             self._request.write(body)
             self._request.finish()
 
@@ -232,7 +239,12 @@ class _Exchange:
             self.log.failure("Unhandled error after the sender went away", failure)
 
     def _unwritten(self, failure: Failure) -> None:
-        self.log.failure("Could not write an answer", failure)
+        # Not an answer (an endpoint's bug), or the write itself failed:
+        # nothing more can be said on this connection, and it must not be
+        # left waiting for a response that will never come.
+        self.log.failure("Could not write an answer; closed the connection", failure)
+        if not self._ended:
+            self._request.loseConnection()  # type: ignore[attr-defined]
 
 
 @attrs.define
