@@ -5,8 +5,8 @@ Domain errors become HTTP answers here (``WebhookSite._answer``), as the
 one error table (``core/answers.py``) says.
 
 Every part of the URL that becomes data is checked before the application
-sees it (``url_text_problem``): the percent-decoded path (as Klein matches
-it), the ``Host`` header (which Klein reads) and every query name and value
+sees it (``url_text_problem``): the percent-decoded path (as the routes
+match it), the ``Host`` header and every query name and value
 (read with ``site.query_items``, the parser the access log redacts with) must
 be UTF-8, else the request is answered 400
 ``{"status": "Bad Request", "reason": ...}`` and nothing more happens. Other
@@ -81,9 +81,9 @@ def _is_utf8(data: bytes) -> bool:
 def url_text_problem(request: IRequest) -> str | None:
     """
     Why the text of ``request``'s URL cannot become data, or None: the
-    percent-decoded path, the host Klein reads from the ``Host`` header, or a
-    query name or value (as ``site.query_items`` reads them) is not UTF-8,
-    or the host is not one werkzeug can route (an empty or over-long label).
+    percent-decoded path, the host of the ``Host`` header, or a query name
+    or value (as ``site.query_items`` reads them) is not UTF-8, or the host
+    is not a host name (an empty or over-long label).
     The reason names the part, never its content.
     """
     if not _is_utf8(unquote_to_bytes(request.path)):
@@ -93,8 +93,9 @@ def url_text_problem(request: IRequest) -> str | None:
     except UnicodeDecodeError:
         return "the Host header is not valid UTF-8"
     try:
-        # As werkzeug's Map.bind does (without the port), which raises
-        # BadHost outside Klein's error handling: a 500 for "Host: ..".
+        # The labels of a host name, as the IDNA codec checks them (without
+        # the port): a router binding the host, as Klein's resource did,
+        # would fail on "Host: .." with a 500; the answer stays a 400.
         host.partition(":")[0].encode("idna")
     except UnicodeError:
         return "the Host header is not a valid host name"
@@ -108,8 +109,8 @@ class TextCheckedResource(Resource):
     """
     Answers ``InvalidURLText`` (400 ``{"status": "Bad Request", "reason":
     ...}``, from the error table) for a request whose URL text is not UTF-8
-    (``url_text_problem``), before ``inner`` (Klein, which would answer an
-    HTML page) sees it; else renders ``inner``.
+    (``url_text_problem``), before ``inner`` (the routes) sees it; else
+    renders ``inner``.
     """
 
     isLeaf = True
@@ -361,7 +362,7 @@ class WebhookSite:
         try:
             outcome = await self.gateway.receive(delivery)
         except CancelledError:
-            # Klein cancels the handler when the sender hangs up: nobody is
+            # RoutedResource cancels the handler when the sender hangs up: nobody is
             # left to answer, and nothing went wrong on this side. (A spooled
             # record, once written, is kept and built all the same.)
             self.log.info(
