@@ -593,11 +593,12 @@ def test_duplicate_of_a_failed_write_fails_too(api: ApiBuilds, clock: Clock, dir
 
 def test_concurrent_writes_share_one_batch(api: ApiBuilds, clock: Clock, directory: Path) -> None:
     """
-    Group commit: records submitted while a write is in progress wait for
-    it and then go to disk together, in one call (one directory fsync); each
-    is answered once its own batch is durable, and handed over at once.
+    Group commit: records submitted while a write is in progress (the one
+    write slot busy) wait for it and then go to disk together, in one call
+    (one directory fsync); each is answered once its own batch is durable,
+    and handed over at once.
     """
-    spool, io = started_on_manual_io(directory, api, clock)
+    spool, io = started_on_manual_io(directory, api, clock, write_concurrency=1)
     first = spool.submit(build_no(1))
     second = spool.submit(build_no(2))
     third = spool.submit(build_no(3))
@@ -626,6 +627,39 @@ def test_concurrent_writes_share_one_batch(api: ApiBuilds, clock: Clock, directo
     stop(spool, clock)
 
 
+def test_write_batches_run_side_by_side_up_to_the_write_concurrency(
+    api: ApiBuilds, clock: Clock, directory: Path
+) -> None:
+    """
+    With two write slots, two records are written at once, each in its own
+    batch; the third waits for a slot and goes with those after it in one
+    batch. A batch that finishes first is answered first, whatever the
+    sequence: each record's answer waits for its own batch alone.
+    """
+    spool, io = started_on_manual_io(directory, api, clock, write_concurrency=2)
+    first, second = spool.submit(build_no(1)), spool.submit(build_no(2))
+    assert io.names() == ["write_records", "write_records"]
+    assert [len(args[1]) for _, args, _ in io.pending] == [1, 1]
+    later = [spool.submit(build_no(n)) for n in (3, 4)]
+    assert len(io.pending) == 2  # both slots busy: 3 and 4 wait
+    io.complete(1)  # build 2's batch finishes before build 1's
+    assert records(directory) == [build_no(2).name]
+    assert result_of(second) == Receipt(build_no(2).name)
+    assert not first.called
+    writes = [args[1] for function, args, _ in io.pending if function.__name__ == "write_records"]
+    assert [[filename for filename, _ in batch] for batch in writes] == [
+        [record_filename(1, build_no(1).name)],
+        [record_filename(3, build_no(3).name), record_filename(4, build_no(4).name)],
+    ]
+    io.complete_all()
+    assert result_of(first) == Receipt(build_no(1).name)
+    assert [result_of(d) for d in later] == [Receipt(build_no(3).name), Receipt(build_no(4).name)]
+    assert sorted(api.created) == [build_no(n).name for n in (1, 2, 3, 4)]
+    drain(spool, clock)
+    assert records(directory) == []
+    stop(spool, clock)
+
+
 def test_a_record_behind_others_is_answered_queued_at_once(api: ApiBuilds, clock: Clock, directory: Path) -> None:
     """
     No fixed wait under load: a record that cannot be handed over the moment
@@ -633,10 +667,10 @@ def test_a_record_behind_others_is_answered_queued_at_once(api: ApiBuilds, clock
     ``ack_wait``; those handed over at once wait for their builds.
     """
     api.latency = 0.5
-    spool, io = started_on_manual_io(directory, api, clock, max_in_flight=2)
+    spool, io = started_on_manual_io(directory, api, clock, max_in_flight=2, write_concurrency=1)
     answers = [spool.submit(build_no(n)) for n in (1, 2, 3)]
     io.complete()  # build 1
-    io.complete()  # builds 2 and 3 together
+    io.complete()  # builds 2 and 3 together (one write slot)
     assert io.names() == []  # nothing read back: 1 and 2 went to the API from memory
     assert [d.called for d in answers] == [False, False, True]
     assert result_of(answers[2]) == Receipt(build_no(3).name, queued=True)

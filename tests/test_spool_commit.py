@@ -29,8 +29,8 @@ class HeldIO:
         self.pending.append((function, args, d))
         return d
 
-    def release(self) -> None:
-        function, args, d = self.pending.pop(0)
+    def release(self, index: int = 0) -> None:
+        function, args, d = self.pending.pop(index)
         try:
             d.callback(function(*args))
         except Exception:
@@ -96,6 +96,56 @@ def test_batches_are_capped_at_max_batch() -> None:
         io.release()
     assert sizes == [1, 3, 3, 1]
     assert all(result_of(d) is None for d in done)
+
+
+def test_up_to_concurrency_batches_run_at_once_and_a_freed_slot_takes_every_waiting_item() -> None:
+    seen: list[list[int]] = []
+
+    def batch(items: Sequence[int]) -> list[BaseException | None]:
+        seen.append(list(items))
+        return [None] * len(items)
+
+    io = HeldIO()
+    commit: GroupCommit[int] = GroupCommit(io, batch, concurrency=2)
+    first, second = commit.add(1), commit.add(2)
+    assert [args[0] for _, args, _ in io.pending] == [[1], [2]]  # neither waited for the other
+    later = [commit.add(n) for n in (3, 4, 5)]
+    assert len(io.pending) == 2  # both slots busy
+    io.release(1)  # the second batch finishes first: its slot takes 3, 4 and 5
+    assert result_of(second) is None and not first.called
+    assert [args[0] for _, args, _ in io.pending] == [[1], [3, 4, 5]]
+    io.release(0)
+    assert result_of(first) is None
+    assert not any(d.called for d in later) and commit.busy()
+    io.release(0)
+    assert all(result_of(d) is None for d in later)
+    assert seen == [[2], [1], [3, 4, 5]]
+    assert not commit.busy()
+    assert (commit.batches, commit.items) == (3, 5)
+
+
+def test_a_failed_batch_frees_its_slot() -> None:
+    def batch(items: Sequence[str]) -> list[BaseException | None]:
+        if "bad" in items:
+            raise OSError(errno.EIO, "I/O error")
+        return [None] * len(items)
+
+    io = HeldIO()
+    commit: GroupCommit[str] = GroupCommit(io, batch, concurrency=2)
+    bad, good = commit.add("bad"), commit.add("good")
+    waiting = commit.add("waiting")
+    io.release(0)
+    assert isinstance(failure_of(bad), OSError)
+    assert [args[0] for _, args, _ in io.pending] == [["good"], ["waiting"]]
+    io.release(0)
+    io.release(0)
+    assert result_of(good) is None and result_of(waiting) is None
+    assert not commit.busy()
+
+
+def test_concurrency_must_be_at_least_one() -> None:
+    with pytest.raises(ValueError):
+        GroupCommit(HeldIO(), lambda items: [None] * len(items), concurrency=0)
 
 
 def test_synchronous_io_runs_every_batch_added_from_a_callback() -> None:

@@ -20,6 +20,7 @@ from brigade_cr.app import logs
 from brigade_cr.app import options as _options
 from brigade_cr.app.compose import make_service
 from brigade_cr.app.drain import make_drain_service
+from brigade_cr.app.interpreter import SwitchInterval
 from brigade_cr.app.startup import fails_clearly
 
 __all__ = ["Options", "makeService"]
@@ -43,12 +44,17 @@ def makeService(options: _options.Options) -> IService:
     is found here, before the reactor runs, and raised as ``SystemExit``
     with one line naming it and the option to change (twistd prints it and
     exits 1). With ``--drain-only``, the one-shot drain of ``--spool``
-    instead (see ``drain.make_drain_service``).
+    instead (see ``drain.make_drain_service``). Either way, while they run
+    the interpreter's switch interval is ``interpreter.SWITCH_INTERVAL``.
     """
     from twisted.internet import reactor
 
     compose = make_drain_service if options["drain-only"] else make_service
-    return _Logging(compose(options, reactor, os.environ), _observer(options))
+    services = _Logging(compose(options, reactor, os.environ), _observer(options))
+    # Process-wide, so set here beside the global reactor: the spool's
+    # threads take the interpreter back from the reactor sooner.
+    SwitchInterval().setServiceParent(services)
+    return services
 
 
 def _observer(options: _options.Options) -> ILogObserver | None:

@@ -3,11 +3,20 @@ Group commit: the spool's file steps batched, so that concurrent records
 share one trip to the thread pool and one directory fsync (writes and
 removals) or just the trip (the drain's reads).
 
-A ``GroupCommit`` runs one batch at a time. An item added while no batch is
-running starts one at once (a lone delivery waits for nobody); items added
-while a batch runs wait for it and then go together in the next. Under load
-the batches grow by themselves and each record's share of the fixed costs
-(the thread hop, the directory fsync) shrinks; when idle nothing is delayed.
+A ``GroupCommit`` runs up to ``concurrency`` batches at a time (one by
+default). An item added while a slot is free starts a batch at once (a lone
+delivery waits for nobody); items added while every slot is busy wait, and
+go together in the batch of the next slot to free up. Under load the
+batches grow by themselves and each record's share of the fixed costs (the
+thread hop, the directory fsync) shrinks; when idle nothing is delayed.
+
+More than one slot is for steps whose time is mostly spent waiting rather
+than working: a thread that comes back from a system call (an fsync, say)
+must take the interpreter's lock from the reactor, which on a busy reactor
+takes up to the interpreter's switch interval (5 ms) per call, several
+times per record. Batches in several threads wait for it side by side
+rather than one after another (docs/performance.md, "The writer waited for
+the interpreter").
 """
 
 from __future__ import annotations
@@ -33,7 +42,9 @@ class GroupCommit(Generic[I]):
     """
     Items handed to ``function`` (a blocking function, run through ``io``
     as ``function(*before, items, *after)``) in batches of at most
-    ``max_batch``, one batch at a time.
+    ``max_batch``, up to ``concurrency`` batches at a time. Batches that run
+    side by side must not depend on each other's order: each item's result
+    is its own.
     """
 
     io: BlockingIO
@@ -41,8 +52,9 @@ class GroupCommit(Generic[I]):
     before: tuple[object, ...] = ()
     after: tuple[object, ...] = ()
     max_batch: int = attrs.field(default=256, validator=attrs.validators.ge(1))
+    concurrency: int = attrs.field(default=1, validator=attrs.validators.ge(1))
     _pending: list[tuple[I, Deferred[Any]]] = attrs.field(init=False, factory=list)
-    _running: bool = attrs.field(init=False, default=False)
+    _running: int = attrs.field(init=False, default=0)  # batches running now
     _looping: bool = attrs.field(init=False, default=False)
     # Counters for the benchmark and the tests: how well batching works.
     batches: int = attrs.field(init=False, default=0)
@@ -57,13 +69,13 @@ class GroupCommit(Generic[I]):
         """
         done: Deferred[Any] = Deferred()
         self._pending.append((item, done))
-        if not self._running:
+        if self._running < self.concurrency:
             self._next()
         return done
 
     def busy(self) -> bool:
         """True while a batch runs or items wait for one."""
-        return self._running or bool(self._pending)
+        return self._running > 0 or bool(self._pending)
 
     def _next(self) -> None:
         # A loop rather than recursion: with synchronous I/O (the tests'
@@ -73,9 +85,9 @@ class GroupCommit(Generic[I]):
             return
         self._looping = True
         try:
-            while self._pending and not self._running:
+            while self._pending and self._running < self.concurrency:
                 batch, self._pending = self._pending[: self.max_batch], self._pending[self.max_batch :]
-                self._running = True
+                self._running += 1
                 self.batches += 1
                 self.items += len(batch)
                 work = self.io.run(self.function, *self.before, [item for item, _ in batch], *self.after)
@@ -85,7 +97,7 @@ class GroupCommit(Generic[I]):
             self._looping = False
 
     def _idle(self, _: object) -> None:
-        self._running = False
+        self._running -= 1
         self._next()
 
     def _finished(self, results: Sequence[object], batch: list[tuple[I, Deferred[Any]]]) -> None:

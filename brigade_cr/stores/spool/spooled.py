@@ -59,6 +59,9 @@ T = TypeVar("T")
 MAX_ATTEMPTS = 5
 # How many records are handed to ``inner`` at once, by default.
 MAX_IN_FLIGHT = 4
+# How many write batches run at once, each in its own thread: their waits
+# for the interpreter's lock overlap (commit.py; docs/performance.md).
+WRITE_CONCURRENCY = 4
 # How many of the innermost frames a dead letter's traceback summary names.
 TRACEBACK_FRAMES = 5
 # Clock times closer than this count as the same moment: a timer set for a
@@ -222,6 +225,7 @@ class SpooledBuilds:
     # How often a start with a backlog logs how far its drain has got: a
     # restart after an outage may hold 10k records, drained at the API's pace.
     progress_interval: float = attrs.field(default=PROGRESS_INTERVAL, validator=attrs.validators.gt(0))
+    write_concurrency: int = attrs.field(default=WRITE_CONCURRENCY, validator=attrs.validators.ge(1))
 
     _phase: _Phase = attrs.field(init=False, default=_Phase.NEW)
     _queue: deque[_Entry] = attrs.field(init=False, factory=deque)
@@ -268,7 +272,9 @@ class SpooledBuilds:
 
     def __attrs_post_init__(self) -> None:
         self._paced = IPacedBuilds(self.inner, None)
-        self._writes = GroupCommit(self.io, write_records, (self.directory,), (self.at_step,))
+        self._writes = GroupCommit(
+            self.io, write_records, (self.directory,), (self.at_step,), concurrency=self.write_concurrency
+        )
         self._removals = GroupCommit(self.io, remove_records, (self.directory,), (self.at_step,))
         self._reads = GroupCommit(self.io, read_records)
 
