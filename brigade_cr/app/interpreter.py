@@ -18,8 +18,8 @@ from typing import Callable
 
 from twisted.application.service import Service
 
-# Seconds. One millisecond bounds a writer's wait per call, at a few
-# microseconds per forced switch for the thread that lets go.
+# Seconds. One millisecond bounds a writer's wait per call; the price is a
+# forced switch of the reactor's thread per wait, only while a writer waits.
 SWITCH_INTERVAL = 0.001
 
 
