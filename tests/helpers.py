@@ -8,8 +8,11 @@ from pathlib import Path
 from typing import Any, Coroutine, TypeVar
 
 import pytest
+from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
+
+from brigade_cr.app import tap
 
 T = TypeVar("T")
 
@@ -62,3 +65,19 @@ def write_minimal_kubeconfig(path: Path) -> Path:
     """A kubeconfig at ``path`` naming a server at https://127.0.0.1:6443 (never dialled) and a token; ``path``."""
     path.write_text(MINIMAL_KUBECONFIG)
     return path
+
+
+def stub_composition(monkeypatch: pytest.MonkeyPatch) -> list[MultiService]:
+    """
+    ``tap.makeService`` with its gateway and its drain each an empty
+    ``MultiService``: the list the ones made are appended to.
+    """
+    made: list[MultiService] = []
+
+    def compose(options: Any, reactor: Any, environ: Any) -> MultiService:
+        made.append(MultiService())
+        return made[-1]
+
+    monkeypatch.setattr(tap, "make_service", compose)
+    monkeypatch.setattr(tap, "make_drain_service", compose)
+    return made

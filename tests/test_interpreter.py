@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import sys
-from typing import Any
 
 import pytest
-from twisted.application.service import IServiceCollection, MultiService
+from twisted.application.service import IServiceCollection
 
 from brigade_cr.app import tap
 from brigade_cr.app.interpreter import SWITCH_INTERVAL, SwitchInterval
+from tests.helpers import stub_composition
 
 
 class FakeInterpreter:
@@ -55,14 +55,7 @@ def test_make_service_runs_the_gateway_with_the_switch_interval(
     monkeypatch: pytest.MonkeyPatch, drain_only: bool
 ) -> None:
     """Both the gateway and the one-shot drain get the ``interpreter`` service beside their own."""
-    made: list[MultiService] = []
-
-    def compose(options: Any, reactor: Any, environ: Any) -> MultiService:
-        made.append(MultiService())
-        return made[-1]
-
-    monkeypatch.setattr(tap, "make_service", compose)
-    monkeypatch.setattr(tap, "make_drain_service", compose)
+    made = stub_composition(monkeypatch)
     options = tap.Options({})
     options.parseOptions(["--drain-only"] if drain_only else [])
     services = IServiceCollection(tap.makeService(options))

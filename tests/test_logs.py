@@ -316,7 +316,7 @@ def test_twistd_logger_or_syslog_keeps_twistds_choice(parent: dict[str, Any], ex
     """With twistd's --logger or --syslog the plugin sets no observer (twistd's choice stands)."""
     options = parse("--log-format", "json")
     options.parent = parent  # type: ignore[assignment]
-    assert tap._observer(options) is expected
+    assert tap._log_file(options) is expected
     application = Application("brigade-cr")
     tap._Logging(MultiService(), None).setServiceParent(application)
     assert application.getComponent(ILogObserver) is None
@@ -329,8 +329,8 @@ def test_nodaemon_logs_to_standard_output_at_the_chosen_level() -> None:
     out = io.StringIO()
     real, sys.stdout = sys.stdout, out
     try:
-        made = tap._observer(options)
-        assert made is not None
+        assert tap._log_file(options) is out
+        made = tap._observer(options, out)
         log = Logger(namespace="t", observer=made)
         log.warn("dropped")
         log.error("kept {n}", n=2)

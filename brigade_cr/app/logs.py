@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import math
 from datetime import datetime, timezone
-from typing import IO, Any, Callable
+from typing import IO, Any, Callable, Protocol, cast
 
 from twisted.logger import (
     FileLogObserver,
@@ -37,6 +37,16 @@ FORMATS = ("text", "json")
 FIXED_KEYS = ("time", "level", "logger", "message")
 # Keys of legacy (twisted.python.log) events that the fixed keys already say.
 _LEGACY_KEYS = frozenset({"message", "isError", "system", "format", "why", "failure", "time", "printed"})
+
+
+class LineOutput(Protocol):
+    """Where an observer writes its lines: a text file, or ``logwriter.TurnWriter`` over one."""
+
+    def write(self, text: str, /) -> object:
+        """Write ``text`` (whole lines)."""
+
+    def flush(self) -> None:
+        """Make what was written reach its file (when it decides)."""
 
 
 def log_level(value: str) -> Any:
@@ -143,13 +153,14 @@ def classic_text(event: LogEvent, stamps: Callable[[float | None], str]) -> str 
     return f"{stamps(event.get('log_time'))} [{system}] {text}".replace("\n", "\n\t") + "\n"
 
 
-def text_file_observer(out: IO[Any]) -> ILogObserver:
+def text_file_observer(out: LineOutput) -> ILogObserver:
     """
     Twisted's ``textFileLogObserver(out)``, line for line, with the time
     formatted once a second and the message by ``message``.
     """
     stamps = _Stamps()
-    written: ILogObserver = FileLogObserver(out, lambda event: classic_text(event, stamps))
+    # FileLogObserver only writes and flushes.
+    written: ILogObserver = FileLogObserver(cast(IO[Any], out), lambda event: classic_text(event, stamps))
     return written
 
 
@@ -198,7 +209,7 @@ def json_line(event: LogEvent, stamp: Callable[[float], str] = rfc3339) -> str:
     return json.dumps(json_record(event, stamp), ensure_ascii=True, separators=(",", ":")) + "\n"
 
 
-def json_file_observer(out: IO[str]) -> ILogObserver:
+def json_file_observer(out: LineOutput) -> ILogObserver:
     """An observer writing each event to ``out`` as ``json_line``, flushed."""
     stamp = _Milliseconds()
 
@@ -229,7 +240,7 @@ def at_least(level: Any, inner: ILogObserver) -> ILogObserver:
     return filtering
 
 
-def observer(out: IO[str], format: str, level: Any) -> ILogObserver:
+def observer(out: LineOutput, format: str, level: Any) -> ILogObserver:
     """The observer for ``--log-format format`` and ``--log-level level``, writing to ``out``."""
-    make: Callable[[IO[str]], ILogObserver] = json_file_observer if format == "json" else text_file_observer
+    make: Callable[[LineOutput], ILogObserver] = json_file_observer if format == "json" else text_file_observer
     return at_least(level, make(out))

@@ -21,6 +21,7 @@ from brigade_cr.app import options as _options
 from brigade_cr.app.compose import make_service
 from brigade_cr.app.drain import make_drain_service
 from brigade_cr.app.interpreter import SwitchInterval
+from brigade_cr.app.logwriter import TurnWriter
 from brigade_cr.app.startup import fails_clearly
 
 __all__ = ["Options", "makeService"]
@@ -50,14 +51,21 @@ def makeService(options: _options.Options) -> IService:
     from twisted.internet import reactor
 
     compose = make_drain_service if options["drain-only"] else make_service
-    services = _Logging(compose(options, reactor, os.environ), _observer(options))
+    out = _log_file(options)
+    writer = None if out is None else TurnWriter(out, reactor)
+    observer = None if writer is None else _observer(options, writer)
+    services = _Logging(compose(options, reactor, os.environ), observer)
+    if writer is not None:
+        # Added last, so stopped first: what the others log while they stop
+        # is written at once.
+        writer.setServiceParent(services)
     # Process-wide, so set here beside the global reactor: the spool's
     # threads take the interpreter back from the reactor sooner.
     SwitchInterval().setServiceParent(services)
     return services
 
 
-def _observer(options: _options.Options) -> ILogObserver | None:
+def _log_file(options: _options.Options) -> IO[str] | None:
     # The file twistd itself would log to: --logfile, else standard output
     # with --nodaemon, else twistd.log. None (twistd's own choice stands)
     # with --logger or --syslog.
@@ -72,6 +80,10 @@ def _observer(options: _options.Options) -> ILogObserver | None:
         out = LogFile.fromFullPath("twistd.log")
     else:
         out = sys.stdout
+    return out
+
+
+def _observer(options: _options.Options, out: logs.LineOutput) -> ILogObserver:
     return logs.observer(out, options["log-format"], options["log-level"])
 
 
