@@ -122,6 +122,8 @@ def test_evolve_is_checked_too() -> None:
         ({"headers": [("x-\udc80", "v")]}, "headers"),
         ({"query": [("commit", "\udcff")]}, "query"),
         ({"query": [("\ud800", "v")]}, "query"),
+        # Among valid non-ASCII pairs (the slow check), the one bad value.
+        ({"headers": [("a", "\u00e9"), ("b", "ok"), ("c", "\U0001f600\udc80")]}, "headers"),
     ],
 )
 def test_delivery_headers_and_query_are_checked(changes: dict[str, Any], field: str) -> None:
@@ -129,6 +131,13 @@ def test_delivery_headers_and_query_are_checked(changes: dict[str, Any], field: 
     with pytest.raises(InvalidText) as caught:
         delivery(**changes)
     assert caught.value.message == f"Delivery.{field} is not valid UTF-8 text"
+
+
+def test_delivery_headers_and_query_keep_any_valid_text() -> None:
+    """Non-ASCII names and values of headers and query are kept as given."""
+    made = delivery(headers=[("x-\u00e9", "\U0001f600"), ("a", "b")], query=[("\u2028", "\x00\u00e9")])
+    assert made.headers == (("x-\u00e9", "\U0001f600"), ("a", "b"))
+    assert made.query == (("\u2028", "\x00\u00e9"),)
 
 
 def test_bytes_fields_are_not_text() -> None:

@@ -44,14 +44,20 @@ def _all_text(value: object) -> bool:
     if isinstance(value, str):
         return _text_ok(value)
     if isinstance(value, tuple):
+        # A value is made per delivery with dozens of strings (header and
+        # query pairs): gathered, they are known ASCII by one call, and only
+        # when they are not is each one checked.
+        strings: list[str] = []
         for item in value:
-            # Strings checked here, not by a call each: a value is made per
-            # delivery with dozens of them (header and query pairs).
             if isinstance(item, str):
-                if not _text_ok(item):
-                    return False
-            elif isinstance(item, tuple) and not _all_text(item):
-                return False
+                strings.append(item)
+            elif isinstance(item, tuple):
+                for inner in item:
+                    if isinstance(inner, str):
+                        strings.append(inner)
+                    elif isinstance(inner, tuple) and not _all_text(inner):
+                        return False
+        return "".join(strings).isascii() or all(_text_ok(text) for text in strings)
     return True
 
 

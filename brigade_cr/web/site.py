@@ -34,6 +34,7 @@ The HTTP site: request limits, the request target, and a redacting access log.
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import re
@@ -111,11 +112,14 @@ def _unquote(text: bytes) -> bytes:
     return unquote_to_bytes(text.replace(b"+", b" "))
 
 
-def query_items(target: bytes) -> list[QueryItem]:
+# A request's target is read three times (the URL check, the delivery, the
+# access log), and a registry sends every delivery to the same one.
+@functools.lru_cache(maxsize=128)
+def query_items(target: bytes) -> tuple[QueryItem, ...]:
     """Every item of ``target``'s query, in the order sent (see ``QueryItem``)."""
     _, query = split_target(target)
     if query is None:
-        return []
+        return ()
     items = []
     for part in query.split(b"&"):
         for raw in part.split(b";"):
@@ -124,7 +128,7 @@ def query_items(target: bytes) -> list[QueryItem]:
                 items.append(QueryItem(raw, _unquote(name), _unquote(value)))
             else:
                 items.append(QueryItem(raw, None, None))
-    return items
+    return tuple(items)
 
 
 def query_pairs(target: bytes) -> list[tuple[bytes, bytes]]:

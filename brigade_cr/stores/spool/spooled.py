@@ -179,7 +179,9 @@ def traceback_summary(error: BaseException, frames: int = TRACEBACK_FRAMES) -> l
 
 
 @implementer(IBuilds)
-@attrs.define(repr=False)
+# Validators at construction only: the state machine's fields change several
+# times per record, and attrs would run them on each (as in GroupCommit).
+@attrs.define(repr=False, on_setattr=attrs.setters.NO_OP)
 class SpooledBuilds:
     """
     Builds recorded durably in ``directory``, then created by ``inner``,
