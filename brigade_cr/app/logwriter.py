@@ -3,13 +3,12 @@ The log file's writes, gathered into one per turn of the reactor.
 
 Every log line was one ``write`` system call on the reactor's thread (twistd's
 log file is unbuffered, and Twisted's observers flush after each event): a
-delivery's two lines (its access line and its own) were two such calls. Each
-call gives up the interpreter's lock, and with the spool's writing threads
-waiting for it the reactor must then wait to take it back; with those threads
-busy, the two lines cost about as much of the reactor's time as the rest of a
-delivery's route through the web server (docs/performance.md, "The log's
-writes"). Gathered, the lines of one turn (every request the turn served) go
-out in one call when the turn ends.
+delivery's two lines (its access line and its own) were two of the thirteen
+calls the reactor's thread made per delivery. Each call gives up the
+interpreter's lock, and while the spool's writing threads wait for it the
+reactor must then wait to take it back (docs/performance.md, "The log's
+writes, and a yardstick that does not drift"). Gathered, the lines of one
+turn (every request the turn served) go out in one call when the turn ends.
 
 What is gathered reaches the file within the turn that follows, in the order
 it was logged. A process killed outright loses what was gathered in its last

@@ -162,7 +162,8 @@ def read_record(path: Path, build_name: str) -> Build:
     """The build in the record at ``path``; ``CorruptRecord`` or ``OSError`` otherwise."""
     # os.read, not a file object: a file object's open and read make nine
     # system calls where four do, and each gives up the interpreter's lock
-    # (docs/performance.md, "The log's writes").
+    # (docs/performance.md, "The log's writes, and a yardstick that does not
+    # drift").
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         chunks = []
