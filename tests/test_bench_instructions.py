@@ -1,0 +1,42 @@
+"""``bench/bench_instructions.py``'s measured process still drives the stack (it asserts no speed)."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+from pathlib import Path
+from types import ModuleType, SimpleNamespace
+
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / "bench" / "bench_instructions.py"
+
+
+def load(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    # The bench puts the checkout first on sys.path; the tests run the installed package.
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    spec = importlib.util.spec_from_file_location("bench_instructions", BENCH)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("spool", [True, False])
+def test_the_child_sends_distinct_deliveries_all_answered(monkeypatch: pytest.MonkeyPatch, spool: bool) -> None:
+    """Every delivery of the measured run is answered 2xx (else it exits saying how many were)."""
+    monkeypatch.setattr(os, "fsync", os.fsync)  # the child stubs it: put it back afterwards
+    bench = load(monkeypatch)
+    bench.child(3, spool)
+
+
+def test_too_few_answers_are_reported(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run whose deliveries are not all answered 2xx stops with the count, not a figure."""
+    monkeypatch.setattr(os, "fsync", os.fsync)
+    bench = load(monkeypatch)
+    monkeypatch.setattr(bench, "WARM_UP", 1)
+    # Bodies that are not JSON: each one is answered 400.
+    monkeypatch.setattr(bench, "json", SimpleNamespace(dumps=lambda value: "{not json"))
+    with pytest.raises(SystemExit, match=r"bench: 0 of 3 deliveries answered 2xx"):
+        bench.child(2, True)
