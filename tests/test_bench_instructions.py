@@ -7,6 +7,7 @@ import os
 import sys
 from pathlib import Path
 from types import ModuleType, SimpleNamespace
+from typing import Any
 
 import pytest
 
@@ -40,3 +41,35 @@ def test_too_few_answers_are_reported(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(bench, "json", SimpleNamespace(dumps=lambda value: "{not json"))
     with pytest.raises(SystemExit, match=r"bench: 0 of 3 deliveries answered 2xx"):
         bench.child(2, True)
+
+
+def test_the_baseline_child_answers_the_same_requests(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--baseline`` sends the gateway's requests to the bench's bare resource, and every one is answered."""
+    bench = load(monkeypatch)
+    sent: list[bytes] = []
+    delivery = bench.delivery
+
+    def recorded(n: int) -> bytes:
+        sent.append(delivery(n))
+        return sent[-1]
+
+    monkeypatch.setattr(bench, "delivery", recorded)
+    bench.baseline_child(3)
+    assert len(sent) == bench.WARM_UP + 3 and len(set(sent)) == len(sent)
+    assert all(request.startswith(b"POST /events/webhook/acme/webapp?token=") for request in sent)
+
+
+def test_the_baseline_child_reports_unanswered_requests(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bare resource that answered no 2xx would stop the run with the count, not give a figure."""
+    bench = load(monkeypatch)
+    monkeypatch.setattr(bench, "WARM_UP", 1)
+    # On sys.path since load() ran the bench, which puts bench/ there.
+    baseline_server = importlib.import_module("baseline_server")
+
+    def refuse(self: object, request: Any) -> bytes:
+        request.setResponseCode(500)
+        return b""
+
+    monkeypatch.setattr(baseline_server.Bare, "render_POST", refuse)
+    with pytest.raises(SystemExit, match=r"bench: 0 of 3 deliveries answered 2xx"):
+        bench.baseline_child(2)

@@ -1,0 +1,384 @@
+"""
+The CPU of the parts a delivery is made of, each measured alone: what the
+gateway's CPU per delivery cannot go below on this stack.
+
+``bench_burst.py`` measures the whole gateway; this measures, on the same
+machine and in one run, each part in its own process, so that the whole can
+be read against the sum of its parts (docs/performance.md, "What a delivery
+cannot cost less than"):
+
+- ``baseline``: the bare ``twisted.web`` resource under wrk (as in
+  ``bench_burst.py``): CPU per request, the yardstick of the ratios;
+- ``api-client``: ``KubeClient.create_secret`` (treq over Twisted's Agent,
+  as the gateway makes it) against the Kubernetes API stand-in, 4 at a time;
+- ``minimal-client``: the same POSTs by a minimal keep-alive HTTP/1.1
+  protocol on the same reactor: the floor of any client on Twisted;
+- ``record-write-1``, ``record-write-8``: ``disk.write_records`` (each
+  record written, fsynced and renamed, then one directory fsync per batch)
+  in batches of 1 and of 8 records, in ``--dir``'s file system;
+- ``batch-file-8``: what one file per batch of 8 would cost instead (the 8
+  records in one temporary file, one fsync, one rename, one directory
+  fsync): not how the spool writes today, the size of that lever;
+- ``thread-hop``: a no-op through ``deferToThreadPool`` and back, one at a time.
+
+Each figure is the child's user + system CPU (``getrusage``, every thread)
+per operation after a warm-up, and its ratio to the baseline's CPU per
+request. It reports; it asserts nothing.
+
+Run: ``python bench/bench_parts.py [--count N] [--dir DIR] [--json]`` (needs
+``wrk`` for the baseline; about a minute). With ``--child PART`` it is the
+measured process itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+BENCH = Path(__file__).resolve().parent
+REPO = BENCH.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(BENCH))
+
+import bench_burst  # noqa: E402 - after the path: the stand-in, the baseline and wrk
+
+PARTS = ("api-client", "minimal-client", "record-write-1", "record-write-8", "batch-file-8", "thread-hop")
+# Operations before the measured ones: connections made, code paths warm.
+WARM_UP = 40
+# Requests in flight at once for the client parts (the spool's default in-flight limit).
+IN_FLIGHT = 4
+# A build Secret's size in the gateway's requests (a Docker Hub push): about 2 KB of JSON.
+_DATA_KEYS = ("event_type", "event_provider", "project_id", "payload", "commit_ref", "build_id", "log_level", "script")
+
+
+def secret(part: str, n: int) -> dict[str, Any]:
+    """A distinct build Secret for the stand-in, the size of the gateway's."""
+    build = f"{n:026d}"
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "brigade.sh/build",
+        "metadata": {
+            "name": f"brigade-worker-{part}-{build}".lower(),
+            "namespace": bench_burst.NAMESPACE,
+            "labels": {"heritage": "brigade", "component": "build", "app": "brigade", "build": build},
+        },
+        "data": {key: "eHh4" * 40 for key in _DATA_KEYS},
+    }
+
+
+def cpu_now() -> tuple[float, float]:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime, usage.ru_stime
+
+
+def per_operation(before: tuple[float, float], started: float, count: int) -> dict[str, float]:
+    user, system = cpu_now()
+    return {
+        "user_ms": (user - before[0]) * 1000 / count,
+        "sys_ms": (system - before[1]) * 1000 / count,
+        "cpu_ms": (user - before[0] + system - before[1]) * 1000 / count,
+        "per_s": count / (time.monotonic() - started),
+    }
+
+
+# --- the measured children ---------------------------------------------------
+
+
+def _on_reactor(work: Callable[[Any], Any]) -> Any:
+    """Run the coroutine function ``work(reactor)`` on a fresh reactor; its result, or raise what it raised."""
+    from twisted.internet import reactor
+    from twisted.internet.defer import Deferred
+
+    outcome: dict[str, Any] = {}
+
+    def begin() -> None:
+        done = Deferred.fromCoroutine(work(reactor))
+        done.addCallbacks(lambda value: outcome.setdefault("value", value), lambda f: outcome.setdefault("failure", f))
+        done.addBoth(lambda _: reactor.stop())  # type: ignore[attr-defined]
+
+    reactor.callWhenRunning(begin)  # type: ignore[attr-defined]
+    reactor.run()  # type: ignore[attr-defined]
+    if "failure" in outcome:
+        outcome["failure"].raiseException()
+    return outcome["value"]
+
+
+async def _in_flight(count: int, one: Callable[[int], Any]) -> None:
+    """``one(n)`` for n in range(count), ``IN_FLIGHT`` at a time."""
+    from twisted.internet.defer import Deferred, gatherResults
+
+    numbers = iter(range(count))
+
+    async def lane() -> None:
+        for n in numbers:
+            await one(n)
+
+    await gatherResults([Deferred.fromCoroutine(lane()) for _ in range(IN_FLIGHT)])
+
+
+def api_client(port: int, token: str, count: int) -> dict[str, float]:
+    """``KubeClient.create_secret`` as the gateway makes it, against the stand-in."""
+    from brigade_cr.stores.kube.client import KubeClient
+    from brigade_cr.stores.kube.config import BearerToken, KubeConfig
+
+    async def work(reactor: Any) -> dict[str, float]:
+        config = KubeConfig(server=f"http://127.0.0.1:{port}", credentials=BearerToken(token))
+        client = KubeClient.from_config(reactor, config)
+        await _in_flight(WARM_UP, lambda n: client.create_secret(bench_burst.NAMESPACE, secret("warm-api", n)))
+        before, started = cpu_now(), time.monotonic()
+        await _in_flight(count, lambda n: client.create_secret(bench_burst.NAMESPACE, secret("api", n)))
+        result = per_operation(before, started, count)
+        await client.close()
+        return result
+
+    return _on_reactor(work)  # type: ignore[no-any-return]
+
+
+def minimal_client(port: int, token: str, count: int) -> dict[str, float]:
+    """The same POSTs by the least an HTTP/1.1 client on Twisted can do."""
+    from twisted.internet.defer import Deferred
+    from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+    from twisted.internet.protocol import Protocol
+
+    head = (
+        f"POST /api/v1/namespaces/{bench_burst.NAMESPACE}/secrets?fieldManager=brigade-cr HTTP/1.1\r\n"
+        f"Host: 127.0.0.1:{port}\r\nAuthorization: Bearer {token}\r\n"
+        "Content-Type: application/json\r\nAccept: application/json\r\nContent-Length: "
+    ).encode()
+
+    class Minimal(Protocol):
+        """One request at a time: send it, read the head and Content-Length bytes, check 201."""
+
+        def __init__(self) -> None:
+            self.buffer = b""
+            self.answer: Deferred[dict[str, Any]] | None = None
+
+        def post(self, document: dict[str, Any]) -> Deferred[dict[str, Any]]:
+            body = json.dumps(document).encode()
+            self.buffer, self.answer = b"", Deferred()
+            self.transport.write(head + b"%d\r\n\r\n" % len(body) + body)  # type: ignore[union-attr]
+            return self.answer
+
+        def dataReceived(self, data: bytes) -> None:
+            self.buffer += data
+            header, separator, rest = self.buffer.partition(b"\r\n\r\n")
+            if not separator:
+                return
+            lines = header.split(b"\r\n")
+            length = next(int(line.split(b":", 1)[1]) for line in lines if line.lower().startswith(b"content-length:"))
+            if len(rest) < length or self.answer is None:
+                return
+            answer, self.answer = self.answer, None
+            if not lines[0].startswith(b"HTTP/1.1 201"):
+                answer.errback(RuntimeError(f"the stand-in answered {lines[0]!r}"))
+            else:
+                answer.callback(json.loads(rest[:length]))
+
+    async def work(reactor: Any) -> dict[str, float]:
+        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port)
+        lanes = [await connectProtocol(endpoint, Minimal()) for _ in range(IN_FLIGHT)]
+        free = list(lanes)
+
+        async def one(n: int, part: str) -> None:
+            lane = free.pop()
+            try:
+                await lane.post(secret(part, n))
+            finally:
+                free.append(lane)
+
+        await _in_flight(WARM_UP, lambda n: one(n, "warm-minimal"))
+        before, started = cpu_now(), time.monotonic()
+        await _in_flight(count, lambda n: one(n, "minimal"))
+        result = per_operation(before, started, count)
+        for lane in lanes:
+            lane.transport.loseConnection()  # type: ignore[union-attr]
+        return result
+
+    return _on_reactor(work)  # type: ignore[no-any-return]
+
+
+def record_write(directory: Path, count: int, batch: int) -> dict[str, float]:
+    """``disk.write_records`` in batches of ``batch``; every record removed again afterwards."""
+    from brigade_cr.stores.spool.disk import no_step, write_records
+    from brigade_cr.stores.spool.record import record_filename
+
+    record = b"x" * 1500  # the size of a Docker Hub push's record
+
+    def write(start: int, total: int) -> None:
+        for first in range(start, start + total, batch):
+            names = [(record_filename(n, f"brigade-worker-{n:026d}"), record) for n in range(first, first + batch)]
+            failures = [outcome for outcome in write_records(directory, names, no_step) if outcome is not None]
+            if failures:
+                raise failures[0]
+
+    write(0, WARM_UP // batch * batch)
+    before, started = cpu_now(), time.monotonic()
+    measured = count // batch * batch
+    write(WARM_UP, measured)
+    result = per_operation(before, started, measured)
+    for path in directory.iterdir():
+        path.unlink()
+    return result
+
+
+def batch_file(directory: Path, count: int, batch: int) -> dict[str, float]:
+    """Batches of ``batch`` records written as one file each, made durable as ``write_records`` makes a record."""
+    from brigade_cr.stores.fileio import fsync_directory
+
+    record = b"x" * 1500
+
+    def write(start: int, total: int) -> None:
+        for first in range(start, start + total, batch):
+            final = os.path.join(directory, f"{first:020d}.batch")
+            temporary = final + ".tmp"
+            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            try:
+                os.write(fd, record * batch)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.rename(temporary, final)
+            fsync_directory(directory)
+
+    write(0, WARM_UP // batch * batch)
+    before, started = cpu_now(), time.monotonic()
+    measured = count // batch * batch
+    write(WARM_UP, measured)
+    result = per_operation(before, started, measured)
+    for path in directory.iterdir():
+        path.unlink()
+    return result
+
+
+def thread_hop(count: int) -> dict[str, float]:
+    """A no-op through the reactor's thread pool and back, one at a time."""
+    from twisted.internet.threads import deferToThreadPool
+
+    async def work(reactor: Any) -> dict[str, float]:
+        pool = reactor.getThreadPool()
+        for _ in range(WARM_UP):
+            await deferToThreadPool(reactor, pool, lambda: None)
+        before, started = cpu_now(), time.monotonic()
+        for _ in range(count):
+            await deferToThreadPool(reactor, pool, lambda: None)
+        return per_operation(before, started, count)
+
+    return _on_reactor(work)  # type: ignore[no-any-return]
+
+
+def child(part: str, count: int, port: int, token: str, directory: Path) -> dict[str, float]:
+    """Measure ``part`` (one of ``PARTS``) in this process."""
+    if part == "api-client":
+        return api_client(port, token, count)
+    if part == "minimal-client":
+        return minimal_client(port, token, count)
+    if part.startswith("record-write-"):
+        return record_write(directory, count, int(part.rsplit("-", 1)[1]))
+    if part.startswith("batch-file-"):
+        return batch_file(directory, count, int(part.rsplit("-", 1)[1]))
+    if part == "thread-hop":
+        return thread_hop(count)
+    raise SystemExit(f"bench: no part {part!r} (one of {', '.join(PARTS)})")
+
+
+# --- the run -----------------------------------------------------------------
+
+
+def measure_part(part: str, count: int, port: int, directory: Path) -> dict[str, float]:
+    """Run ``part`` in a child process; its figures."""
+    command = [sys.executable, __file__, "--child", part, "--count", str(count), "--port", str(port)]
+    command += ["--token", bench_burst.TOKEN, "--dir", str(directory)]
+    answer = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)  # noqa: S603
+    if answer.returncode != 0:
+        raise SystemExit(f"bench: the part {part} failed:\n{answer.stderr[-2000:]}")
+    return json.loads(answer.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
+def file_system(directory: Path) -> str:
+    """The type of the file system ``directory`` is on (the longest mount point above it)."""
+    best, kind = "", "unknown"
+    resolved = str(directory.resolve())
+    for line in Path("/proc/mounts").read_text().splitlines():
+        fields = line.split()
+        point = fields[1]
+        inside = resolved == point or resolved.startswith(point.rstrip("/") + "/")
+        if inside and len(point) >= len(best):
+            best, kind = point, fields[2]
+    return kind
+
+
+def report(results: dict[str, dict[str, float]], baseline: dict[str, Any], fs: str) -> str:
+    base = baseline["cpu_ms_per_request"]
+    lines = [
+        f"baseline (bare twisted.web under wrk): {baseline['requests_per_s']:.0f} requests/s,"
+        f" {base:.3f} ms CPU/request",
+        f"{'part':<16} {'CPU ms/op':>10} {'user':>7} {'sys':>7} {'ops/s':>8} {'x baseline':>10}",
+    ]
+    for part, figures in results.items():
+        lines.append(
+            f"{part:<16} {figures['cpu_ms']:>10.3f} {figures['user_ms']:>7.3f} {figures['sys_ms']:>7.3f}"
+            f" {figures['per_s']:>8.0f} {figures['cpu_ms'] / base:>9.2f}x"
+        )
+    lines.append(f"(record writes on {fs}; {IN_FLIGHT} requests in flight for the clients)")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--count", type=int, default=3000, help="measured operations per part")
+    parser.add_argument("--dir", type=Path, help="where records are written (default: a temporary directory)")
+    parser.add_argument("--seconds", type=float, default=10.0, help="the baseline's wrk run")
+    parser.add_argument("--json", action="store_true", help="the JSON report on stdout instead of the table")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--token", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.count < 1:
+        raise SystemExit("bench: --count must be at least 1")
+    if args.child is not None:
+        print(json.dumps(child(args.child, args.count, args.port or 0, args.token or "", args.dir)))
+        return 0
+    if not shutil.which(bench_burst.WRK):
+        raise SystemExit("bench: wrk is not on PATH (Debian: apt-get install -y wrk)")
+    work = Path(tempfile.mkdtemp(prefix="bench-parts-", dir=args.dir))
+    standin, port = bench_burst.start_json_process(
+        [
+            sys.executable,
+            str(BENCH / "kube_standin.py"),
+            "--token",
+            bench_burst.TOKEN,
+            "--namespace",
+            bench_burst.NAMESPACE,
+            "--project",
+            f"{bench_burst.PROJECT}={bench_burst.PROJECT_SECRET}",
+        ]
+    )
+    try:
+        baseline = bench_burst.baseline(args.seconds)
+        results = {}
+        for part in PARTS:
+            bench_burst.say(f"== {part}")
+            results[part] = measure_part(part, args.count, port, work)
+    finally:
+        bench_burst.stop(standin)
+        shutil.rmtree(work, ignore_errors=True)
+    fs = file_system(work.parent)
+    if args.json:
+        print(json.dumps({"baseline": baseline, "parts": results, "file_system": fs, "machine": bench_burst.machine()}))
+    else:
+        print(report(results, baseline, fs))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
