@@ -207,6 +207,22 @@ def minimal_client(port: int, token: str, count: int) -> dict[str, float]:
     return _on_reactor(work)  # type: ignore[no-any-return]
 
 
+def timed_writes(directory: Path, count: int, batch: int, write: Callable[[int, int], None]) -> dict[str, float]:
+    """
+    ``write(first, total)`` writes records ``first`` to ``first + total`` in
+    batches of ``batch``: the warm-up, then about ``count`` timed (whole
+    batches); every file is removed afterwards. The figures are per record.
+    """
+    write(0, WARM_UP // batch * batch)
+    before, started = cpu_now(), time.monotonic()
+    measured = count // batch * batch
+    write(WARM_UP, measured)
+    result = per_operation(before, started, measured)
+    for path in directory.iterdir():
+        path.unlink()
+    return result
+
+
 def record_write(directory: Path, count: int, batch: int) -> dict[str, float]:
     """``disk.write_records`` in batches of ``batch``; every record removed again afterwards."""
     from brigade_cr.stores.spool.disk import no_step, write_records
@@ -221,14 +237,7 @@ def record_write(directory: Path, count: int, batch: int) -> dict[str, float]:
             if failures:
                 raise failures[0]
 
-    write(0, WARM_UP // batch * batch)
-    before, started = cpu_now(), time.monotonic()
-    measured = count // batch * batch
-    write(WARM_UP, measured)
-    result = per_operation(before, started, measured)
-    for path in directory.iterdir():
-        path.unlink()
-    return result
+    return timed_writes(directory, count, batch, write)
 
 
 def batch_file(directory: Path, count: int, batch: int) -> dict[str, float]:
@@ -250,14 +259,7 @@ def batch_file(directory: Path, count: int, batch: int) -> dict[str, float]:
             os.rename(temporary, final)
             fsync_directory(directory)
 
-    write(0, WARM_UP // batch * batch)
-    before, started = cpu_now(), time.monotonic()
-    measured = count // batch * batch
-    write(WARM_UP, measured)
-    result = per_operation(before, started, measured)
-    for path in directory.iterdir():
-        path.unlink()
-    return result
+    return timed_writes(directory, count, batch, write)
 
 
 def thread_hop(count: int) -> dict[str, float]:

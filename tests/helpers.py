@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
+import sys
 from pathlib import Path
+from types import ModuleType
 from typing import Any, Coroutine, TypeVar
 
 import pytest
@@ -81,3 +84,15 @@ def stub_composition(monkeypatch: pytest.MonkeyPatch) -> list[MultiService]:
     monkeypatch.setattr(tap, "make_service", compose)
     monkeypatch.setattr(tap, "make_drain_service", compose)
     return made
+
+
+def load_bench(monkeypatch: pytest.MonkeyPatch, name: str) -> ModuleType:
+    """The module ``bench/<name>.py``, loaded afresh; the ``sys.path`` entries it adds are undone after the test."""
+    # A bench puts the checkout (and bench/) first on sys.path; the tests run the installed package.
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    path = Path(__file__).resolve().parent.parent / "bench" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

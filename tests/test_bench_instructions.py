@@ -2,26 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import os
-import sys
-from pathlib import Path
 from types import ModuleType, SimpleNamespace
 from typing import Any
 
 import pytest
 
-BENCH = Path(__file__).resolve().parent.parent / "bench" / "bench_instructions.py"
+from tests.helpers import load_bench
 
 
 def load(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
-    # The bench puts the checkout first on sys.path; the tests run the installed package.
-    monkeypatch.setattr(sys, "path", list(sys.path))
-    spec = importlib.util.spec_from_file_location("bench_instructions", BENCH)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench(monkeypatch, "bench_instructions")
 
 
 @pytest.mark.parametrize("spool", [True, False])

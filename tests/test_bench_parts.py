@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,20 +10,13 @@ from typing import Any
 
 import pytest
 
+from tests.helpers import load_bench
 from tests.slow import starts_process
-
-BENCH = Path(__file__).resolve().parent.parent / "bench" / "bench_parts.py"
 
 
 @pytest.fixture
 def bench(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
-    # The bench puts the checkout and bench/ first on sys.path; the tests run the installed package.
-    monkeypatch.setattr(sys, "path", list(sys.path))
-    spec = importlib.util.spec_from_file_location("bench_parts", BENCH)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench(monkeypatch, "bench_parts")
 
 
 @pytest.fixture
