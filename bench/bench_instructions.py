@@ -119,8 +119,9 @@ def instructions(count: int, mode: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--no-spool", action="store_true", help="the memory store alone, without the spool")
-    parser.add_argument(
+    what = parser.add_mutually_exclusive_group()
+    what.add_argument("--no-spool", action="store_true", help="the memory store alone, without the spool")
+    what.add_argument(
         "--baseline", action="store_true", help="the same requests to the benchmark's bare twisted.web resource"
     )
     parser.add_argument("--small", type=int, default=200, help="deliveries in the first run")

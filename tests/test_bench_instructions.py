@@ -65,3 +65,13 @@ def test_the_baseline_child_reports_unanswered_requests(monkeypatch: pytest.Monk
     monkeypatch.setattr(baseline_server.Bare, "render_POST", refuse)
     with pytest.raises(SystemExit, match=r"bench: 0 of 3 deliveries answered 2xx"):
         bench.baseline_child(2)
+
+
+def test_the_memory_store_and_the_baseline_are_one_or_the_other(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Asked for both, the bench refuses rather than silently counting one of them."""
+    bench = load(monkeypatch)
+    with pytest.raises(SystemExit):
+        bench.main(["--no-spool", "--baseline", "--child", "1"])
+    assert "not allowed with argument" in capsys.readouterr().err
