@@ -13,12 +13,13 @@ cannot cost less than"):
   as the gateway makes it) against the Kubernetes API stand-in, 4 at a time;
 - ``minimal-client``: the same POSTs by a minimal keep-alive HTTP/1.1
   protocol on the same reactor: the floor of any client on Twisted;
-- ``record-write-1``, ``record-write-8``: ``disk.write_records`` (each
-  record written, fsynced and renamed, then one directory fsync per batch)
-  in batches of 1 and of 8 records, in ``--dir``'s file system;
-- ``batch-file-8``: what one file per batch of 8 would cost instead (the 8
-  records in one temporary file, one fsync, one rename, one directory
-  fsync): not how the spool writes today, the size of that lever;
+- ``record-write-1``, ``record-write-8``: ``disk.write_records`` as the
+  spool calls it, in batches of 1 (a record file: written, fsynced,
+  renamed, the directory fsynced) and of 8 records (one batch file, made
+  durable the same way once for all 8), in ``--dir``'s file system;
+- ``record-files-8``: batches of 8 written as the spool wrote them before
+  batch files (``disk.write_record_files``: each record's file fsynced and
+  renamed, one directory fsync per batch), for comparison;
 - ``thread-hop``: a no-op through ``deferToThreadPool`` and back, one at a time.
 
 Each figure is the child's user + system CPU (``getrusage``, every thread)
@@ -34,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import shutil
 import subprocess
@@ -51,7 +51,7 @@ sys.path.insert(0, str(BENCH))
 
 import bench_burst  # noqa: E402 - after the path: the stand-in, the baseline and wrk
 
-PARTS = ("api-client", "minimal-client", "record-write-1", "record-write-8", "batch-file-8", "thread-hop")
+PARTS = ("api-client", "minimal-client", "record-write-1", "record-write-8", "record-files-8", "thread-hop")
 # Operations before the measured ones: connections made, code paths warm.
 WARM_UP = 40
 # Requests in flight at once for the client parts (the spool's default in-flight limit).
@@ -223,41 +223,24 @@ def timed_writes(directory: Path, count: int, batch: int, write: Callable[[int, 
     return result
 
 
-def record_write(directory: Path, count: int, batch: int) -> dict[str, float]:
-    """``disk.write_records`` in batches of ``batch``; every record removed again afterwards."""
-    from brigade_cr.stores.spool.disk import no_step, write_records
+def record_write(directory: Path, count: int, batch: int, files: bool = False) -> dict[str, float]:
+    """
+    ``disk.write_records`` in batches of ``batch`` (with ``files``,
+    ``disk.write_record_files``: a file per record); every file removed
+    again afterwards.
+    """
+    from brigade_cr.stores.spool.disk import no_step, write_record_files, write_records
     from brigade_cr.stores.spool.record import record_filename
 
     record = b"x" * 1500  # the size of a Docker Hub push's record
+    writer = write_record_files if files else write_records
 
     def write(start: int, total: int) -> None:
         for first in range(start, start + total, batch):
             names = [(record_filename(n, f"brigade-worker-{n:026d}"), record) for n in range(first, first + batch)]
-            failures = [outcome for outcome in write_records(directory, names, no_step) if outcome is not None]
+            failures = [outcome for outcome in writer(directory, names, no_step) if isinstance(outcome, BaseException)]
             if failures:
                 raise failures[0]
-
-    return timed_writes(directory, count, batch, write)
-
-
-def batch_file(directory: Path, count: int, batch: int) -> dict[str, float]:
-    """Batches of ``batch`` records written as one file each, made durable as ``write_records`` makes a record."""
-    from brigade_cr.stores.fileio import fsync_directory
-
-    record = b"x" * 1500
-
-    def write(start: int, total: int) -> None:
-        for first in range(start, start + total, batch):
-            final = os.path.join(directory, f"{first:020d}.batch")
-            temporary = final + ".tmp"
-            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-            try:
-                os.write(fd, record * batch)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.rename(temporary, final)
-            fsync_directory(directory)
 
     return timed_writes(directory, count, batch, write)
 
@@ -286,8 +269,8 @@ def child(part: str, count: int, port: int, token: str, directory: Path) -> dict
         return minimal_client(port, token, count)
     if part.startswith("record-write-"):
         return record_write(directory, count, int(part.rsplit("-", 1)[1]))
-    if part.startswith("batch-file-"):
-        return batch_file(directory, count, int(part.rsplit("-", 1)[1]))
+    if part.startswith("record-files-"):
+        return record_write(directory, count, int(part.rsplit("-", 1)[1]), files=True)
     if part == "thread-hop":
         return thread_hop(count)
     raise SystemExit(f"bench: no part {part!r} (one of {', '.join(PARTS)})")

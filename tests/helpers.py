@@ -16,6 +16,8 @@ from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
 from brigade_cr.app import tap
+from brigade_cr.core.values import Build
+from brigade_cr.stores.spool.record import decode_record, parse_batch_filename, parse_record_filename, split_batch
 
 T = TypeVar("T")
 
@@ -96,3 +98,25 @@ def load_bench(monkeypatch: pytest.MonkeyPatch, name: str) -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def spool_records(directory: Path) -> list[tuple[int, str, Build]]:
+    """
+    Every record in the spool ``directory`` as ``(sequence, build name,
+    build)``, in sequence order: record files and the records of batch files
+    alike. Fails the test when a record file is damaged or a batch file has
+    a damaged stretch.
+    """
+    found: list[tuple[int, str, Build]] = []
+    for filename in os.listdir(directory):
+        path = directory / filename
+        first = parse_batch_filename(filename)
+        if first is not None:
+            slots, damaged = split_batch(path.read_bytes())
+            assert damaged == [], f"{filename} has damaged stretches {damaged}"
+            found.extend((first + slot.index, slot.build.name, slot.build) for slot in slots)
+            continue
+        parsed = parse_record_filename(filename)
+        if parsed is not None:
+            found.append((parsed[0], parsed[1], decode_record(path.read_bytes(), parsed[1])))
+    return sorted(found, key=lambda record: record[0])

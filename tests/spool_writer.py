@@ -4,7 +4,7 @@ acknowledgement, for the crash-consistency tests (``test_spool_crash.py``).
 
     python -m tests.spool_writer SPOOL_DIR BUILDS_ROOT --count N
         [--crash STEP --at K] [--inner up|down|reject:I|poison:I] [--concurrency C]
-        [--drain] [--settle]
+        [--write-slots W] [--drain] [--settle]
 
 The spool does its file I/O in the reactor's thread pool, as in production;
 its inner store is the directory backend (``BUILDS_ROOT/builds/``), so what
@@ -13,6 +13,9 @@ JSON line (``{"ack": index, "name": ..., "queued": ..., "duplicate": ...}``),
 flushed before anything else happens. With ``--crash STEP --at K`` the
 process exits with status 86 (``os._exit``: no cleanup, no flushing of
 anything not yet on disk) the K-th time the spool reaches STEP. With
+``--write-slots 1`` the spool writes one batch at a time, so that of builds
+submitted together the first is written alone (a record file) and the rest
+wait and go together (a batch file). With
 ``--inner poison:I`` submitting build I raises ``UnicodeEncodeError`` every
 time; with ``--drain`` the writer waits (up to 30 s) for the spool to empty
 before it stops it, so that such a record reaches its dead letter; with
@@ -123,6 +126,7 @@ async def run(reactor: Any, options: argparse.Namespace) -> None:
         ThreadedIO(reactor, pool),
         backoff=Backoff(base=0.05, cap=0.5),
         at_step=crash_at(options.crash, options.at),
+        write_concurrency=options.write_slots,
     )
     await spool.start()
     semaphore = DeferredSemaphore(options.concurrency)
@@ -161,6 +165,7 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--at", type=int, default=1)
     parser.add_argument("--inner", default="up")
     parser.add_argument("--concurrency", type=int, default=1)
+    parser.add_argument("--write-slots", type=int, default=4)
     parser.add_argument("--drain", action="store_true")
     parser.add_argument("--settle", action="store_true")
     options = parser.parse_args(argv)

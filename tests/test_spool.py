@@ -51,6 +51,7 @@ from brigade_cr.stores.spool import (
     SpooledBuilds,
     SpoolLocked,
     SpoolStats,
+    batch_filename,
     decode_record,
     encode_record,
     parse_record_filename,
@@ -61,7 +62,7 @@ from brigade_cr.stores.spool import disk as spool_disk
 from brigade_cr.stores.spool import record as spool_record
 from brigade_cr.testing.memory import MemoryBuilds, MemoryProjects
 from tests.backend_contract import BackendContract, BackendUnderTest, a_build
-from tests.helpers import failure_of, result_of
+from tests.helpers import failure_of, result_of, spool_records
 
 MARKER = b"payload-marker-never-logged"
 
@@ -198,9 +199,8 @@ def drain(spool: SpooledBuilds, clock: Clock, steps: int = 1000) -> None:
 
 
 def records(directory: Path) -> list[str]:
-    """The build names of the records in ``directory``, in their order."""
-    found = [parse_record_filename(name) for name in os.listdir(directory)]
-    return [name for _, name in sorted(record for record in found if record is not None)]
+    """The build names of the records in ``directory`` (in record files and batch files), in their order."""
+    return [name for _, name, _ in spool_records(directory)]
 
 
 def stop(spool: SpooledBuilds, clock: Clock, deadline: float = 0.0) -> None:
@@ -620,9 +620,11 @@ def test_concurrent_writes_share_one_batch(api: ApiBuilds, clock: Clock, directo
     assert result_of(third) == Receipt(build_no(3).name)
     assert io.names() == ["remove_records"]  # build 1's; 2's and 3's wait to go together
     io.complete()
-    assert [len(args[1]) for _, args, _ in io.pending] == [2]
+    # Builds 2 and 3 share one batch file: one removal, of that file.
+    assert [args[1] for _, args, _ in io.pending] == [[batch_filename(2)]]
     io.complete()
     assert records(directory) == []
+    assert os.listdir(directory) == [LOCK_FILE]
     assert spool.stats().queued == 0
     stop(spool, clock)
 
@@ -678,10 +680,11 @@ def test_a_record_behind_others_is_answered_queued_at_once(api: ApiBuilds, clock
     advance_to(clock, 0.5)
     assert result_of(answers[0]) == Receipt(build_no(1).name)
     assert result_of(answers[1]) == Receipt(build_no(2).name)
-    assert io.names() == ["remove_records"]
-    io.complete()  # build 1's removal: a slot is free, build 3 is read back from disk for its turn
-    assert io.names() == ["read_records", "remove_records"]  # and then build 2's removal
-    io.complete(0)
+    # Build 1's removal; build 2 shares a batch file with build 3, which
+    # stays until 3 is handed over too, so 2's slot is free at once and
+    # build 3 is read back from disk for its turn.
+    assert io.names() == ["remove_records", "read_records"]
+    io.complete(1)
     assert [name for _, name in api.calls] == [build_no(1).name, build_no(2).name, build_no(3).name]
     advance_to(clock, 1.0)
     io.complete_all()
@@ -1812,11 +1815,11 @@ def test_records_launched_together_are_read_back_in_one_batch(api: ApiBuilds, cl
     group commit does: the first at once, the others together in one trip
     to the thread pool (``read_records``) when it is back; each is built.
     """
-    from brigade_cr.stores.spool.disk import no_step, write_records
+    from brigade_cr.stores.spool.disk import no_step, write_record_files
 
     directory.mkdir(parents=True, exist_ok=True)
     written = [(record_filename(n, build_no(n).name), encode_record(build_no(n))) for n in (1, 2, 3)]
-    assert write_records(directory, written, no_step) == [None, None, None]
+    assert write_record_files(directory, written, no_step) == [None, None, None]
     io = ManualIO()
     spool = new_spool(directory, api, clock, io=io, max_in_flight=4)
     started = spool.start()
@@ -1827,7 +1830,7 @@ def test_records_launched_together_are_read_back_in_one_batch(api: ApiBuilds, cl
         if "read_records" not in io.names():
             break
         index = io.names().index("read_records")
-        batches.append([path.name for path, _ in io.pending[index][1][0]])
+        batches.append([path.name for path, _, _ in io.pending[index][1][0]])
         io.complete(index)
     assert batches == [[written[0][0]], [written[1][0], written[2][0]]]
     assert [name for _, name in api.calls] == [build_no(n).name for n in (1, 2, 3)]
@@ -1876,3 +1879,156 @@ def test_a_sender_never_waits_on_the_client_side_limit(api: ApiBuilds, clock: Cl
     io.complete_all()
     assert api.created == [build_no(1).name, build_no(2).name]
     stop(spool, clock)
+
+
+# -- batch files ------------------------------------------------------------------------------------
+
+
+def batch_of(directory: Path, numbers: list[int], first: int = 1) -> Path:
+    """Builds ``numbers`` written as one batch file (as a write batch leaves them), numbered from ``first``."""
+    from brigade_cr.stores.spool.disk import no_step, write_records
+
+    directory.mkdir(parents=True, exist_ok=True)
+    batch = [
+        (record_filename(first + index, build_no(n).name), encode_record(build_no(n)))
+        for index, n in enumerate(numbers)
+    ]
+    outcomes = write_records(directory, batch, no_step)
+    assert all(isinstance(outcome, spool_disk.Placement) for outcome in outcomes)
+    return directory / batch_filename(first)
+
+
+def test_a_batch_file_stays_until_its_last_record_is_handed_over(api: ApiBuilds, clock: Clock, directory: Path) -> None:
+    """
+    Records found in a batch file are read back each at its place; the file
+    is removed, in one step, only once the last of them is in the API: until
+    then a crash would hand the others over again.
+    """
+    path = batch_of(directory, [1, 2, 3])
+    spool, io = started_on_manual_io(directory, api, clock)
+    assert io.names() == ["read_records"]  # build 1 at once; 2 and 3 wait to be read together
+    io.complete()
+    assert api.created == [build_no(1).name]
+    assert io.names() == ["read_records"]  # no removal: 2 and 3 are still in the file
+    assert path.exists()
+    io.complete()
+    assert api.created == [build_no(n).name for n in (1, 2, 3)]
+    assert [args[1] for _, args, _ in io.pending] == [[path.name]]  # one removal, of the file
+    io.complete()
+    assert os.listdir(directory) == [LOCK_FILE]
+    assert spool.stats().queued == 0
+    stop(spool, clock)
+
+
+def test_a_refused_record_is_copied_out_of_its_batch_file_into_dead_letter(
+    make: Callable[..., SpooledBuilds], api: ApiBuilds, clock: Clock, directory: Path
+) -> None:
+    """A record refused for good leaves its batch file as a record file of its own, valid, that can be moved back."""
+    batch_of(directory, [1, 2, 3])
+    api.rejects.add(build_no(2).name)
+    spool = make()
+    drain(spool, clock)
+    assert api.created == [build_no(1).name, build_no(3).name]
+    parked = directory / DEAD_LETTER / record_filename(2, build_no(2).name)
+    assert decode_record(parked.read_bytes(), build_no(2).name) == build_no(2)
+    reason = json.loads((directory / DEAD_LETTER / (parked.name + ".reason.json")).read_text())
+    assert (reason["record"], reason["reason"]) == (parked.name, "422 Unprocessable Entity")
+    assert sorted(os.listdir(directory)) == [DEAD_LETTER, LOCK_FILE]
+    assert spool.stats().dead_lettered == 1
+
+
+def test_a_damaged_record_in_a_batch_file_is_quarantined_alone_at_start(
+    make: Callable[..., SpooledBuilds], api: ApiBuilds, clock: Clock, directory: Path, events: list[dict[str, Any]]
+) -> None:
+    """The damaged stretch goes to quarantine/ with its reason; the records around it are built; the file then goes."""
+    path = batch_of(directory, [1, 2, 3])
+    data = bytearray(path.read_bytes())
+    slots, _ = spool_record.split_batch(bytes(data))
+    middle = slots[1]
+    data[middle.offset + middle.length - 4] ^= 0x01
+    path.write_bytes(bytes(data))
+    spool = make()
+    drain(spool, clock)
+    assert api.created == [build_no(1).name, build_no(3).name]
+    stretch = f"{path.name}.{middle.offset}.damaged"
+    assert (directory / QUARANTINE / stretch).read_bytes() == bytes(data[middle.offset : slots[2].offset])
+    reason = json.loads((directory / QUARANTINE / (stretch + ".reason.json")).read_text())
+    assert reason == {
+        "batch": path.name,
+        "length": middle.length + 1,
+        "offset": middle.offset,
+        "reason": "a damaged stretch of a batch file",
+        "record": stretch,
+        "time": "1970-01-01T00:00:00+00:00",
+    }
+    assert spool.stats().quarantined == 1
+    assert sorted(os.listdir(directory)) == sorted([LOCK_FILE, QUARANTINE])
+    assert_never_logged_payload(events)
+
+
+def test_a_record_damaged_in_its_batch_file_while_queued_is_quarantined_alone(
+    make: Callable[..., SpooledBuilds], api: ApiBuilds, clock: Clock, directory: Path
+) -> None:
+    """Damage found when the drainer reads a record back: its bytes are copied to quarantine/, the others are built."""
+    path = batch_of(directory, [1, 2, 3])
+    api.down = True
+    spool = make()
+    slots, _ = spool_record.split_batch(path.read_bytes())
+    data = bytearray(path.read_bytes())
+    data[slots[1].offset + 20] ^= 0x01  # in its header
+    path.write_bytes(bytes(data))
+    api.down = False
+    drain(spool, clock)
+    assert api.created == [build_no(1).name, build_no(3).name]
+    assert spool.stats().quarantined == 1
+    quarantined = directory / QUARANTINE / record_filename(2, build_no(2).name)
+    assert quarantined.read_bytes() == bytes(data[slots[1].offset : slots[1].offset + slots[1].length])
+    assert sorted(os.listdir(directory)) == sorted([LOCK_FILE, QUARANTINE])
+
+
+def test_a_batch_file_partly_handed_over_before_a_restart_gives_duplicates_not_second_builds(
+    make: Callable[..., SpooledBuilds], api: ApiBuilds, clock: Clock, directory: Path
+) -> None:
+    """
+    A crash after some records of a batch file were built leaves the file
+    whole: after the restart those are answered as duplicates, the rest
+    created, each build once.
+    """
+    batch_of(directory, [1, 2, 3])
+    result_of(api.store.submit(build_no(1)))
+    result_of(api.store.submit(build_no(2)))
+    spool = make()
+    drain(spool, clock)
+    assert api.created == [build_no(3).name]
+    assert spool.stats().duplicates == 2
+    assert spool.stats().created == 1
+    assert sorted(api.store.secrets) == sorted(build_no(n).name for n in (1, 2, 3))
+    assert os.listdir(directory) == [LOCK_FILE]
+
+
+def test_records_written_together_share_a_batch_file_and_new_ones_take_new_numbers(
+    api: ApiBuilds, clock: Clock, directory: Path
+) -> None:
+    """
+    Submits that wait for the one write slot are written as one batch file;
+    after a restart its records are drained from it and the next record's
+    number follows every number the directory has used.
+    """
+    api.down = True
+    spool, io = started_on_manual_io(directory, api, clock, write_concurrency=1)
+    answers = [spool.submit(build_no(n)) for n in (1, 2, 3)]
+    io.complete_all()
+    assert [result_of(answer) for answer in answers] == [Receipt(build_no(n).name, queued=True) for n in (1, 2, 3)]
+    assert sorted(os.listdir(directory)) == sorted([LOCK_FILE, record_filename(1, build_no(1).name), batch_filename(2)])
+    stop(spool, clock)
+    api.down = False
+    again, io = started_on_manual_io(directory, api, clock)
+    later = again.submit(build_no(4))
+    io.complete_all()
+    io.complete_all()
+    assert result_of(later) == Receipt(build_no(4).name)
+    drain(again, clock)
+    io.complete_all()
+    assert sorted(api.created) == sorted(build_no(n).name for n in (1, 2, 3, 4))
+    assert os.listdir(directory) == [LOCK_FILE]
+    stop(again, clock)

@@ -248,8 +248,17 @@ def test_each_items_result_reaches_its_deferred() -> None:
 
 
 def test_read_records_gives_each_build_or_what_reading_it_raised(tmp_path: Path) -> None:
-    """Per record in order: its build, or the exception (a missing file, a corrupt record) for it alone."""
-    from brigade_cr.stores.spool.record import CorruptRecord, encode_record, record_filename
+    """
+    Per record in order (in its own file or at its place in a batch file):
+    its build, or the exception for it alone.
+    """
+    from brigade_cr.stores.spool.record import (
+        CorruptRecord,
+        batch_filename,
+        encode_batch,
+        encode_record,
+        record_filename,
+    )
     from tests.backend_contract import a_build
 
     good = a_build("one")
@@ -258,7 +267,25 @@ def test_read_records_gives_each_build_or_what_reading_it_raised(tmp_path: Path)
     corrupt_path = tmp_path / record_filename(2, good.name)
     corrupt_path.write_bytes(b"{not json")
     missing_path = tmp_path / record_filename(3, good.name)
-    read = disk.read_records([(good_path, good.name), (missing_path, good.name), (corrupt_path, good.name)])
+    other = a_build("two")
+    data, places = encode_batch([encode_record(good), encode_record(other)])
+    batch_path = tmp_path / batch_filename(4)
+    batch_path.write_bytes(data)
+    second = disk.Placement(batch_path.name, *places[1])
+    shifted = disk.Placement(batch_path.name, places[1][0] + 1, places[1][1])
+    read = disk.read_records(
+        [
+            (good_path, good.name, None),
+            (missing_path, good.name, None),
+            (corrupt_path, good.name, None),
+            (batch_path, other.name, second),
+            (batch_path, other.name, shifted),
+            (batch_path, good.name, second),
+        ]
+    )
     assert read[0] == good
     assert isinstance(read[1], FileNotFoundError)
     assert isinstance(read[2], CorruptRecord)
+    assert read[3] == other  # the second record of the batch file, read at its place
+    assert isinstance(read[4], CorruptRecord)  # a place one byte off holds no record
+    assert isinstance(read[5], CorruptRecord)  # nor does a place holding another build

@@ -47,12 +47,14 @@ from brigade_cr.stores.spool import (
     WRITE_STEPS,
     CorruptRecord,
     SpooledBuilds,
+    batch_filename,
     decode_record,
     encode_record,
+    parse_batch_filename,
     parse_record_filename,
     record_filename,
 )
-from tests.helpers import result_of
+from tests.helpers import result_of, spool_records
 from tests.spool_writer import CRASH_EXIT, build_for
 
 pytestmark = pytest.mark.slow
@@ -141,19 +143,15 @@ def check_left_on_disk(spool: Path, store: DirectoryStore, acked: tuple[int, ...
     recorded = set()
     if parked is not None and (spool / DEAD_LETTER).exists():
         for filename in os.listdir(spool / DEAD_LETTER):
-            found = parse_record_filename(filename)
-            if found is not None and found[1] == build_for(parked).name:
-                decode_record((spool / DEAD_LETTER / filename).read_bytes(), found[1])
-                recorded.add(found[1])
-    for filename in os.listdir(spool):
-        parsed = parse_record_filename(filename)
-        if parsed is None:
-            continue
-        try:
-            decode_record((spool / filename).read_bytes(), parsed[1])
-        except CorruptRecord as e:
-            raise AssertionError(f"{filename} is damaged: {e}") from None
-        recorded.add(parsed[1])
+            found = parse_dead_letter(filename)
+            if found is not None and found == build_for(parked).name:
+                decode_record((spool / DEAD_LETTER / filename).read_bytes(), found)
+                recorded.add(found)
+    # Record files and batch files alike; any damage fails the test.
+    try:
+        recorded.update(name for _, name, _ in spool_records(spool))
+    except CorruptRecord as e:
+        raise AssertionError(f"a record is damaged: {e}") from None
     created = store.created()
     for index in acked:
         name = build_for(index).name
@@ -191,13 +189,29 @@ def check_recovered(
         name = build_for(index).name
         if name in created:
             assert created[name] == build_for(index).payload
-    leftovers = [name for name in os.listdir(spool) if name.endswith(".tmp") or parse_record_filename(name)]
+    leftovers = [
+        name
+        for name in os.listdir(spool)
+        if name.endswith(".tmp") or parse_record_filename(name) or parse_batch_filename(name) is not None
+    ]
     assert leftovers == []
     return created
 
 
 COUNT = 5
 CRASH_OCCURRENCE = 3  # the third build: two were acknowledged before it
+
+
+def parse_dead_letter(filename: str) -> str | None:
+    """The build name of a record file in dead-letter/ (parked twice: ``<record>.1``), else None."""
+    base, _, number = filename.rpartition(".")
+    parsed = parse_record_filename(filename) or (parse_record_filename(base) if number.isdigit() else None)
+    return None if parsed is None else parsed[1]
+
+
+# Builds 0, 1, 2 submitted at once through one write slot: build 0 is
+# written alone (a record file), builds 1 and 2 together (a batch file).
+BATCHED = ("--count", "3", "--concurrency", "3", "--write-slots", "1")
 
 
 @pytest.mark.parametrize("step", WRITE_STEPS + DRAIN_STEPS)
@@ -381,3 +395,75 @@ def test_sigkill_under_load(tmp_path: Path, inner: str, seed: int) -> None:
     # the last acknowledged build and the four after it was begun.
     created = check_recovered(spool, store, outcome.acked, max(outcome.acked) + 5)
     assert len(created) >= len(outcome.acked)
+
+
+@pytest.mark.parametrize("step", WRITE_STEPS)
+def test_crash_while_writing_a_batch_file(tmp_path: Path, step: str) -> None:
+    """
+    API down, killed at a step of writing the batch file of builds 1 and 2
+    (the second file written): build 0 was acknowledged (queued) and is on
+    disk; builds 1 and 2 are both in the batch file or neither is, and
+    never damaged; recovery creates build 0, and 1 and 2 exactly when their
+    file had been renamed into place.
+    """
+    spool, root = tmp_path / "spool", tmp_path / "store"
+    store = DirectoryStore(root)
+    outcome = run_writer(spool, root, *BATCHED, "--inner", "down", "--crash", step, "--at", "2")
+    assert outcome.status == CRASH_EXIT
+    assert outcome.acked == (0,)
+    assert outcome.queued == (True,)
+    check_left_on_disk(spool, store, outcome.acked)
+    left = set(os.listdir(spool))
+    assert record_filename(1, build_for(0).name) in left
+    renamed = step in ("write:renamed", "write:dir-fsynced")
+    assert (batch_filename(2) in left) == renamed
+    assert (f".{batch_filename(2)}.tmp" in left) == (step in ("write:temp-written", "write:temp-fsynced"))
+    created = check_recovered(spool, store, outcome.acked, 3)
+    assert set(created) == {build_for(index).name for index in ((0, 1, 2) if renamed else (0,))}
+
+
+@pytest.mark.parametrize(("step", "at"), [("drain:submitted", 2), ("drain:submitted", 3), ("drain:removed", 2)])
+def test_crash_while_draining_a_batch_file(tmp_path: Path, step: str, at: int) -> None:
+    """
+    API up, killed after the first or the second build of the batch file
+    was created, or while removing the file once both were: the file is
+    removed only when both are created, so recovery hands over again what
+    it still holds, which the store answers as duplicates: every build
+    exactly once, with its payload.
+    """
+    spool, root = tmp_path / "spool", tmp_path / "store"
+    store = DirectoryStore(root)
+    outcome = run_writer(spool, root, *BATCHED, "--crash", step, "--at", str(at))
+    assert outcome.status == CRASH_EXIT
+    check_left_on_disk(spool, store, outcome.acked)
+    if step == "drain:submitted":
+        # The batch file holds both records, one of them (or both) built already.
+        assert [name for _, name, _ in spool_records(spool)][-2:] == [build_for(1).name, build_for(2).name]
+    created = check_recovered(spool, store, outcome.acked, 3)
+    assert set(created) == {build_for(index).name for index in range(3)}
+
+
+@pytest.mark.parametrize("step", DEAD_LETTER_STEPS)
+def test_crash_while_dead_lettering_from_a_batch_file(tmp_path: Path, step: str) -> None:
+    """
+    Build 1, in the batch file with build 2, is refused for good: it is
+    parked as a record file of its own, copied out of the batch file, which
+    stays until build 2 is created too. Killed while parking it: recovery
+    refuses it again and parks it (a second copy if the first was complete);
+    it is never created, never lost, and build 2 is created once.
+    """
+    spool, root = tmp_path / "spool", tmp_path / "store"
+    store = DirectoryStore(root, refused=build_for(1).name)
+    outcome = run_writer(spool, root, *BATCHED, "--inner", "reject:1", "--crash", step)
+    assert outcome.status == CRASH_EXIT
+    check_left_on_disk(spool, store, outcome.acked, parked=1)
+    created = check_recovered(spool, store, outcome.acked, 3, refused=1)
+    assert build_for(1).name not in created
+    assert build_for(2).name in created
+    parked = sorted(name for name in os.listdir(spool / DEAD_LETTER) if parse_dead_letter(name))
+    first = record_filename(2, build_for(1).name)
+    assert parked == ([first, first + ".1"] if step == "dead-letter:moved" else [first])
+    for name in parked:
+        assert decode_record((spool / DEAD_LETTER / name).read_bytes()) == build_for(1)
+        reason = json.loads((spool / DEAD_LETTER / (name + ".reason.json")).read_text())
+        assert (reason["record"], reason["reason"]) == (name, "422 Unprocessable Entity")

@@ -20,7 +20,7 @@ from brigade_cr.app import logs
 from brigade_cr.app import options as _options
 from brigade_cr.app.compose import make_service
 from brigade_cr.app.drain import make_drain_service
-from brigade_cr.app.interpreter import SwitchInterval
+from brigade_cr.app.interpreter import Collector, SwitchInterval
 from brigade_cr.app.logwriter import TurnWriter
 from brigade_cr.app.startup import fails_clearly
 
@@ -46,7 +46,8 @@ def makeService(options: _options.Options) -> IService:
     with one line naming it and the option to change (twistd prints it and
     exits 1). With ``--drain-only``, the one-shot drain of ``--spool``
     instead (see ``drain.make_drain_service``). Either way, while they run
-    the interpreter's switch interval is ``interpreter.SWITCH_INTERVAL``.
+    the interpreter's switch interval is ``interpreter.SWITCH_INTERVAL`` and
+    its collector is set as ``interpreter.Collector`` says.
     """
     from twisted.internet import reactor
 
@@ -56,12 +57,15 @@ def makeService(options: _options.Options) -> IService:
     observer = None if writer is None else _observer(options, writer)
     services = _Logging(compose(options, reactor, os.environ), observer)
     if writer is not None:
-        # Added last, so stopped first: what the others log while they stop
-        # is written at once.
+        # Added after the gateway's own services, so stopped before them:
+        # what they log while they stop is written at once.
         writer.setServiceParent(services)
     # Process-wide, so set here beside the global reactor: the spool's
     # threads take the interpreter back from the reactor sooner.
     SwitchInterval().setServiceParent(services)
+    # Last, so started once everything the start-up made exists: that is
+    # what it freezes.
+    Collector().setServiceParent(services)
     return services
 
 

@@ -1,9 +1,9 @@
 """
 A durable spool in front of a build store (promises P1, P2, P5 and P6 of docs/guarantees.md).
 
-The package has four parts: ``record.py``, the record format and file-name
-grammar (pure); ``disk.py``, the blocking file steps (write, read, remove,
-park, recover, lock, probe); ``commit.py``, the group commit that batches
+The package has four parts: ``record.py``, the record format, the batch
+file's format and the file-name grammar (pure); ``disk.py``, the blocking
+file steps (write, read, remove, park, recover, lock, probe); ``commit.py``, the group commit that batches
 concurrent writes and removals; ``spooled.py``, the drainer, ``SpooledBuilds``.
 Every name other modules use is re-exported here.
 
@@ -51,20 +51,28 @@ record's checksummed format and its file-name grammar.
 Writing, draining, recovering
 =============================
 
-A record is written to its temporary file, fsynced, renamed into place and
-the directory fsynced, all in a thread pool; only then does ``submit`` answer
-(promise P1). Records submitted while a batch is being written go together
-in the next batch: one thread-pool call and one directory fsync for all of
-them (``commit.py``); a record submitted alone is written at once. The
-drainer submits a record to ``inner``; once ``inner`` says created
-or duplicate it unlinks the record and fsyncs the directory. A crash between
-the two only means the build is submitted again after restart, and ``inner``
-answers that with a duplicate (build names are idempotency keys).
+A record is written to a temporary file, fsynced, renamed into place and the
+directory fsynced, all in a thread pool; only then does ``submit`` answer
+(promise P1). Records submitted while the write slots are busy wait and go
+together in the next batch (``commit.py``), and a batch of several records
+is one file (``NNNN.batch``, several past ``disk.BATCH_FILE_BYTES``): one
+temporary file, one fsync, one rename and one directory fsync for all of
+them, which succeed or fail together; a record submitted alone is written
+at once, to a file of its own. The drainer
+submits a record to ``inner``; once ``inner`` says created or duplicate it
+lets the record go: a file of its own is unlinked and the directory fsynced;
+a batch file is unlinked once the last of its records is let go. A crash in
+between only means those builds are submitted again after restart, and
+``inner`` answers that with a duplicate (build names are idempotency keys).
+A record parked in ``dead-letter/`` or ``quarantine/`` is moved there when
+it has a file of its own, and copied out of its batch file (then let go)
+when not.
 
 On ``start()``: temporary files are deleted (their senders never got a 2xx);
-every record is read and checked, damaged ones are moved to ``quarantine/``;
-the rest are drained, oldest first. Attempt counts live in memory: after a
-restart a record that had failed unexpectedly gets its full count again.
+every record is read and checked, damaged ones (or, in a batch file, each
+damaged stretch) are moved to ``quarantine/``; the rest are drained, oldest
+first. Attempt counts live in memory: after a restart a record that had
+failed unexpectedly gets its full count again.
 """
 
 from brigade_cr.stores.spool.disk import (
@@ -76,24 +84,35 @@ from brigade_cr.stores.spool.disk import (
     QUARANTINE,
     REASON_SUFFIX,
     WRITE_STEPS,
+    Found,
+    Placement,
     Recovery,
     SpoolLocked,
+    park_bytes,
     park_record,
+    park_slice,
     probe_directory,
     read_record,
+    read_slice,
     recover,
     remove_record,
     remove_records,
     write_record,
+    write_record_files,
     write_records,
 )
 from brigade_cr.stores.spool.record import (
     RECORD_VERSION,
     CorruptRecord,
+    Slot,
+    batch_filename,
     decode_record,
+    encode_batch,
     encode_record,
+    parse_batch_filename,
     parse_record_filename,
     record_filename,
+    split_batch,
 )
 from brigade_cr.stores.spool.spooled import (
     MAX_ATTEMPTS,
@@ -119,22 +138,33 @@ __all__ = [
     "TRACEBACK_FRAMES",
     "WRITE_STEPS",
     "CorruptRecord",
+    "Found",
+    "Placement",
     "Recovery",
+    "Slot",
     "SpoolLocked",
     "SpoolStats",
     "SpooledBuilds",
+    "batch_filename",
     "decode_record",
+    "encode_batch",
     "encode_record",
     "error_type",
+    "park_bytes",
     "park_record",
+    "park_slice",
+    "parse_batch_filename",
     "parse_record_filename",
     "probe_directory",
     "read_record",
+    "read_slice",
     "record_filename",
     "recover",
     "remove_record",
     "remove_records",
+    "split_batch",
     "traceback_summary",
     "write_record",
+    "write_record_files",
     "write_records",
 ]

@@ -47,7 +47,7 @@ class GroupCommit(Generic[I]):
     as ``function(*before, items, *after)``) in batches of at most
     ``max_batch``, up to ``concurrency`` batches at a time. Batches that run
     side by side must not depend on each other's order: each item's result
-    is its own.
+    is its own. ``settled``, if given, sees each batch's results first.
     """
 
     io: BlockingIO
@@ -56,6 +56,11 @@ class GroupCommit(Generic[I]):
     after: tuple[object, ...] = ()
     max_batch: int = attrs.field(default=256, validator=attrs.validators.ge(1))
     concurrency: int = attrs.field(default=1, validator=attrs.validators.ge(1))
+    # Called with a batch's results, in item order, before any item's
+    # Deferred fires: what must be known of the whole batch before the
+    # first of its callers goes on (the spool counts a batch file's
+    # records). It must not raise.
+    settled: Callable[[Sequence[object]], None] | None = None
     _pending: list[tuple[I, Deferred[Any]]] = attrs.field(init=False, factory=list)
     _running: int = attrs.field(init=False, default=0)  # batches running now
     _looping: bool = attrs.field(init=False, default=False)
@@ -104,6 +109,8 @@ class GroupCommit(Generic[I]):
         self._next()
 
     def _finished(self, results: Sequence[object], batch: list[tuple[I, Deferred[Any]]]) -> None:
+        if self.settled is not None:
+            self.settled(results)
         for (_, done), result in zip(batch, results, strict=True):
             if isinstance(result, BaseException):
                 done.errback(Failure(result))

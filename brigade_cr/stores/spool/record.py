@@ -1,12 +1,20 @@
 """
 The spool's record format and file-name grammar: pure functions, no I/O.
 
-A record is one file, ``NNNNNNNNNNNNNNNNNNNN.<build name>.build`` (a 20-digit
-sequence number, so names sort in the order the builds were accepted; the
-build name makes a re-delivery of a queued build cheap to recognise)::
+A record is::
 
     {"length":<body bytes>,"sha256":"<hex digest of the body>","v":1}\\n
     <body>
+
+It is kept in one of two kinds of file. A record written alone is a file of
+its own, ``NNNNNNNNNNNNNNNNNNNN.<build name>.build`` (a 20-digit sequence
+number, so names sort in the order the builds were accepted). Records
+written together (one write batch, ``commit.py``) share a batch file,
+``NNNNNNNNNNNNNNNNNNNN.batch``, named by the first one's sequence number:
+each record followed by a newline, in sequence order, so the k-th record
+(counted from 0) has the file's number plus k. A body never holds a
+newline (it is JSON without indentation), so each record is two lines and
+``split_batch`` finds every intact record however the others were damaged.
 
 The body is a JSON object holding every field of ``Build`` as a string, the
 payload in base64, so that it comes back byte for byte. A record is accepted
@@ -23,7 +31,7 @@ import binascii
 import hashlib
 import json
 import re
-from typing import Any
+from typing import Any, Sequence
 
 import attrs
 
@@ -38,9 +46,14 @@ _NAME = r"[a-z0-9](?:[-a-z0-9.]{0,198}[a-z0-9])?"
 BUILD_NAME = re.compile(_NAME)
 _RECORD_FILE = re.compile(rf"(\d{{20}})\.({_NAME})\.build")
 TEMPORARY_FILE = re.compile(rf"\.(\d{{20}})\.({_NAME})\.build\.tmp")
+_BATCH_FILE = re.compile(r"(\d{20})\.batch")
+_TEMPORARY_BATCH = re.compile(r"\.(\d{20})\.batch\.tmp")
 _REQUIRED = ("project_id", "ulid", "event_type", "event_provider", "commit_ref", "payload")
 # The header is a few dozen bytes; looking further for its end is pointless.
 _HEADER_LIMIT = 512
+# How every header begins (its keys are sorted); a body never holds it, its
+# quotes being escaped inside strings.
+_HEADER_START = b'{"length":'
 
 
 class CorruptRecord(Exception):
@@ -131,10 +144,111 @@ def _build_from_fields(fields: Any) -> Build:
 
 
 def temporary_filename(filename: str) -> str:
-    """The name record ``filename`` has while it is written."""
+    """The name record (or batch) file ``filename`` has while it is written."""
     return f".{filename}.tmp"
 
 
 def is_temporary_filename(filename: str) -> bool:
-    """True for the name of a record being written (see ``temporary_filename``)."""
-    return TEMPORARY_FILE.fullmatch(filename) is not None
+    """True for the name of a record or batch file being written (see ``temporary_filename``)."""
+    return TEMPORARY_FILE.fullmatch(filename) is not None or _TEMPORARY_BATCH.fullmatch(filename) is not None
+
+
+def batch_filename(sequence: int) -> str:
+    """The name of the batch file whose first record has number ``sequence``."""
+    return f"{sequence:020d}.batch"
+
+
+def parse_batch_filename(filename: str) -> int | None:
+    """The first record's sequence number of a batch file's name, or None for any other file."""
+    match = _BATCH_FILE.fullmatch(filename)
+    return None if match is None else int(match.group(1))
+
+
+def encode_batch(records: Sequence[bytes]) -> tuple[bytes, list[tuple[int, int]]]:
+    """
+    ``records`` (each from ``encode_record``) as a batch file's content, and
+    where each one is in it: ``(offset, length)``, in order.
+    """
+    places = []
+    offset = 0
+    for record in records:
+        places.append((offset, len(record)))
+        offset += len(record) + 1
+    return b"\n".join(records) + b"\n", places
+
+
+@attrs.frozen
+class Slot:
+    """
+    An intact record in a batch file: the ``index``-th (its sequence number
+    is the file's plus ``index``), at ``offset``, ``length`` bytes long.
+    """
+
+    index: int
+    offset: int
+    length: int
+    build: Build
+
+
+def split_batch(data: bytes) -> tuple[list[Slot], list[tuple[int, int]]]:
+    """
+    The intact records of the batch file content ``data``, and the damaged
+    stretches between them as ``(offset, length)``: every byte that is not
+    part of an intact record or the newline after it (a record that fails
+    ``decode_record``, a torn end, stray bytes) is in exactly one stretch,
+    so that it can be kept apart from the rest. A damaged record never hides
+    an intact one: the search goes on at the next place a record can begin
+    (a header's first bytes; no body holds them).
+
+    A record's index is half the number of its line: its place in an intact
+    file. Damage that adds or removes a newline may move the indices of the
+    records after it, never their order: intact records' indices always
+    increase along the file.
+    """
+    slots: list[Slot] = []
+    damaged: list[tuple[int, int]] = []
+    start = None  # where the current damaged stretch began
+    position = line = 0
+    size = len(data)
+    while position < size:
+        end = data.find(b"\n", position)
+        slot = _record_at(data, position, size if end < 0 else end, line)
+        if slot is not None:
+            if start is not None:
+                damaged.append((start, position - start))
+                start = None
+            slots.append(slot)
+            following = slot.offset + slot.length + 1
+        else:
+            if start is None:
+                start = position
+            following = data.find(_HEADER_START, position + 1)
+            if following < 0:
+                following = size
+        line += data.count(b"\n", position, following)
+        position = following
+    if start is not None:
+        damaged.append((start, size - start))
+    return slots, damaged
+
+
+def _record_at(data: bytes, position: int, header_end: int, line: int) -> Slot | None:
+    # The record whose header line runs from position to header_end, if it
+    # is intact and ends with its newline; else None.
+    if header_end >= len(data) or header_end - position > _HEADER_LIMIT:
+        return None
+    try:
+        header = json.loads(data[position:header_end])
+    except ValueError:
+        return None
+    length = header.get("length") if isinstance(header, dict) else None
+    if type(length) is not int or length < 0:
+        return None
+    end = header_end + 1 + length
+    if end >= len(data) or data[end] != 0x0A:
+        return None
+    try:
+        build = decode_record(data[position:end])
+    except CorruptRecord:
+        return None
+    return Slot(line // 2, position, end - position, build)

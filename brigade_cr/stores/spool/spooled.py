@@ -21,7 +21,7 @@ import traceback
 from collections import deque
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Generic, Mapping, TypeVar, cast
+from typing import Any, Callable, ClassVar, Generic, Mapping, Sequence, TypeVar, cast
 
 import attrs
 from twisted.internet.defer import CancelledError, Deferred, DeferredList, fail, maybeDeferred, succeed
@@ -39,8 +39,10 @@ from brigade_cr.stores.spool.commit import GroupCommit
 from brigade_cr.stores.spool.disk import (
     DEAD_LETTER,
     QUARANTINE,
+    Placement,
     no_step,
     park_record,
+    park_slice,
     probe_directory,
     read_records,
     recover,
@@ -135,8 +137,11 @@ class _Entry:
     # the build itself, from its write until the drainer is offered it: a
     # record handed over the moment it is durable is not read back
     build: Build | None = None
-    # the record's file name (asked at every step of a record's life)
-    filename: str = attrs.field(init=False)
+    # where the record is in a batch file; None when it has a file of its own
+    placement: Placement | None = None
+    # the record's own file's name (asked at every step of a record's life),
+    # or the one it gets if parked when it is in a batch file
+    filename: str = attrs.field(kw_only=True)
 
     @filename.default
     def _filename(self) -> str:
@@ -263,9 +268,12 @@ class SpooledBuilds:
     _quarantined: int = attrs.field(init=False, default=0)
     _discarded: int = attrs.field(init=False, default=0)
     _backlog: _Backlog | None = attrs.field(init=False, default=None)
+    # Batch file name -> how many of its records are still queued: it is
+    # removed when the last one is handed over or parked.
+    _batches: dict[str, int] = attrs.field(init=False, factory=dict)
     _writes: GroupCommit[tuple[str, bytes]] = attrs.field(init=False)
     _removals: GroupCommit[str] = attrs.field(init=False)
-    _reads: GroupCommit[tuple[Path, str]] = attrs.field(init=False)
+    _reads: GroupCommit[tuple[Path, str, Placement | None]] = attrs.field(init=False)
     _empty_waiters: list[Deferred[None]] = attrs.field(init=False, factory=list)
     # inner, when it can tell whether a build would wait for its limit
     _paced: IPacedBuilds | None = attrs.field(init=False, default=None)
@@ -275,7 +283,12 @@ class SpooledBuilds:
     def __attrs_post_init__(self) -> None:
         self._paced = IPacedBuilds(self.inner, None)
         self._writes = GroupCommit(
-            self.io, write_records, (self.directory,), (self.at_step,), concurrency=self.write_concurrency
+            self.io,
+            write_records,
+            (self.directory,),
+            (self.at_step,),
+            concurrency=self.write_concurrency,
+            settled=self._count_batch,
         )
         self._removals = GroupCommit(self.io, remove_records, (self.directory,), (self.at_step,))
         self._reads = GroupCommit(self.io, read_records)
@@ -322,14 +335,23 @@ class SpooledBuilds:
             )
         self._discarded += len(recovery.discarded)
         self._quarantined += len(recovery.quarantined)
-        for sequence, name, size, modified in recovery.records:
-            entry = _Entry(sequence, name, size, modified, state=_State.QUEUED)
+        for found in recovery.records:
+            entry = _Entry(
+                found.sequence,
+                found.name,
+                found.size,
+                found.modified,
+                state=_State.QUEUED,
+                placement=found.placement,
+                filename=found.filename,
+            )
+            if found.placement is not None:
+                self._count_batch([found.placement])
             self._queue.append(entry)
             self._ready_now(entry)
-            self._names[name] = entry
-            self._bytes += size
-        if recovery.records:
-            self._next_sequence = recovery.records[-1][0] + 1
+            self._names[found.name] = entry
+            self._bytes += found.size
+        self._next_sequence = recovery.next_sequence
         self._phase = _Phase.RUNNING
         self.log.info(
             "Spool {directory} started: {queued} record(s) to drain",
@@ -548,7 +570,7 @@ class SpooledBuilds:
         self._names[name] = entry
         self._bytes += entry.size
         try:
-            await self._writes.add((entry.filename, record))
+            placement = await self._writes.add((entry.filename, record))
         except Exception as e:
             if isinstance(e, OSError):
                 reason = f"cannot write to the spool: {e.strerror or e}"
@@ -561,6 +583,7 @@ class SpooledBuilds:
             self._write_failed, self._failed_size = True, entry.size
             self._schedule_probe()
             raise error from None
+        entry.placement = placement
         entry.state = _State.QUEUED
         self._ready_now(entry)
         self._write_failed = False
@@ -590,6 +613,32 @@ class SpooledBuilds:
             # wait on the queue, not on its build. The record is durable.
             self._answer(entry, queued)
         return await acknowledged
+
+    def _count_batch(self, results: Sequence[object]) -> None:
+        """Count the records written to (or found in) each batch file, before any of them can be let go."""
+        for result in results:
+            if isinstance(result, Placement):
+                self._batches[result.filename] = self._batches.get(result.filename, 0) + 1
+
+    async def _let_go(self, entry: _Entry, moved: bool = False) -> None:
+        """
+        ``entry``'s record is no longer needed on disk (handed over, or
+        parked: ``moved`` when its own file was moved away): remove its file,
+        or, in a batch file, remove that once its last record is let go.
+        Raises what the removal raised.
+        """
+        placement = entry.placement
+        if placement is None:
+            if not moved:
+                await self._removals.add(entry.filename)
+            return
+        entry.placement = None  # once only
+        left = self._batches.get(placement.filename, 1) - 1
+        if left > 0:
+            self._batches[placement.filename] = left
+            return
+        self._batches.pop(placement.filename, None)
+        await self._removals.add(placement.filename)
 
     def _written(self, entry: _Entry) -> Deferred[None]:
         if entry.state is _State.QUEUED:
@@ -859,7 +908,9 @@ class SpooledBuilds:
         entry.build = None
         if build is None:
             try:
-                build = await self._reads.add((self.directory / entry.filename, entry.name))
+                placement = entry.placement
+                path = self.directory / (entry.filename if placement is None else placement.filename)
+                build = await self._reads.add((path, entry.name, placement))
             except CorruptRecord as e:
                 await self._park_damaged(entry, str(e))
                 return
@@ -867,6 +918,7 @@ class SpooledBuilds:
                 self.log.error("The spool record {record} vanished before it was drained", record=entry.filename)
                 self._answer(entry, BackendUnavailable("the spooled record vanished", self.refuse_retry_after))
                 self._forget(entry)
+                await self._let_go_logged(entry, moved=True)
                 return
             except Exception:
                 await self._failed_unexpectedly(entry, None, Failure(), "reading")
@@ -911,16 +963,20 @@ class SpooledBuilds:
             # callbacks may submit again at once.)
             del self._names[entry.name]
         self._answer(entry, Receipt(entry.name, duplicate=receipt.duplicate))
+        await self._let_go_logged(entry)
+        self._forget(entry)
+        self._write_failed = False  # space was freed
+
+    async def _let_go_logged(self, entry: _Entry, moved: bool = False) -> None:
+        """``_let_go``, a failure logged: the record is then submitted again after a restart, as a duplicate."""
         try:
-            await self._removals.add(entry.filename)
+            await self._let_go(entry, moved)
         except Exception:
             self.log.failure(
                 "Cannot remove the spool record {record}: after a restart it is submitted again, as a duplicate",
                 build=entry.name,
                 record=entry.filename,
             )
-        self._forget(entry)
-        self._write_failed = False  # space was freed
 
     def _store_answered(self) -> None:
         """The store answered (created, duplicate, refused): an outage is over."""
@@ -1022,7 +1078,7 @@ class SpooledBuilds:
         reason = details["reason"]
         self._answer(entry, BackendRejected(reason))
         try:
-            parked = await self.io.run(park_record, self.directory, entry.filename, DEAD_LETTER, details, self.at_step)
+            parked = await self._park(entry, DEAD_LETTER, details)
         except Exception:
             self.log.failure("Cannot move the build {build} to the dead-letter directory", build=entry.name)
             # It stays queued: tried again, and parked then.
@@ -1037,11 +1093,18 @@ class SpooledBuilds:
             dead_letter=str(self.directory / DEAD_LETTER / parked),
         )
         self._forget(entry)
+        await self._let_go_logged(entry, moved=True)
+
+    def _park(self, entry: _Entry, place: str, details: dict[str, Any]) -> Deferred[str]:
+        """Park ``entry``'s record in ``place``: its own file moved, or from a batch file a copy of it."""
+        if entry.placement is None:
+            return self.io.run(park_record, self.directory, entry.filename, place, details, self.at_step)
+        return self.io.run(park_slice, self.directory, entry.placement, entry.filename, place, details, self.at_step)
 
     async def _park_damaged(self, entry: _Entry, reason: str) -> None:
         details = {"reason": reason, "time": self._now(), "build": entry.name}
         try:
-            parked = await self.io.run(park_record, self.directory, entry.filename, QUARANTINE, details, self.at_step)
+            parked = await self._park(entry, QUARANTINE, details)
         except Exception:
             self.log.failure("Cannot quarantine the damaged spool record {record}", record=entry.filename)
             self._defer(entry)
@@ -1055,6 +1118,7 @@ class SpooledBuilds:
         )
         self._answer(entry, BackendUnavailable("the spooled record was damaged", self.refuse_retry_after))
         self._forget(entry)
+        await self._let_go_logged(entry, moved=True)
 
 
 @attrs.define(eq=False)
