@@ -126,7 +126,7 @@ async def run(reactor: Any, options: argparse.Namespace) -> None:
         ThreadedIO(reactor, pool),
         backoff=Backoff(base=0.05, cap=0.5),
         at_step=crash_at(options.crash, options.at),
-        write_concurrency=options.write_slots,
+        **({} if options.write_slots is None else {"write_concurrency": options.write_slots}),
     )
     await spool.start()
     semaphore = DeferredSemaphore(options.concurrency)
@@ -165,7 +165,7 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--at", type=int, default=1)
     parser.add_argument("--inner", default="up")
     parser.add_argument("--concurrency", type=int, default=1)
-    parser.add_argument("--write-slots", type=int, default=4)
+    parser.add_argument("--write-slots", type=int, default=None)
     parser.add_argument("--drain", action="store_true")
     parser.add_argument("--settle", action="store_true")
     options = parser.parse_args(argv)

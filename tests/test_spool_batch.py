@@ -184,6 +184,11 @@ def test_a_failed_step_fails_every_record_of_the_batch_and_leaves_nothing(tmp_pa
 
 
 def test_recovery_finds_each_record_of_a_batch_file_and_quarantines_a_damaged_one(tmp_path: Path) -> None:
+    """
+    The damaged stretch is copied to quarantine/ and the file rewritten with
+    the intact records alone, their numbers closed up in order: a second
+    start finds the same records and no damage to copy again.
+    """
     write_records(tmp_path, named(range(1, 4)), no_step)
     path = tmp_path / batch_filename(1)
     data, places = encode_batch(records_of(range(1, 4)))
@@ -192,21 +197,21 @@ def test_recovery_finds_each_record_of_a_batch_file_and_quarantines_a_damaged_on
     path.write_bytes(bytes(damaged))
     recovery = recover(tmp_path, "now")
     os.close(recovery.lock_fd)
-    assert [(found.sequence, found.name) for found in recovery.records] == [
-        (1, build(1).name),
-        (3, build(3).name),
-    ]
-    assert [found.placement for found in recovery.records] == [
-        Placement(batch_filename(1), *places[0]),
-        Placement(batch_filename(1), *places[2]),
-    ]
+    assert [(found.sequence, found.name) for found in recovery.records] == [(1, build(1).name), (2, build(3).name)]
+    rewritten, kept = encode_batch(records_of([1, 3]))
+    assert path.read_bytes() == rewritten
+    assert [found.placement for found in recovery.records] == [Placement(batch_filename(1), *place) for place in kept]
     # The file the record would have of its own: the name it gets if parked.
-    assert recovery.records[1].filename == record_filename(3, build(3).name)
+    assert recovery.records[1].filename == record_filename(2, build(3).name)
     stretch = f"{batch_filename(1)}.{places[1][0]}.damaged"
     assert recovery.quarantined == ((stretch, "a damaged stretch of a batch file"),)
     assert (tmp_path / "quarantine" / stretch).read_bytes() == bytes(damaged)[places[1][0] : places[2][0]]
-    assert path.exists()  # still holding records 1 and 3
     assert recovery.next_sequence > 3
+    again = recover(tmp_path, "later")
+    os.close(again.lock_fd)
+    assert again.quarantined == ()
+    assert again.records == recovery.records
+    assert sorted(os.listdir(tmp_path / "quarantine")) == [stretch, stretch + ".reason.json"]
 
 
 def test_recovery_removes_a_batch_file_with_no_intact_record_and_a_half_written_one(tmp_path: Path) -> None:

@@ -53,7 +53,7 @@ Writing, draining, recovering
 
 A record is written to a temporary file, fsynced, renamed into place and the
 directory fsynced, all in a thread pool; only then does ``submit`` answer
-(promise P1). Records submitted while the write slots are busy wait and go
+(promise P1). Records submitted while a batch is being written wait and go
 together in the next batch (``commit.py``), and a batch of several records
 is one file (``NNNN.batch``, several past ``disk.BATCH_FILE_BYTES``): one
 temporary file, one fsync, one rename and one directory fsync for all of

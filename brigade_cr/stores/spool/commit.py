@@ -13,10 +13,12 @@ thread hop, the directory fsync) shrinks; when idle nothing is delayed.
 More than one slot is for steps whose time is mostly spent waiting rather
 than working: a thread that comes back from a system call (an fsync, say)
 must take the interpreter's lock from the reactor, which on a busy reactor
-takes up to the interpreter's switch interval (5 ms) per call, several
-times per record. Batches in several threads wait for it side by side
-rather than one after another (docs/performance.md, "The writer waited for
-the interpreter").
+takes up to the interpreter's switch interval (5 ms) per call. Batches in
+several threads wait for it side by side rather than one after another
+(docs/performance.md, "The writer waited for the interpreter"). The spool
+used four write slots while each record was a file of its own (several
+calls per record); with a batch file per batch it uses one, so that the
+batches grow instead.
 """
 
 from __future__ import annotations

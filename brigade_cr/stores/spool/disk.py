@@ -362,12 +362,16 @@ def _unused_name(place: Path, filename: str) -> str:
     return candidate
 
 
-def _durable_file(path: Path, data: bytes) -> None:
+def _durable_file(path: Path, data: bytes, modified: float | None = None) -> None:
     # Written beside its name, fsynced, renamed into place: whole or absent.
+    # With ``modified``, the file keeps that modification time (a batch
+    # file's stands in for when its records were accepted).
     temporary = path.with_name(f".{path.name}.tmp")
     fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     try:
         _write_all(fd, data)
+        if modified is not None:
+            os.utime(fd, (modified, modified))
         os.fsync(fd)
     finally:
         os.close(fd)
@@ -500,7 +504,7 @@ def recover(directory: Path, now: str, at_step: Callable[[str], None] = no_step)
         discarded: list[str] = []
         quarantined: list[tuple[str, str]] = []
         highest = 0
-        removed = False
+        changed = False
         for filename in sorted(os.listdir(directory)):
             path = directory / filename
             if not path.is_file() or path.is_symlink():
@@ -514,10 +518,10 @@ def recover(directory: Path, now: str, at_step: Callable[[str], None] = no_step)
                 continue
             first = parse_batch_filename(filename)
             if first is not None:
-                found, last, emptied = _recover_batch(directory, filename, first, now, quarantined, at_step)
+                found, last, batch_changed = _recover_batch(directory, filename, first, now, quarantined, at_step)
                 records.extend(found)
                 highest = max(highest, last)
-                removed = removed or emptied
+                changed = changed or batch_changed
                 continue
             parsed = parse_record_filename(filename)
             if parsed is None:
@@ -537,7 +541,7 @@ def recover(directory: Path, now: str, at_step: Callable[[str], None] = no_step)
                 quarantined.append((filename, problem))
                 continue
             records.append(Found(sequence, name, len(data), modified, filename))
-        if discarded or removed:
+        if discarded or changed:
             fsync_directory(directory)
         unique, highest = _unique_sequences(records, highest)
         return Recovery(fd, unique, tuple(discarded), tuple(quarantined), highest + 1)
@@ -555,9 +559,10 @@ def _recover_batch(
     at_step: Callable[[str], None],
 ) -> tuple[list[Found], int, bool]:
     # The intact records of one batch file; each damaged stretch is copied
-    # to quarantine/ (the file stays for its intact records, and is removed
-    # if it has none). Returns the records, the highest sequence number the
-    # file implies, and whether it was removed.
+    # to quarantine/, then the file is rewritten with its intact records
+    # alone (so that the next start does not copy the same damage again), or
+    # removed if it has none. Returns the records, the highest sequence
+    # number the file implies, and whether the directory changed.
     path = directory / filename
     try:
         data = path.read_bytes()
@@ -575,6 +580,20 @@ def _recover_batch(
             directory, data[offset : offset + length], f"{filename}.{offset}.damaged", QUARANTINE, reason, at_step
         )
         quarantined.append((name, problem))
+    # A file of n lines holds at most n // 2 + 1 records' numbers.
+    last = first + max(data.count(b"\n") // 2, slots[-1].index if slots else 0)
+    if not slots:
+        path.unlink()
+        return [], last, True
+    if damaged:
+        # Renamed over the old one: a crash leaves either. The records'
+        # numbers close up, still in order and within the file's.
+        data, places = encode_batch([data[slot.offset : slot.offset + slot.length] for slot in slots])
+        _durable_file(path, data, modified)
+        slots = [
+            attrs.evolve(slot, index=index, offset=offset)
+            for index, (slot, (offset, _)) in enumerate(zip(slots, places, strict=True))
+        ]
     found = [
         Found(
             first + slot.index,
@@ -586,12 +605,7 @@ def _recover_batch(
         )
         for slot in slots
     ]
-    # A file of n lines holds at most n // 2 + 1 records' numbers.
-    last = first + max(data.count(b"\n") // 2, slots[-1].index if slots else 0)
-    if not found:
-        path.unlink()
-        return [], last, True
-    return found, last, False
+    return found, last, bool(damaged)
 
 
 def _unique_sequences(records: list[Found], highest: int) -> tuple[tuple[Found, ...], int]:

@@ -61,9 +61,14 @@ T = TypeVar("T")
 MAX_ATTEMPTS = 5
 # How many records are handed to ``inner`` at once, by default.
 MAX_IN_FLIGHT = 4
-# How many write batches run at once, each in its own thread: their waits
-# for the interpreter's lock overlap (commit.py; docs/performance.md).
-WRITE_CONCURRENCY = 4
+# How many write batches run at once. One: what arrives while a batch is
+# written gathers into the next batch file, so under load batches grow and
+# each record's share of the fsync shrinks, where more slots would split the
+# same records into more, smaller files. (Four, when each record was a file
+# of its own, let the writers' many waits for the interpreter's lock
+# overlap; docs/performance.md, "Batch files, and the collector once the
+# cycle was gone".)
+WRITE_CONCURRENCY = 1
 # How many of the innermost frames a dead letter's traceback summary names.
 TRACEBACK_FRAMES = 5
 # Clock times closer than this count as the same moment: a timer set for a
