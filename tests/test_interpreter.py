@@ -59,7 +59,7 @@ def test_the_collector_freezes_the_start_up_heap_then_raises_the_young_threshold
     assert service.running
     # Collected before the freeze: garbage frozen would never be freed.
     assert collector.calls == [("collect",), ("freeze",), ("set_threshold", YOUNG_THRESHOLD, 10, 10)]
-    assert YOUNG_THRESHOLD == 10_000
+    assert YOUNG_THRESHOLD == 2_000
     service.stopService()
     assert not service.running
     assert collector.calls[3:] == [("set_threshold", 700, 10, 10), ("unfreeze",)]

@@ -45,10 +45,12 @@ from twisted.application.service import Service
 # forced switch of the reactor's thread per wait, only while a writer waits.
 SWITCH_INTERVAL = 0.001
 # Allocations (less deallocations) between young collections; CPython's
-# default is 700. At 10,000 a young collection comes every few dozen
-# requests rather than every few, and the memory it lets wait is a few MB
-# at most: a request's objects are freed by reference counting.
-YOUNG_THRESHOLD = 10_000
+# default is 700. 10,000 made the young collections six times cheaper in
+# all but cost 1.5 MiB of RSS (the cyclic garbage left waiting, and the
+# arenas it keeps), with RSS at its target's edge; 2,000 keeps RSS within
+# 0.3 MiB of the default's (docs/performance.md, "Batch files, and the
+# collector once the cycle was gone").
+YOUNG_THRESHOLD = 2_000
 
 
 class SwitchInterval(Service):

@@ -117,6 +117,9 @@ class _State(enum.Enum):
     DONE = "done"  # handed over, parked or vanished: out of the queue
 
 
+# A queue entry is all that stays in memory of a queued record, and the
+# spool may hold 10,000 of them: fields that most records never use are
+# None until they do, and names are made when asked for.
 @attrs.define(eq=False)
 class _Entry:
     sequence: int
@@ -136,21 +139,31 @@ class _Entry:
     # handed over at least once since this process wrote or found it
     launched: bool = False
     # submits waiting to learn whether the build got created
-    waiters: list[Deferred[Receipt]] = attrs.field(factory=list)
+    waiters: list[Deferred[Receipt]] | None = None
     # submits of the same build waiting for this record's write to finish
-    written: list[Deferred[None]] = attrs.field(factory=list)
+    written: list[Deferred[None]] | None = None
     # the build itself, from its write until the drainer is offered it: a
     # record handed over the moment it is durable is not read back
     build: Build | None = None
-    # where the record is in a batch file; None when it has a file of its own
-    placement: Placement | None = None
-    # the record's own file's name (asked at every step of a record's life),
-    # or the one it gets if parked when it is in a batch file
-    filename: str = attrs.field(kw_only=True)
+    # the batch file holding the record (one string shared by all of its
+    # records) and the record's offset in it; None for a file of its own
+    batch: str | None = None
+    offset: int = 0
+    # the name of the record's own file when it is not the one its number
+    # and name make (a recovered record given a new number)
+    own_filename: str | None = None
 
-    @filename.default
-    def _filename(self) -> str:
+    @property
+    def filename(self) -> str:
+        """The record's own file's name, or the one it gets if parked when it is in a batch file."""
+        if self.own_filename is not None:
+            return self.own_filename
         return record_filename(self.sequence, self.name)
+
+    @property
+    def placement(self) -> Placement | None:
+        """Where the record is in its batch file; None when it has a file of its own."""
+        return None if self.batch is None else Placement(self.batch, self.offset, self.size)
 
 
 class _Halted(Exception):
@@ -347,8 +360,9 @@ class SpooledBuilds:
                 found.size,
                 found.modified,
                 state=_State.QUEUED,
-                placement=found.placement,
-                filename=found.filename,
+                batch=None if found.placement is None else found.placement.filename,
+                offset=0 if found.placement is None else found.placement.offset,
+                own_filename=None if found.filename == record_filename(found.sequence, found.name) else found.filename,
             )
             if found.placement is not None:
                 self._count_batch([found.placement])
@@ -588,13 +602,14 @@ class SpooledBuilds:
             self._write_failed, self._failed_size = True, entry.size
             self._schedule_probe()
             raise error from None
-        entry.placement = placement
+        if isinstance(placement, Placement):
+            entry.batch, entry.offset = placement.filename, placement.offset
         entry.state = _State.QUEUED
         self._ready_now(entry)
         self._write_failed = False
-        for waiter in entry.written:
+        for waiter in entry.written or ():
             _settle(waiter, None)
-        entry.written.clear()
+        entry.written = None
         queued = Receipt(name, queued=True)
         if self._store_failing or self._phase is not _Phase.RUNNING or self.ack_wait <= 0:
             self._poke()
@@ -632,18 +647,18 @@ class SpooledBuilds:
         or, in a batch file, remove that once its last record is let go.
         Raises what the removal raised.
         """
-        placement = entry.placement
-        if placement is None:
+        batch = entry.batch
+        if batch is None:
             if not moved:
                 await self._removals.add(entry.filename)
             return
-        entry.placement = None  # once only
-        left = self._batches.get(placement.filename, 1) - 1
+        entry.batch = None  # once only
+        left = self._batches.get(batch, 1) - 1
         if left > 0:
-            self._batches[placement.filename] = left
+            self._batches[batch] = left
             return
-        self._batches.pop(placement.filename, None)
-        await self._removals.add(placement.filename)
+        self._batches.pop(batch, None)
+        await self._removals.add(batch)
 
     def _written(self, entry: _Entry) -> Deferred[None]:
         if entry.state is _State.QUEUED:
@@ -651,15 +666,17 @@ class SpooledBuilds:
         if entry.state is _State.ABANDONED:
             return fail(BackendUnavailable("cannot write to the spool", retry_after=self.refuse_retry_after))
         waiter: Deferred[None] = Deferred()
+        if entry.written is None:
+            entry.written = []
         entry.written.append(waiter)
         return waiter
 
     def _abandon(self, entry: _Entry, error: BackendUnavailable) -> None:
         entry.state = _State.ABANDONED
         self._forget(entry)
-        for waiter in entry.written:
+        for waiter in entry.written or ():
             _settle(waiter, BackendUnavailable(error.reason, error.retry_after))
-        entry.written.clear()
+        entry.written = None
         self._poke()  # the drainer may be waiting for this record, at the head
 
     def _schedule_probe(self) -> None:
@@ -699,11 +716,13 @@ class SpooledBuilds:
             return result
 
         waiter.addBoth(stop_timer)
+        if entry.waiters is None:
+            entry.waiters = []
         entry.waiters.append(waiter)
         return waiter
 
     def _answer(self, entry: _Entry, outcome: Receipt | BaseException) -> None:
-        waiters, entry.waiters = entry.waiters, []
+        waiters, entry.waiters = entry.waiters or (), None
         for waiter in waiters:
             if isinstance(outcome, BackendRejected):
                 _settle(waiter, BackendRejected(outcome.reason))
