@@ -21,7 +21,7 @@ import re
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable, Iterator
+from typing import Any, AsyncIterator, Callable, Iterator, Sequence
 
 import attrs
 import pytest
@@ -1809,22 +1809,34 @@ def test_stop_ends_backlog_progress(
     assert clock.getDelayedCalls() == []
 
 
-def test_records_launched_together_are_read_back_in_one_batch(api: ApiBuilds, clock: Clock, directory: Path) -> None:
-    """
-    Recovered records handed over in one turn are read back from disk as a
-    group commit does: the first at once, the others together in one trip
-    to the thread pool (``read_records``) when it is back; each is built.
-    """
+def recovered_on_manual_io(
+    directory: Path, inner: Any, clock: Clock, builds: Sequence[Build], **changes: Any
+) -> tuple[SpooledBuilds, ManualIO]:
+    """A spool over ``inner`` on a ``ManualIO``, started over record files of ``builds`` (numbered from 1)."""
     from brigade_cr.stores.spool.disk import no_step, write_record_files
 
     directory.mkdir(parents=True, exist_ok=True)
-    written = [(record_filename(n, build_no(n).name), encode_record(build_no(n))) for n in (1, 2, 3)]
-    assert write_record_files(directory, written, no_step) == [None, None, None]
+    written = [(record_filename(n, build.name), encode_record(build)) for n, build in enumerate(builds, 1)]
+    assert write_record_files(directory, written, no_step) == [None] * len(builds)
     io = ManualIO()
-    spool = new_spool(directory, api, clock, io=io, max_in_flight=4)
+    spool = new_spool(directory, inner, clock, io=io, **changes)
     started = spool.start()
-    while not started.called:
+    for _ in range(10):  # bounded: the recovery step
+        if started.called:
+            break
         io.complete()
+    result_of(started)
+    return spool, io
+
+
+def test_records_launched_together_are_read_back_in_one_trip(api: ApiBuilds, clock: Clock, directory: Path) -> None:
+    """
+    Recovered records handed over in one turn are read back in one trip to
+    the thread pool (``read_records``): the first one's read brings the
+    others due with it, and their hand-overs, begun while it is under way,
+    take their builds from it rather than reading again. Each is built.
+    """
+    spool, io = recovered_on_manual_io(directory, api, clock, [build_no(n) for n in (1, 2, 3)], max_in_flight=4)
     batches = []
     for _ in range(10):  # bounded: three records
         if "read_records" not in io.names():
@@ -1832,11 +1844,90 @@ def test_records_launched_together_are_read_back_in_one_batch(api: ApiBuilds, cl
         index = io.names().index("read_records")
         batches.append([path.name for path, _, _ in io.pending[index][1][0]])
         io.complete(index)
-    assert batches == [[written[0][0]], [written[1][0], written[2][0]]]
+    assert batches == [[record_filename(n, build_no(n).name) for n in (1, 2, 3)]]
     assert [name for _, name in api.calls] == [build_no(n).name for n in (1, 2, 3)]
     io.complete_all()
     assert api.created == [build_no(n).name for n in (1, 2, 3)]
     assert records(directory) == []
+    stop(spool, clock)
+
+
+def drain_counting_reads(spool: SpooledBuilds, io: ManualIO, clock: Clock, steps: int) -> list[list[str]]:
+    """Complete ``io``'s calls in order until the spool is empty (at most ``steps``); the names in each read batch."""
+    reads = []
+    for _ in range(steps):
+        if not io.pending:
+            if spool.stats().queued == 0:
+                break
+            advance_to(clock, clock.seconds() + 1)
+            continue
+        function, args, _ = io.pending[0]
+        if function.__name__ == "read_records":
+            reads.append([name for _, name, _ in args[0]])
+        io.complete(0)
+    assert spool.stats().queued == 0
+    return reads
+
+
+def test_a_backlog_is_read_back_in_trips_of_read_ahead_records(api: ApiBuilds, clock: Clock, directory: Path) -> None:
+    """
+    A backlog drained one record at a time is read back ``READ_AHEAD``
+    records per trip, oldest first (70 records: 32, 32, 6), and every one
+    is built once, in order.
+    """
+    from brigade_cr.stores.spool.spooled import READ_AHEAD
+
+    assert READ_AHEAD == 32
+    names = [build_no(n).name for n in range(1, 71)]
+    spool, io = recovered_on_manual_io(directory, api, clock, [build_no(n) for n in range(1, 71)], max_in_flight=1)
+    reads = drain_counting_reads(spool, io, clock, steps=500)
+    assert [len(batch) for batch in reads] == [32, 32, 6]
+    assert [name for batch in reads for name in batch] == names
+    assert api.created == names
+    assert records(directory) == []
+    stop(spool, clock)
+
+
+def test_read_ahead_keeps_to_its_bytes(api: ApiBuilds, clock: Clock, directory: Path) -> None:
+    """Large records are read ahead only as many as fit in ``READ_AHEAD_BYTES``, the one due always."""
+    from brigade_cr.stores.spool.spooled import READ_AHEAD_BYTES
+
+    builds = [a_build(ulid=f"01jgq8w4h0{n:016d}", payload=b"x" * 300_000) for n in range(1, 8)]
+    assert READ_AHEAD_BYTES // len(encode_record(builds[0])) == 2  # big enough for the bound to bite
+    spool, io = recovered_on_manual_io(directory, api, clock, builds, max_in_flight=1)
+    reads = drain_counting_reads(spool, io, clock, steps=200)
+    assert [len(batch) for batch in reads] == [2, 2, 2, 1]
+    assert api.created == [build.name for build in builds]
+    stop(spool, clock)
+
+
+def test_a_record_read_ahead_stays_read_while_the_api_is_down(api: ApiBuilds, clock: Clock, directory: Path) -> None:
+    """
+    While the store fails and one probe at a time is tried, the records read
+    ahead keep their builds: no probe reads them again, and once the store
+    is back each is built once.
+    """
+    api.down = True
+    builds = [build_no(n) for n in range(1, 6)]
+    spool, io = recovered_on_manual_io(directory, api, clock, builds, max_in_flight=4, backoff=fixed(1.0))
+    reads = []
+    for _ in range(20):  # bounded: a few probes
+        while io.pending:
+            function, args, _ = io.pending[0]
+            if function.__name__ == "read_records":
+                reads.append([name for _, name, _ in args[0]])
+            io.complete(0)
+        advance_to(clock, clock.seconds() + 1)
+    # The first turn hands four over (all fail) with the fifth read ahead;
+    # the first probe reads the other three again with it, and from then on
+    # each probe reads only itself.
+    first = [build_no(n).name for n in range(1, 6)]
+    assert len(reads) >= 4
+    assert reads == [first, first[:4]] + [first[:1]] * (len(reads) - 2)
+    api.down = False
+    reads += drain_counting_reads(spool, io, clock, steps=200)
+    assert sorted(api.created) == sorted(build_no(n).name for n in range(1, 6))
+    assert len(api.created) == 5
     stop(spool, clock)
 
 
@@ -1905,13 +1996,19 @@ def test_a_batch_file_stays_until_its_last_record_is_handed_over(api: ApiBuilds,
     then a crash would hand the others over again.
     """
     path = batch_of(directory, [1, 2, 3])
-    spool, io = started_on_manual_io(directory, api, clock)
-    assert io.names() == ["read_records"]  # build 1 at once; 2 and 3 wait to be read together
+    api.latency = 1.0
+    spool, io = started_on_manual_io(directory, api, clock, max_in_flight=1)
+    assert io.names() == ["read_records"]  # build 1, with 2 and 3 read ahead
+    assert [placement.offset for _, _, placement in io.pending[0][1][0]] == [
+        slot.offset for slot in spool_record.split_batch(path.read_bytes())[0]
+    ]
     io.complete()
-    assert api.created == [build_no(1).name]
-    assert io.names() == ["read_records"]  # no removal: 2 and 3 are still in the file
-    assert path.exists()
-    io.complete()
+    for n in (1, 2):
+        clock.advance(1.0)
+        assert api.created == [build_no(m).name for m in range(1, n + 1)]
+        assert io.pending == []  # no removal: the others are still in the file
+        assert path.exists()
+    clock.advance(1.0)
     assert api.created == [build_no(n).name for n in (1, 2, 3)]
     assert [args[1] for _, args, _ in io.pending] == [[path.name]]  # one removal, of the file
     io.complete()
@@ -1969,10 +2066,14 @@ def test_a_damaged_record_in_a_batch_file_is_quarantined_alone_at_start(
 def test_a_record_damaged_in_its_batch_file_while_queued_is_quarantined_alone(
     make: Callable[..., SpooledBuilds], api: ApiBuilds, clock: Clock, directory: Path
 ) -> None:
-    """Damage found when the drainer reads a record back: its bytes are copied to quarantine/, the others are built."""
+    """
+    Damage found when the drainer reads a record back: its bytes are copied
+    to quarantine/, the others are built. (Each record read in its own turn:
+    a record read ahead before the damage would be built from what was read.)
+    """
     path = batch_of(directory, [1, 2, 3])
     api.down = True
-    spool = make()
+    spool = make(read_ahead=1)
     slots, _ = spool_record.split_batch(path.read_bytes())
     data = bytearray(path.read_bytes())
     data[slots[1].offset + 20] ^= 0x01  # in its header
@@ -1984,6 +2085,29 @@ def test_a_record_damaged_in_its_batch_file_while_queued_is_quarantined_alone(
     quarantined = directory / QUARANTINE / record_filename(2, build_no(2).name)
     assert quarantined.read_bytes() == bytes(data[slots[1].offset : slots[1].offset + slots[1].length])
     assert sorted(os.listdir(directory)) == sorted([LOCK_FILE, QUARANTINE])
+
+
+def test_a_record_read_ahead_before_its_file_was_damaged_is_built_from_what_was_read(
+    make: Callable[..., SpooledBuilds], api: ApiBuilds, clock: Clock, directory: Path
+) -> None:
+    """
+    The first hand-over (the API down) reads the other two records ahead,
+    intact; damage to the file afterwards does not reach them: all three
+    are built, nothing is quarantined, and the file goes.
+    """
+    path = batch_of(directory, [1, 2, 3])
+    api.down = True
+    spool = make()
+    assert api.calls  # the first hand-over was tried, and read the others with its own
+    slots, _ = spool_record.split_batch(path.read_bytes())
+    data = bytearray(path.read_bytes())
+    data[slots[1].offset + 20] ^= 0x01
+    path.write_bytes(bytes(data))
+    api.down = False
+    drain(spool, clock)
+    assert api.created == [build_no(n).name for n in (1, 2, 3)]
+    assert spool.stats().quarantined == 0
+    assert os.listdir(directory) == [LOCK_FILE]
 
 
 def test_a_batch_file_partly_handed_over_before_a_restart_gives_duplicates_not_second_builds(

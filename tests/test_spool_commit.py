@@ -62,6 +62,28 @@ def test_a_lone_item_goes_at_once_and_later_ones_share_the_next_batch() -> None:
     assert (commit.batches, commit.items) == (2, 4)
 
 
+def test_items_added_together_share_one_batch_and_each_gets_its_own_result() -> None:
+    seen: list[list[int]] = []
+
+    def batch(items: Sequence[int]) -> list[BaseException | int]:
+        seen.append(list(items))
+        return [ValueError("two") if item == 2 else item * 10 for item in items]
+
+    io = HeldIO()
+    commit: GroupCommit[int] = GroupCommit(io, batch, max_batch=3)
+    done = commit.add_all([1, 2, 3, 4])
+    assert len(io.pending) == 1  # one batch at once, the fourth past max_batch waiting
+    io.release()
+    assert seen == [[1, 2, 3]]
+    assert result_of(done[0]) == 10 and result_of(done[2]) == 30
+    assert isinstance(failure_of(done[1]), ValueError)
+    assert not done[3].called
+    io.release()
+    assert seen == [[1, 2, 3], [4]]
+    assert result_of(done[3]) == 40
+    assert commit.add_all([]) == [] and not io.pending and not commit.busy()
+
+
 def test_a_batch_that_raises_fails_each_of_its_items_and_the_next_batch_still_runs() -> None:
     calls: list[list[str]] = []
 

@@ -83,6 +83,22 @@ class GroupCommit(Generic[I]):
             self._next()
         return done
 
+    def add_all(self, items: Sequence[I]) -> list[Deferred[Any]]:
+        """
+        ``add`` of each of ``items``, in order, all of them waiting before a
+        batch starts: they go in one batch (up to ``max_batch``) when a slot
+        is free, where ``add`` one at a time would start a batch with the
+        first alone.
+        """
+        dones: list[Deferred[Any]] = []
+        for item in items:
+            done: Deferred[Any] = Deferred()
+            self._pending.append((item, done))
+            dones.append(done)
+        if self._running < self.concurrency:
+            self._next()
+        return dones
+
     def busy(self) -> bool:
         """True while a batch runs or items wait for one."""
         return self._running > 0 or bool(self._pending)

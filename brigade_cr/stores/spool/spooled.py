@@ -79,6 +79,13 @@ _MIN_DELAY = 1e-3
 
 # Seconds between the progress lines of a start-up backlog.
 PROGRESS_INTERVAL = 10.0
+# A record read back for the drain brings the next ones due with it, in the
+# same trip to the thread pool, so that a backlog drained at the API's pace
+# is not read one trip per record (the trip costs more than the read;
+# docs/performance.md, "Reading ahead"). At most this many records, and
+# this many bytes of them, wait in memory for their turn (by default).
+READ_AHEAD = 32
+READ_AHEAD_BYTES = 1024 * 1024
 
 
 @attrs.frozen
@@ -142,9 +149,12 @@ class _Entry:
     waiters: list[Deferred[Receipt]] | None = None
     # submits of the same build waiting for this record's write to finish
     written: list[Deferred[None]] | None = None
-    # the build itself, from its write until the drainer is offered it: a
-    # record handed over the moment it is durable is not read back
+    # the build itself, from its write until the drainer is offered it (a
+    # record handed over the moment it is durable is not read back), or read
+    # ahead of its turn until its hand-over takes it
     build: Build | None = None
+    # its read-ahead, while that is under way
+    reading: _Outcome[Build] | None = None
     # the batch file holding the record (one string shared by all of its
     # records) and the record's offset in it; None for a file of its own
     batch: str | None = None
@@ -251,6 +261,9 @@ class SpooledBuilds:
     # restart after an outage may hold 10k records, drained at the API's pace.
     progress_interval: float = attrs.field(default=PROGRESS_INTERVAL, validator=attrs.validators.gt(0))
     write_concurrency: int = attrs.field(default=WRITE_CONCURRENCY, validator=attrs.validators.ge(1))
+    # 1: each record read back alone, in its own turn
+    read_ahead: int = attrs.field(default=READ_AHEAD, validator=attrs.validators.ge(1))
+    read_ahead_bytes: int = attrs.field(default=READ_AHEAD_BYTES, validator=attrs.validators.ge(0))
 
     _phase: _Phase = attrs.field(init=False, default=_Phase.NEW)
     _queue: deque[_Entry] = attrs.field(init=False, factory=deque)
@@ -932,9 +945,7 @@ class SpooledBuilds:
         entry.build = None
         if build is None:
             try:
-                placement = entry.placement
-                path = self.directory / (entry.filename if placement is None else placement.filename)
-                build = await self._reads.add((path, entry.name, placement))
+                build = await self._read(entry)
             except CorruptRecord as e:
                 await self._park_damaged(entry, str(e))
                 return
@@ -990,6 +1001,62 @@ class SpooledBuilds:
         await self._let_go_logged(entry)
         self._forget(entry)
         self._write_failed = False  # space was freed
+
+    def _read_item(self, entry: _Entry) -> tuple[Path, str, Placement | None]:
+        placement = entry.placement
+        return self.directory / (entry.filename if placement is None else placement.filename), entry.name, placement
+
+    def _read(self, entry: _Entry) -> Deferred[Build]:
+        """
+        ``entry``'s build, read back from its record: from the read-ahead
+        already under way for it, or in a read that brings with it the
+        records due next (``_ahead_of``), each kept in its entry's ``build``
+        until its own hand-over takes it. A read-ahead that fails is
+        forgotten: that record's own hand-over reads it again and meets the
+        failure itself (a damaged record is parked by that hand-over).
+        """
+        if entry.reading is not None:
+            return entry.reading.observe()
+        ahead = self._ahead_of(entry)
+        reads = self._reads.add_all([self._read_item(e) for e in (entry, *ahead)])
+        for other, read in zip(ahead, reads[1:], strict=True):
+            outcome = other.reading = _Outcome.of(read)
+            outcome.observe().addBoth(self._read_ahead, other)
+        return reads[0]
+
+    def _ahead_of(self, entry: _Entry) -> list[_Entry]:
+        """
+        The queued records due now that the drainer takes after ``entry``
+        (the oldest not being handed over), not yet read, as many as keep
+        the records read ahead within ``read_ahead`` and
+        ``read_ahead_bytes``, looking at most four times ``read_ahead``
+        records into the queue.
+        """
+        now = self.clock.seconds() + _EPSILON
+        ahead: list[_Entry] = []
+        held, held_bytes = 1, entry.size
+        limit, scan = self.read_ahead, 4 * self.read_ahead
+        for scanned, other in enumerate(self._queue):
+            if scanned >= scan or held >= limit:
+                break
+            if other is entry or other.state is not _State.QUEUED or other.busy:
+                continue
+            if other.build is not None or other.reading is not None:
+                held, held_bytes = held + 1, held_bytes + other.size
+                continue
+            if other.due > now:
+                continue
+            if held_bytes + other.size > self.read_ahead_bytes:
+                break
+            ahead.append(other)
+            held, held_bytes = held + 1, held_bytes + other.size
+        return ahead
+
+    def _read_ahead(self, result: Build | Failure, entry: _Entry) -> None:
+        entry.reading = None
+        # A hand-over that began meanwhile observes the read itself.
+        if isinstance(result, Build) and entry.state is _State.QUEUED and not entry.busy:
+            entry.build = result
 
     async def _let_go_logged(self, entry: _Entry, moved: bool = False) -> None:
         """``_let_go``, a failure logged: the record is then submitted again after a restart, as a duplicate."""
