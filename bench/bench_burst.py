@@ -50,7 +50,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
@@ -379,17 +379,29 @@ def run_wrk(
     if watch is None:
         answer = subprocess.run(command, capture_output=True, text=True, timeout=duration + 120)  # noqa: S603
         return {**wrk_summary(answer.stdout), "stopped_early": False}
+    output, stopped = _wrk_until(command, watch.seen, duration + 120, 0.05)
+    return {**wrk_summary(output), "stopped_early": stopped}
+
+
+def _wrk_until(command: list[str], done: Callable[[], bool], bound: float, poll: float) -> tuple[str, bool]:
+    """
+    Run wrk ``command`` until it ends, ``done()`` is true (checked every
+    ``poll`` seconds) or ``bound`` seconds pass; stopped by SIGINT (wrk then
+    prints its summary of the seconds it ran). Its output, and whether
+    ``done()`` stopped it.
+    """
     process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)  # noqa: S603 (wrk, found on PATH)
-    deadline = time.monotonic() + duration + 120
+    started = time.monotonic()
     stopped = False
-    while process.poll() is None and time.monotonic() < deadline:
-        if watch.seen():
-            process.send_signal(signal.SIGINT)
+    while process.poll() is None and time.monotonic() - started < bound:
+        if done():
             stopped = True
             break
-        time.sleep(0.05)
+        time.sleep(poll)
+    if process.poll() is None:
+        process.send_signal(signal.SIGINT)
     output, _ = process.communicate(timeout=120)
-    return {**wrk_summary(output), "stopped_early": stopped}
+    return output, stopped
 
 
 def run_wrk_until(
@@ -402,15 +414,12 @@ def run_wrk_until(
     """
     start_builds = stats(standin)["builds"]
     started = time.monotonic()
-    process = subprocess.Popen(  # noqa: S603 (wrk, found on PATH)
-        wrk_command(port, path, budget + 60, 32, run_tag, timeout=60), stdout=subprocess.PIPE, text=True
+    output, _ = _wrk_until(
+        wrk_command(port, path, budget + 60, 32, run_tag, timeout=60),
+        lambda: stats(standin)["builds"] - start_builds >= builds,
+        budget,
+        0.5,
     )
-    while time.monotonic() - started < budget and process.poll() is None:
-        time.sleep(0.5)
-        if stats(standin)["builds"] - start_builds >= builds:
-            break
-    process.send_signal(signal.SIGINT)
-    output, _ = process.communicate(timeout=60)
     return wrk_summary(output), stats(standin)["builds"] - start_builds, time.monotonic() - started
 
 

@@ -77,11 +77,7 @@ class GroupCommit(Generic[I]):
         the whole batch raised. Never cancelled: a step that began is
         finished.
         """
-        done: Deferred[Any] = Deferred()
-        self._pending.append((item, done))
-        if self._running < self.concurrency:
-            self._next()
-        return done
+        return self.add_all((item,))[0]
 
     def add_all(self, items: Sequence[I]) -> list[Deferred[Any]]:
         """

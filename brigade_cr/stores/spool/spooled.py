@@ -1003,8 +1003,7 @@ class SpooledBuilds:
         self._write_failed = False  # space was freed
 
     def _read_item(self, entry: _Entry) -> tuple[Path, str, Placement | None]:
-        placement = entry.placement
-        return self.directory / (entry.filename if placement is None else placement.filename), entry.name, placement
+        return self.directory / (entry.batch or entry.filename), entry.name, entry.placement
 
     def _read(self, entry: _Entry) -> Deferred[Build]:
         """
