@@ -20,10 +20,18 @@ cannot cost less than"):
 - ``record-files-8``: batches of 8 written as the spool wrote them before
   batch files (``disk.write_record_files``: each record's file fsynced and
   renamed, one directory fsync per batch), for comparison;
-- ``thread-hop``: a no-op through ``deferToThreadPool`` and back, one at a time.
+- ``thread-hop``: a no-op through ``deferToThreadPool`` and back, one at a time;
+- ``floor-treq``: ``floor_server.py``, the baseline's bare resource making
+  one treq POST of a build Secret to the stand-in before each answer, under
+  wrk as the baseline is: the least a gateway on the design card's stack
+  (twisted.web and treq) costs per delivery, before any of its own work and
+  before the durable record;
+- ``floor-minimal``: the same server creating the Secret with
+  ``floor_server.MinimalPost`` instead: that floor without treq.
 
 Each figure is the child's user + system CPU (``getrusage``, every thread)
-per operation after a warm-up, and its ratio to the baseline's CPU per
+per operation after a warm-up (for the floors, the server's, from
+``/proc``, per request answered), and its ratio to the baseline's CPU per
 request. It reports; it asserts nothing.
 
 Run: ``python bench/bench_parts.py [--count N] [--dir DIR] [--json]`` (needs
@@ -50,30 +58,21 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(BENCH))
 
 import bench_burst  # noqa: E402 - after the path: the stand-in, the baseline and wrk
+from floor_server import MinimalPost, minimal_head, secret_document  # noqa: E402
 
 PARTS = ("api-client", "minimal-client", "record-write-1", "record-write-8", "record-files-8", "thread-hop")
+# Servers under wrk, measured from this process: the floor of a delivery with each client (floor_server.py).
+FLOORS = {"floor-treq": "treq", "floor-minimal": "minimal"}
 # Operations before the measured ones: connections made, code paths warm.
 WARM_UP = 40
 # Requests in flight at once for the client parts (the spool's default in-flight limit).
 IN_FLIGHT = 4
-# A build Secret's size in the gateway's requests (a Docker Hub push): about 2 KB of JSON.
-_DATA_KEYS = ("event_type", "event_provider", "project_id", "payload", "commit_ref", "build_id", "log_level", "script")
 
 
 def secret(part: str, n: int) -> dict[str, Any]:
     """A distinct build Secret for the stand-in, the size of the gateway's."""
     build = f"{n:026d}"
-    return {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "type": "brigade.sh/build",
-        "metadata": {
-            "name": f"brigade-worker-{part}-{build}".lower(),
-            "namespace": bench_burst.NAMESPACE,
-            "labels": {"heritage": "brigade", "component": "build", "app": "brigade", "build": build},
-        },
-        "data": {key: "eHh4" * 40 for key in _DATA_KEYS},
-    }
+    return secret_document(bench_burst.NAMESPACE, f"brigade-worker-{part}-{build}".lower(), build)
 
 
 def cpu_now() -> tuple[float, float]:
@@ -145,54 +144,20 @@ def api_client(port: int, token: str, count: int) -> dict[str, float]:
 
 
 def minimal_client(port: int, token: str, count: int) -> dict[str, float]:
-    """The same POSTs by the least an HTTP/1.1 client on Twisted can do."""
-    from twisted.internet.defer import Deferred
+    """The same POSTs by the least an HTTP/1.1 client on Twisted can do (``floor_server.MinimalPost``)."""
     from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
-    from twisted.internet.protocol import Protocol
 
-    head = (
-        f"POST /api/v1/namespaces/{bench_burst.NAMESPACE}/secrets?fieldManager=brigade-cr HTTP/1.1\r\n"
-        f"Host: 127.0.0.1:{port}\r\nAuthorization: Bearer {token}\r\n"
-        "Content-Type: application/json\r\nAccept: application/json\r\nContent-Length: "
-    ).encode()
-
-    class Minimal(Protocol):
-        """One request at a time: send it, read the head and Content-Length bytes, check 201."""
-
-        def __init__(self) -> None:
-            self.buffer = b""
-            self.answer: Deferred[dict[str, Any]] | None = None
-
-        def post(self, document: dict[str, Any]) -> Deferred[dict[str, Any]]:
-            body = json.dumps(document).encode()
-            self.buffer, self.answer = b"", Deferred()
-            self.transport.write(head + b"%d\r\n\r\n" % len(body) + body)  # type: ignore[union-attr]
-            return self.answer
-
-        def dataReceived(self, data: bytes) -> None:
-            self.buffer += data
-            header, separator, rest = self.buffer.partition(b"\r\n\r\n")
-            if not separator:
-                return
-            lines = header.split(b"\r\n")
-            length = next(int(line.split(b":", 1)[1]) for line in lines if line.lower().startswith(b"content-length:"))
-            if len(rest) < length or self.answer is None:
-                return
-            answer, self.answer = self.answer, None
-            if not lines[0].startswith(b"HTTP/1.1 201"):
-                answer.errback(RuntimeError(f"the stand-in answered {lines[0]!r}"))
-            else:
-                answer.callback(json.loads(rest[:length]))
+    head = minimal_head(port, token, bench_burst.NAMESPACE)
 
     async def work(reactor: Any) -> dict[str, float]:
         endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port)
-        lanes = [await connectProtocol(endpoint, Minimal()) for _ in range(IN_FLIGHT)]
+        lanes = [await connectProtocol(endpoint, MinimalPost(head)) for _ in range(IN_FLIGHT)]
         free = list(lanes)
 
         async def one(n: int, part: str) -> None:
             lane = free.pop()
             try:
-                await lane.post(secret(part, n))
+                await lane.post(json.dumps(secret(part, n)).encode())
             finally:
                 free.append(lane)
 
@@ -259,6 +224,45 @@ def thread_hop(count: int) -> dict[str, float]:
         return per_operation(before, started, count)
 
     return _on_reactor(work)  # type: ignore[no-any-return]
+
+
+def process_cpu(pid: int) -> tuple[float, float]:
+    """utime and stime of every thread of ``pid``, in seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) / bench_burst.CLK_TCK, int(fields[12]) / bench_burst.CLK_TCK
+
+
+def floor_server(seconds: float, api_port: int, client: str) -> dict[str, float]:
+    """
+    ``floor_server.py --client client`` under wrk (32 connections, as the
+    baseline), after a one-second warm-up: its CPU per request answered. Every answer must be
+    a 200 (the stand-in created the Secret) and the stand-in must hold a
+    build for each, else it stops: no request is timed undone.
+    """
+    command = [sys.executable, str(BENCH / "floor_server.py"), "--api-port", str(api_port)]
+    command += ["--token", bench_burst.TOKEN, "--namespace", bench_burst.NAMESPACE, "--client", client]
+    process, port = bench_burst.start_json_process(command)
+    try:
+        bench_burst.run_wrk(port, "/", 1, "warm-floor")
+        builds = bench_burst.stats(api_port)["builds"]
+        before = process_cpu(process.pid)
+        summary = bench_burst.run_wrk(port, bench_burst.webhook_path(), seconds, "floor")
+        user, system = process_cpu(process.pid)
+        created = bench_burst.stats(api_port)["builds"] - builds
+    finally:
+        bench_burst.stop(process)
+    answered = summary["acks"]
+    if summary["status_errors"] or not answered or created < answered:
+        raise SystemExit(
+            f"bench: the floor server ({client}) answered {summary['requests']} requests,"
+            f" {summary['status_errors']} not 2xx, and the stand-in created {created} builds"
+        )
+    return {
+        "user_ms": (user - before[0]) * 1000 / answered,
+        "sys_ms": (system - before[1]) * 1000 / answered,
+        "cpu_ms": (user - before[0] + system - before[1]) * 1000 / answered,
+        "per_s": answered / summary["seconds"],
+    }
 
 
 def child(part: str, count: int, port: int, token: str, directory: Path) -> dict[str, float]:
@@ -354,6 +358,9 @@ def main(argv: list[str] | None = None) -> int:
         for part in PARTS:
             bench_burst.say(f"== {part}")
             results[part] = measure_part(part, args.count, port, work)
+        for name, client in FLOORS.items():
+            bench_burst.say(f"== {name}")
+            results[name] = floor_server(args.seconds, port, client)
     finally:
         bench_burst.stop(standin)
         shutil.rmtree(work, ignore_errors=True)
