@@ -90,10 +90,15 @@ def say(text: str) -> None:
 # --- processes ---------------------------------------------------------------
 
 
+def cpu_times(pid: int) -> tuple[float, float]:
+    """utime and stime of every thread of ``pid``, in seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK
+
+
 def cpu_seconds(pid: int) -> float:
     """utime + stime of every thread of ``pid``, in seconds."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return sum(cpu_times(pid))
 
 
 def rss_mb(pid: int) -> float:

@@ -226,18 +226,13 @@ def thread_hop(count: int) -> dict[str, float]:
     return _on_reactor(work)  # type: ignore[no-any-return]
 
 
-def process_cpu(pid: int) -> tuple[float, float]:
-    """utime and stime of every thread of ``pid``, in seconds."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return int(fields[11]) / bench_burst.CLK_TCK, int(fields[12]) / bench_burst.CLK_TCK
-
-
 def floor_server(seconds: float, api_port: int, client: str) -> dict[str, float]:
     """
     ``floor_server.py --client client`` under wrk (32 connections, as the
-    baseline), after a one-second warm-up: its CPU per request answered. Every answer must be
-    a 200 (the stand-in created the Secret) and the stand-in must hold a
-    build for each, else it stops: no request is timed undone.
+    baseline), after a one-second warm-up: its CPU per request answered.
+    Every answer must be a 200 (the stand-in created the Secret) and the
+    stand-in must hold a build for each, else it stops: no request is timed
+    undone.
     """
     command = [sys.executable, str(BENCH / "floor_server.py"), "--api-port", str(api_port)]
     command += ["--token", bench_burst.TOKEN, "--namespace", bench_burst.NAMESPACE, "--client", client]
@@ -245,9 +240,9 @@ def floor_server(seconds: float, api_port: int, client: str) -> dict[str, float]
     try:
         bench_burst.run_wrk(port, "/", 1, "warm-floor")
         builds = bench_burst.stats(api_port)["builds"]
-        before = process_cpu(process.pid)
+        before = bench_burst.cpu_times(process.pid)
         summary = bench_burst.run_wrk(port, bench_burst.webhook_path(), seconds, "floor")
-        user, system = process_cpu(process.pid)
+        user, system = bench_burst.cpu_times(process.pid)
         created = bench_burst.stats(api_port)["builds"] - builds
     finally:
         bench_burst.stop(process)

@@ -189,7 +189,7 @@ def test_a_floor_run_with_refusals_is_not_measured(bench: ModuleType, monkeypatc
     monkeypatch.setattr(bench.bench_burst, "run_wrk", lambda *args: {**next(runs), "seconds": 1.0})
     monkeypatch.setattr(bench.bench_burst, "stats", lambda port: {"builds": 5})
     monkeypatch.setattr(bench.bench_burst, "stop", lambda process: None)
-    monkeypatch.setattr(bench, "process_cpu", lambda pid: (1.0, 0.5))
+    monkeypatch.setattr(bench.bench_burst, "cpu_times", lambda pid: (1.0, 0.5))
     with pytest.raises(SystemExit, match=r"floor server \(treq\) answered 9 requests, 4 not 2xx"):
         bench.floor_server(1, 2, "treq")
 
@@ -203,7 +203,7 @@ def test_a_floor_run_is_measured_per_request_answered(bench: ModuleType, monkeyp
     monkeypatch.setattr(bench.bench_burst, "run_wrk", lambda *args: {**next(runs), "seconds": 2.0})
     monkeypatch.setattr(bench.bench_burst, "stats", lambda port: next(created))
     monkeypatch.setattr(bench.bench_burst, "stop", lambda process: None)
-    monkeypatch.setattr(bench, "process_cpu", lambda pid: next(cpu))
+    monkeypatch.setattr(bench.bench_burst, "cpu_times", lambda pid: next(cpu))
     figures = bench.floor_server(1, 2, "minimal")
     assert figures == pytest.approx({"user_ms": 0.8, "sys_ms": 0.2, "cpu_ms": 1.0, "per_s": 250.0})
 
